@@ -1,0 +1,3 @@
+"""CurrencyEx: an open backend for currency exchange and remittance."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""Builds the ASGI app: the routers, the guard on every route, the request context, the errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from currencyex import __version__
+from currencyex.auth import api as auth_api
+from currencyex.bootstrap import Container
+from currencyex.gateway import ops
+from currencyex.gateway.errors import install_error_handlers
+from currencyex.gateway.guard import guard
+from currencyex.gateway.middleware import RequestContextMiddleware
+from currencyex.kernel.errors import CATALOG
+
+DESCRIPTION = "CurrencyEx HTTP API v1.\n\nError codes:\n\n" + "\n".join(
+    f"- `{error.code}` ({error.status}): {error.default_message}" for error in CATALOG
+)
+
+
+def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The app for `container`; with `manage_lifecycle` its lifespan starts and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await container.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await container.stop()
+
+    app = FastAPI(
+        title="CurrencyEx",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(guard)],
+    )
+    app.state.container = container
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=container.metrics,
+        max_body_bytes=container.settings.max_body_bytes,
+    )
+    app.include_router(ops.router)
+    app.include_router(auth_api.router)
+    app.include_router(auth_api.admin)
+    return app

@@ -1,0 +1,1 @@
+"""The auth service: users, passwords, tokens, staff management and KYC status."""

@@ -1,0 +1,208 @@
+"""HTTP routes of the auth service: /v1/auth/* for everyone, /v1/admin/* for staff."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from currencyex.auth.domain import KycStatus, Role, Tier, TokenPair, User, UserFilter
+from currencyex.auth.service import AuthService, UserChanges
+from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.limits import Limit, RateLimit
+from currencyex.kernel.errors import ValidationFailed
+
+
+def auth_service(request: Request) -> AuthService:
+    return container(request).auth
+
+
+Auth = Annotated[AuthService, Depends(auth_service)]
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+LOGIN_PER_EMAIL = Limit.per_minute("login_email", 5)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Password = Annotated[str, Field(min_length=1, max_length=1024)]
+FullName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RegisterIn(Strict):
+    email: EmailStr
+    password: Password
+    full_name: FullName
+
+
+class LoginIn(Strict):
+    email: EmailStr
+    password: Password
+
+
+class RefreshIn(Strict):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class StaffIn(RegisterIn):
+    role: Literal[Role.TELLER, Role.COMPLIANCE, Role.ADMIN]
+
+
+class UserPatchIn(Strict):
+    role: Role | None = None
+    tier: Tier | None = None
+    disabled: bool | None = None
+
+
+class KycDecisionIn(Strict):
+    decision: Literal[KycStatus.APPROVED, KycStatus.REJECTED]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    full_name: str
+    role: Role
+    kyc_status: KycStatus
+    tier: Tier
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            email=user.email,
+            full_name=user.full_name,
+            role=user.role,
+            kyc_status=user.kyc_status,
+            tier=user.tier,
+            created_at=user.created_at,
+        )
+
+
+class StaffViewOut(UserOut):
+    disabled: bool
+    kyc_reason: str | None
+
+    @classmethod
+    def of(cls, user: User) -> StaffViewOut:
+        return cls(
+            **UserOut.of(user).model_dump(), disabled=user.disabled, kyc_reason=user.kyc_reason
+        )
+
+
+class UsersPageOut(BaseModel):
+    items: list[StaffViewOut]
+    next_cursor: str | None
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (a scheme name, not a secret)
+    expires_in: int
+
+    @classmethod
+    def of(cls, pair: TokenPair) -> TokenOut:
+        return cls(
+            access_token=pair.access_token,
+            refresh_token=pair.refresh_token,
+            expires_in=pair.expires_in,
+        )
+
+
+@router.post(
+    "/register", status_code=201, dependencies=[Depends(RateLimit("register", 5, per="ip"))]
+)
+async def register(body: RegisterIn, auth: Auth) -> UserOut:
+    return UserOut.of(await auth.register(body.email, body.password, body.full_name))
+
+
+@router.post("/login", dependencies=[Depends(RateLimit("login", 5, per="ip"))])
+async def login(body: LoginIn, auth: Auth, request: Request) -> TokenOut:
+    await container(request).limiter.check(request, LOGIN_PER_EMAIL, body.email.lower())
+    return TokenOut.of(await auth.login(body.email, body.password))
+
+
+@router.post("/refresh", dependencies=[Depends(RateLimit("refresh", 30, per="ip"))])
+async def refresh(body: RefreshIn, auth: Auth) -> TokenOut:
+    return TokenOut.of(await auth.refresh(body.refresh_token))
+
+
+@router.post("/logout", status_code=204)
+async def logout(body: RefreshIn, auth: Auth, caller: CurrentPrincipal) -> Response:
+    await auth.logout(caller.user_id, body.refresh_token)
+    return Response(status_code=204)
+
+
+@router.get("/me", dependencies=[Depends(RateLimit("me", 100))])
+async def me(auth: Auth, caller: CurrentPrincipal) -> UserOut:
+    return UserOut.of(await auth.me(caller.user_id))
+
+
+@router.get("/jwks")
+async def jwks(request: Request) -> dict[str, list[dict[str, str]]]:
+    return container(request).tokens.jwks()
+
+
+@admin.post("/staff", status_code=201)
+async def create_staff(body: StaffIn, auth: Auth) -> StaffViewOut:
+    user = await auth.create_staff(body.email, body.password, body.full_name, body.role)
+    return StaffViewOut.of(user)
+
+
+def _decode_cursor(cursor: str | None) -> uuid.UUID | None:
+    if cursor is None:
+        return None
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed(
+            "Invalid cursor", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+        ) from exc
+
+
+def _encode_cursor(after: uuid.UUID | None) -> str | None:
+    return base64.urlsafe_b64encode(after.bytes).rstrip(b"=").decode() if after else None
+
+
+@admin.get("/users")
+async def list_users(
+    auth: Auth,
+    role: Role | None = None,
+    kyc_status: KycStatus | None = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> UsersPageOut:
+    users, after = await auth.list_users(
+        UserFilter(
+            role=role, kyc_status=kyc_status, email=email, after=_decode_cursor(cursor), limit=limit
+        )
+    )
+    return UsersPageOut(
+        items=[StaffViewOut.of(user) for user in users], next_cursor=_encode_cursor(after)
+    )
+
+
+@admin.patch("/users/{user_id}")
+async def update_user(user_id: uuid.UUID, body: UserPatchIn, auth: Auth) -> StaffViewOut:
+    user = await auth.update_user(
+        user_id, UserChanges(role=body.role, tier=body.tier, disabled=body.disabled)
+    )
+    return StaffViewOut.of(user)
+
+
+@admin.post("/kyc/{user_id}/decision")
+async def decide_kyc(user_id: uuid.UUID, body: KycDecisionIn, auth: Auth) -> StaffViewOut:
+    return StaffViewOut.of(await auth.decide_kyc(user_id, body.decision, body.reason))

@@ -1,0 +1,154 @@
+"""Users, roles and tokens: the rules of who may sign in and what a password must be."""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from currencyex.kernel.errors import ValidationFailed
+from currencyex.kernel.ports import UnitOfWork
+
+
+class Role(enum.StrEnum):
+    CUSTOMER = "CUSTOMER"
+    TELLER = "TELLER"
+    COMPLIANCE = "COMPLIANCE"
+    ADMIN = "ADMIN"
+
+
+STAFF_ROLES = frozenset({Role.TELLER, Role.COMPLIANCE, Role.ADMIN})
+
+
+class KycStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    IN_REVIEW = "IN_REVIEW"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class Tier(enum.StrEnum):
+    BASIC = "BASIC"
+    PRO = "PRO"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    email: str
+    password_hash: str
+    full_name: str
+    role: Role
+    kyc_status: KycStatus
+    kyc_reason: str | None
+    tier: Tier
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: what the guard needs on every request, cached briefly."""
+
+    user_id: uuid.UUID
+    role: Role
+    tier: Tier
+    kyc_status: KycStatus
+    disabled: bool
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user.id, user.role, user.tier, user.kyc_status, user.disabled)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    family_id: uuid.UUID
+    expires_at: datetime
+    spent_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserFilter:
+    role: Role | None = None
+    kyc_status: KycStatus | None = None
+    email: str | None = None
+    after: uuid.UUID | None = None  # the cursor: users are listed in id (creation) order
+    limit: int = 50
+
+
+MIN_PASSWORD = 10
+MAX_PASSWORD = 128
+_COMMON = frozenset(
+    {"password123", "1234567890", "qwertyuiop", "password1234", "letmein1234", "iloveyou12"}
+)
+
+
+def check_password_policy(password: str, *, email: str) -> None:
+    """Length 10-128, letters and something else, not the email, not a well-known password."""
+    problems: list[str] = []
+    if len(password) < MIN_PASSWORD:
+        problems.append(f"must be at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        problems.append(f"must be at most {MAX_PASSWORD} characters")
+    if not re.search(r"[A-Za-z]", password) or not re.search(r"[^A-Za-z]", password):
+        problems.append("must mix letters with digits or symbols")
+    lowered = password.lower()
+    local = email.split("@", 1)[0].lower()
+    if lowered in _COMMON or (len(local) >= 4 and local in lowered):
+        problems.append("is too easy to guess")
+    if problems:
+        raise ValidationFailed(
+            "Password too weak",
+            details=[{"loc": ["body", "password"], "msg": f"password {p}"} for p in problems],
+        )
+
+
+class UserRepository(Protocol):
+    async def add(self, user: User) -> None:
+        """Insert; raises EmailTaken when the email exists."""
+        ...
+
+    async def get(self, user_id: uuid.UUID) -> User | None: ...
+
+    async def by_email(self, email: str) -> User | None: ...
+
+    async def update(self, user_id: uuid.UUID, **changes: object) -> User | None: ...
+
+    async def search(self, query: UserFilter) -> list[User]: ...
+
+
+class RefreshTokenRepository(Protocol):
+    async def add(self, token: RefreshToken, token_hash: str, created_at: datetime) -> None: ...
+
+    async def spend(self, token_hash: str, now: datetime) -> RefreshToken | None:
+        """Mark a live token spent, atomically; None when it is not live (missing, spent...)."""
+        ...
+
+    async def find(self, token_hash: str) -> RefreshToken | None: ...
+
+    async def revoke_family(self, family_id: uuid.UUID, now: datetime) -> None: ...
+
+    async def revoke_user(self, user_id: uuid.UUID, now: datetime) -> None: ...
+
+
+class AuthUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def refresh_tokens(self) -> RefreshTokenRepository: ...

@@ -1,0 +1,293 @@
+"""Auth use cases: sign-up, sign-in, token rotation, the caller's principal, staff admin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from currencyex.auth.domain import (
+    STAFF_ROLES,
+    AuthUnitOfWork,
+    KycStatus,
+    Principal,
+    RefreshToken,
+    Role,
+    Tier,
+    TokenPair,
+    User,
+    UserFilter,
+    check_password_policy,
+)
+from currencyex.kernel.clock import Clock
+from currencyex.kernel.errors import (
+    AccountDisabled,
+    InvalidCredentials,
+    InvalidToken,
+    NotFound,
+    ValidationFailed,
+)
+from currencyex.kernel.events import KYC_DECIDED, USER_REGISTERED, Event
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.ports import Cache
+from currencyex.platform.passwords import PasswordHasher
+from currencyex.platform.tokens import TokenIssuer
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _digest(refresh_token: str) -> str:
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanges:
+    role: Role | None = None
+    tier: Tier | None = None
+    disabled: bool | None = None
+
+
+class AuthService:
+    def __init__(
+        self,
+        uow: Callable[[], AuthUnitOfWork],
+        *,
+        hasher: PasswordHasher,
+        tokens: TokenIssuer,
+        cache: Cache,
+        clock: Clock,
+        refresh_ttl_seconds: int,
+        principal_cache_seconds: float,
+    ) -> None:
+        self._uow = uow
+        self._hasher = hasher
+        self._tokens = tokens
+        self._cache = cache
+        self._clock = clock
+        self._refresh_ttl = timedelta(seconds=refresh_ttl_seconds)
+        self._principal_ttl = principal_cache_seconds
+
+    # Customers and sessions
+
+    async def register(self, email: str, password: str, full_name: str) -> User:
+        return await self._create_user(email, password, full_name, Role.CUSTOMER)
+
+    async def login(self, email: str, password: str) -> TokenPair:
+        async with self._uow() as uow:
+            user = await uow.users.by_email(normalise_email(email))
+        # Verify even for an unknown email, so timing does not tell which emails exist.
+        valid = await self._hasher.verify(user.password_hash if user else None, password)
+        if user is None or not valid:
+            raise InvalidCredentials()
+        if user.disabled:
+            raise AccountDisabled()
+        async with self._uow() as uow:
+            pair = await self._issue(uow, user, family_id=new_id())
+            await uow.commit()
+        return pair
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        now = self._clock.now()
+        token_hash = _digest(refresh_token)
+        async with self._uow() as uow:
+            spent = await uow.refresh_tokens.spend(token_hash, now)
+            if spent is None:
+                known = await uow.refresh_tokens.find(token_hash)
+                if known is not None and known.spent_at is not None and known.revoked_at is None:
+                    # A spent token came back: someone holds a copy. End the whole family.
+                    await uow.refresh_tokens.revoke_family(known.family_id, now)
+                    await uow.commit()
+                raise InvalidToken()
+            user = await uow.users.get(spent.user_id)
+            if user is None or user.disabled:
+                await uow.refresh_tokens.revoke_family(spent.family_id, now)
+                await uow.commit()
+                raise AccountDisabled()
+            pair = await self._issue(uow, user, family_id=spent.family_id)
+            await uow.commit()
+        return pair
+
+    async def logout(self, user_id: uuid.UUID, refresh_token: str) -> None:
+        async with self._uow() as uow:
+            known = await uow.refresh_tokens.find(_digest(refresh_token))
+            if known is not None and known.user_id == user_id:
+                await uow.refresh_tokens.revoke_family(known.family_id, self._clock.now())
+                await uow.commit()
+
+    async def me(self, user_id: uuid.UUID) -> User:
+        async with self._uow() as uow:
+            user = await uow.users.get(user_id)
+        if user is None:
+            raise NotFound()
+        return user
+
+    async def authenticate(self, access_token: str) -> Principal:
+        """The principal behind a bearer token: 2002 if the token is bad, 2005 if disabled."""
+        claims = self._tokens.verify(access_token)
+        try:
+            user_id = uuid.UUID(claims.sub)
+        except ValueError as exc:
+            raise InvalidToken() from exc
+        principal = await self.principal(user_id)
+        if principal is None:
+            raise InvalidToken()
+        if principal.disabled:
+            raise AccountDisabled()
+        return principal
+
+    async def principal(self, user_id: uuid.UUID) -> Principal | None:
+        key = f"principal:{user_id}"
+        cached = await self._cache.get(key)
+        if cached is not None:
+            doc = json.loads(cached)
+            return Principal(
+                user_id,
+                Role(doc["role"]),
+                Tier(doc["tier"]),
+                KycStatus(doc["kyc"]),
+                bool(doc["disabled"]),
+            )
+        async with self._uow() as uow:
+            user = await uow.users.get(user_id)
+        if user is None:
+            return None
+        principal = Principal.of(user)
+        doc = {
+            "role": principal.role,
+            "tier": principal.tier,
+            "kyc": principal.kyc_status,
+            "disabled": principal.disabled,
+        }
+        await self._cache.set(key, json.dumps(doc).encode(), ttl_seconds=self._principal_ttl)
+        return principal
+
+    # Staff administration
+
+    async def create_staff(self, email: str, password: str, full_name: str, role: Role) -> User:
+        if role not in STAFF_ROLES:
+            raise ValidationFailed(
+                "Staff role must be TELLER, COMPLIANCE or ADMIN",
+                details=[{"loc": ["body", "role"], "msg": "not a staff role"}],
+            )
+        return await self._create_user(email, password, full_name, role)
+
+    async def list_users(self, query: UserFilter) -> tuple[list[User], uuid.UUID | None]:
+        """One page of users and the cursor of the next page (None on the last page)."""
+        async with self._uow() as uow:
+            page = await uow.users.search(
+                UserFilter(
+                    role=query.role,
+                    kyc_status=query.kyc_status,
+                    email=normalise_email(query.email) if query.email else None,
+                    after=query.after,
+                    limit=query.limit + 1,
+                )
+            )
+        if len(page) > query.limit:
+            return page[: query.limit], page[query.limit - 1].id
+        return page, None
+
+    async def update_user(self, user_id: uuid.UUID, changes: UserChanges) -> User:
+        values: dict[str, object] = {
+            name: value
+            for name, value in (
+                ("role", changes.role),
+                ("tier", changes.tier),
+                ("disabled", changes.disabled),
+            )
+            if value is not None
+        }
+        now = self._clock.now()
+        async with self._uow() as uow:
+            user = await uow.users.update(user_id, **values, updated_at=now)
+            if user is None:
+                raise NotFound()
+            if changes.disabled:
+                await uow.refresh_tokens.revoke_user(user_id, now)
+            await uow.commit()
+        await self._forget(user_id)
+        return user
+
+    async def decide_kyc(self, user_id: uuid.UUID, decision: KycStatus, reason: str) -> User:
+        if decision not in (KycStatus.APPROVED, KycStatus.REJECTED):
+            raise ValidationFailed(
+                "Decision must be APPROVED or REJECTED",
+                details=[{"loc": ["body", "decision"], "msg": "must be APPROVED or REJECTED"}],
+            )
+        async with self._uow() as uow:
+            user = await uow.users.update(
+                user_id, kyc_status=decision, kyc_reason=reason, updated_at=self._clock.now()
+            )
+            if user is None:
+                raise NotFound()
+            await uow.outbox.add(
+                Event(
+                    KYC_DECIDED,
+                    {"user_id": str(user_id), "kyc_status": decision.value, "reason": reason},
+                )
+            )
+            await uow.commit()
+        await self._forget(user_id)
+        return user
+
+    # Internals
+
+    async def _create_user(self, email: str, password: str, full_name: str, role: Role) -> User:
+        email = normalise_email(email)
+        check_password_policy(password, email=email)
+        now = self._clock.now()
+        user = User(
+            id=new_id(),
+            email=email,
+            password_hash=await self._hasher.hash(password),
+            full_name=full_name.strip(),
+            role=role,
+            kyc_status=KycStatus.PENDING,
+            kyc_reason=None,
+            tier=Tier.BASIC,
+            disabled=False,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._uow() as uow:
+            await uow.users.add(user)
+            await uow.outbox.add(
+                Event(
+                    USER_REGISTERED,
+                    {
+                        "user_id": str(user.id),
+                        "email": user.email,
+                        "full_name": user.full_name,
+                        "role": user.role.value,
+                    },
+                )
+            )
+            await uow.commit()
+        return user
+
+    async def _issue(self, uow: AuthUnitOfWork, user: User, *, family_id: uuid.UUID) -> TokenPair:
+        now = self._clock.now()
+        refresh = secrets.token_urlsafe(32)
+        await uow.refresh_tokens.add(
+            RefreshToken(
+                id=new_id(),
+                user_id=user.id,
+                family_id=family_id,
+                expires_at=now + self._refresh_ttl,
+                spent_at=None,
+                revoked_at=None,
+            ),
+            _digest(refresh),
+            now,
+        )
+        access = self._tokens.issue(subject=str(user.id), role=user.role.value, now=now)
+        return TokenPair(access, refresh, self._tokens.ttl_seconds)
+
+    async def _forget(self, user_id: uuid.UUID) -> None:
+        await self._cache.delete(f"principal:{user_id}")

@@ -1,0 +1,173 @@
+"""The composition root: reads Settings, builds every adapter and service, starts and stops them.
+
+The only module that chooses an adapter; everything else receives what it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import casbin
+import structlog
+
+from currencyex.auth.client import AuthClient, InProcessAuthClient
+from currencyex.auth.repository import SqlAuthUnitOfWork
+from currencyex.auth.service import AuthService
+from currencyex.config import Settings
+from currencyex.gateway.guard import load_enforcer
+from currencyex.gateway.limits import RateLimiter
+from currencyex.kernel.clock import Clock, SystemClock
+from currencyex.kernel.ports import Cache, EmailSender, EventBus, RateLimitStore
+from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.cache import MemoryCache, RedisCache
+from currencyex.platform.db import Database
+from currencyex.platform.email import ConsoleEmailSender, SmtpEmailSender
+from currencyex.platform.metrics import Metrics
+from currencyex.platform.outbox import OutboxRelay
+from currencyex.platform.passwords import PasswordHasher
+from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.tokens import TokenIssuer, load_keys
+from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.workers import welcome
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    clock: Clock
+    db: Database
+    cache: Cache
+    rate_store: RateLimitStore
+    bus: EventBus
+    email: EmailSender
+    tokens: TokenIssuer
+    auth: AuthService
+    auth_client: AuthClient
+    enforcer: casbin.Enforcer
+    limiter: RateLimiter
+    metrics: Metrics
+    relay: OutboxRelay
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db)
+
+    def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {"database": self.db.ping, "cache": self.cache.ping, "bus": self.bus.ping}
+
+    async def start(self, *, run_workers: bool | None = None) -> None:
+        """Connect the bus, subscribe the consumers (if this process runs them), start the relay.
+
+        A bus that is down at start-up does not stop the API: events wait in the outbox and the
+        connection is retried in the background.
+        """
+        workers = self.settings.workers_in_process if run_workers is None else run_workers
+        self._background.append(asyncio.create_task(self._connect(workers), name="bus-connect"))
+
+    async def _connect(self, workers: bool) -> None:
+        if isinstance(self.bus, NatsJetStreamBus):
+            delay = 0.5
+            while True:
+                try:
+                    await self.bus.connect()
+                    break
+                except Exception as exc:
+                    log.warning("bus.connect_failed", error=str(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        if workers:
+            await subscribe_consumers(self)
+        self.relay.start()
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self.relay.stop()
+        await self.bus.close()
+        await self.cache.close()
+        await self.rate_store.close()
+        await self.db.close()
+
+
+async def subscribe_consumers(container: Container) -> None:
+    await welcome.subscribe(container.bus, container.uow, container.email)
+
+
+def build(settings: Settings, *, clock: Clock | None = None) -> Container:
+    clock = clock or SystemClock()
+    db = Database(settings.database_url)
+    cache: Cache
+    rate_store: RateLimitStore
+    if settings.redis_url:
+        cache = RedisCache(settings.redis_url)
+        rate_store = RedisRateLimitStore(settings.redis_url)
+    else:
+        cache = MemoryCache(clock)
+        rate_store = MemoryRateLimitStore(clock)
+    bus: EventBus = NatsJetStreamBus(settings.nats_url) if settings.nats_url else InProcessBus()
+    email: EmailSender = (
+        SmtpEmailSender(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.email_from,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            starttls=settings.smtp_starttls,
+        )
+        if settings.email_backend == "smtp"
+        else ConsoleEmailSender()
+    )
+    tokens = TokenIssuer(
+        load_keys(settings.keys_dir),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.access_token_ttl_seconds,
+    )
+    auth = AuthService(
+        lambda: SqlAuthUnitOfWork(db),
+        hasher=PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        ),
+        tokens=tokens,
+        cache=cache,
+        clock=clock,
+        refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+        principal_cache_seconds=settings.principal_cache_seconds,
+    )
+    metrics = Metrics()
+    limiter = RateLimiter(
+        rate_store,
+        metrics=metrics,
+        enabled=settings.rate_limits_enabled,
+        failure_modes=dict(settings.rate_limit_store_failure),
+        default_failure_mode=settings.rate_limit_store_failure_default,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    return Container(
+        settings=settings,
+        clock=clock,
+        db=db,
+        cache=cache,
+        rate_store=rate_store,
+        bus=bus,
+        email=email,
+        tokens=tokens,
+        auth=auth,
+        auth_client=InProcessAuthClient(auth),
+        enforcer=load_enforcer(),
+        limiter=limiter,
+        metrics=metrics,
+        relay=OutboxRelay(
+            db, bus, poll_seconds=settings.outbox_poll_seconds, batch=settings.outbox_batch
+        ),
+    )

@@ -1,0 +1,126 @@
+"""Rate limits: named token buckets checked at the edge, with a documented failure mode.
+
+The store (Redis or memory) answers atomically; this module decides the key (client IP, user,
+email), records the tightest bucket for the X-RateLimit-* headers, and refuses with 3001.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from fastapi import Request
+
+from currencyex.kernel.errors import DependencyUnavailable, RateLimited
+from currencyex.kernel.ports import RateLimitStore
+from currencyex.platform.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+Per = Literal["ip", "user", "global"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str
+    capacity: int
+    per_seconds: float
+
+    @classmethod
+    def per_minute(cls, name: str, count: int) -> Limit:
+        return cls(name, count, 60.0)
+
+    @property
+    def refill_per_second(self) -> float:
+        return self.capacity / self.per_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The bucket reported in the headers: the one with the fewest tokens left."""
+
+    limit: int
+    remaining: int
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        store: RateLimitStore,
+        *,
+        metrics: Metrics,
+        enabled: bool = True,
+        failure_modes: dict[str, str] | None = None,
+        default_failure_mode: str = "open",
+        trusted_proxies: list[str] | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self.enabled = enabled
+        self._failure_modes = failure_modes or {}
+        self._default_failure_mode = default_failure_mode
+        self._trusted = {ipaddress.ip_address(p) for p in trusted_proxies or []}
+
+    async def check(self, request: Request, limit: Limit, key: str) -> None:
+        """Take one token from `limit`'s bucket for `key`; 429/3001 when it is empty."""
+        if not self.enabled:
+            return
+        try:
+            decision = await self._store.take(
+                f"{limit.name}:{key}",
+                capacity=limit.capacity,
+                refill_per_second=limit.refill_per_second,
+            )
+        except Exception as exc:
+            mode = self._failure_modes.get(limit.name, self._default_failure_mode)
+            self._metrics.rate_limit_store_errors.labels(limit.name, mode).inc()
+            log.warning("ratelimit.store_unavailable", limit=limit.name, mode=mode, error=str(exc))
+            if mode == "closed":
+                raise DependencyUnavailable("Rate limiter unavailable, try again shortly") from exc
+            return
+        applied: Applied | None = getattr(request.state, "rate_limit", None)
+        if applied is None or decision.remaining < applied.remaining or not decision.allowed:
+            request.state.rate_limit = Applied(decision.limit, decision.remaining)
+        if not decision.allowed:
+            self._metrics.rate_limited.labels(limit.name).inc()
+            raise RateLimited(retry_after=max(1, math.ceil(decision.retry_after)))
+
+    def client_ip(self, request: Request) -> str:
+        """The peer's address, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        peer = request.client.host if request.client else "unknown"
+        forwarded = request.headers.get("x-forwarded-for")
+        if not forwarded or not self._is_trusted(peer):
+            return peer
+        # Walk from the nearest hop outward; the first untrusted address is the client.
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address) in self._trusted
+        except ValueError:
+            return False
+
+
+class RateLimit:
+    """A route dependency: `dependencies=[Depends(RateLimit("me", 100, per="user"))]`."""
+
+    def __init__(self, name: str, per_minute: int, *, per: Per = "user") -> None:
+        self.limit = Limit.per_minute(name, per_minute)
+        self.per = per
+
+    async def __call__(self, request: Request) -> None:
+        limiter: RateLimiter = request.app.state.container.limiter
+        if self.per == "user" and getattr(request.state, "principal", None) is not None:
+            key = f"user:{request.state.principal.user_id}"
+        elif self.per == "global":
+            key = "all"
+        else:
+            key = f"ip:{limiter.client_ip(request)}"
+        await limiter.check(request, self.limit, key)

@@ -1,0 +1,1 @@
+"""The shared kernel: pure Python values, errors and ports used by every service."""

@@ -1,0 +1,51 @@
+"""The event envelope every service publishes: {"id", "type", "occurred_at", "version", "data"}."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from currencyex.kernel.ids import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # also the subject, e.g. "full.user.registered"
+    data: dict[str, Any]
+    id: str = field(default_factory=lambda: str(new_id()))
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    version: int = 1
+
+    @property
+    def subject(self) -> str:
+        return self.type
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
+                "version": self.version,
+                "data": self.data,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        doc = json.loads(raw)
+        occurred = datetime.fromisoformat(doc["occurred_at"].replace("Z", "+00:00"))
+        return cls(
+            type=doc["type"],
+            data=doc["data"],
+            id=doc["id"],
+            occurred_at=occurred,
+            version=int(doc["version"]),
+        )
+
+
+USER_REGISTERED = "full.user.registered"
+KYC_DECIDED = "full.kyc.decided"

@@ -1,0 +1,114 @@
+"""Ports: the Protocols behind which every backing part sits.
+
+Each port has an embedded adapter (memory, in-process, local) and a real one (Redis, NATS, ...);
+both pass the same contract suite in tests/contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+from currencyex.kernel.events import Event
+
+
+class Cache(Protocol):
+    """A key/value cache with expiry. Values are bytes; callers own the encoding."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None: ...
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
+        """Set only if absent; True when this call stored the value."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove the key; True when it existed. Atomic: of two concurrent deletes one wins."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the cache cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BucketDecision:
+    """The outcome of taking tokens from a token bucket."""
+
+    allowed: bool
+    limit: int  # bucket capacity
+    remaining: int  # whole tokens left after this call
+    retry_after: float  # seconds until the request would be allowed; 0 when allowed
+
+
+class RateLimitStore(Protocol):
+    """Token buckets, taken from atomically.
+
+    A bucket holds at most `capacity` tokens and refills at `refill_per_second`; it starts full.
+    Taking `cost` tokens succeeds when that many are present, and then removes them.
+    """
+
+    async def take(
+        self, key: str, *, capacity: int, refill_per_second: float, cost: int = 1
+    ) -> BucketDecision: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+EventHandler = Callable[[Event], Awaitable[None]]
+
+
+class EventBus(Protocol):
+    """At-least-once delivery of events to durable consumers.
+
+    `publish` is deduplicated by event id. A durable consumer (by name) receives every event on
+    its subject published after it was first subscribed, and each one until its handler returns
+    without raising (an explicit ack); a handler that raises gets the event again later.
+    """
+
+    async def publish(self, event: Event) -> None: ...
+
+    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
+        """Start delivering events matching `subject` (NATS wildcards allowed) to `handler`."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop consumers and release connections."""
+        ...
+
+
+class EmailSender(Protocol):
+    async def send(self, *, to: str, subject: str, body: str) -> None: ...
+
+
+class Outbox(Protocol):
+    """Events written in the same transaction as the state change they announce."""
+
+    async def add(self, event: Event) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. Leaving the block without `commit()` rolls back."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    async def mark_processed(self, consumer: str, event_id: str) -> bool:
+        """Record that `consumer` handled `event_id`; False when it already had (a redelivery)."""
+        ...

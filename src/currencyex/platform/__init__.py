@@ -1,0 +1,1 @@
+"""Adapters of the kernel's ports and the cross-cutting machinery."""

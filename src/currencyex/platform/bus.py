@@ -1,0 +1,385 @@
+"""The `EventBus` port's two adapters: an in-process bus for the embedded mode and NATS JetStream.
+
+Both deliver at least once to durable consumers and drop a second publish of the same event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.client import JetStreamContext
+
+from currencyex.kernel.events import Event
+from currencyex.kernel.ports import EventHandler
+
+log = structlog.get_logger(__name__)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` stands for one token, a final `>` for one or more."""
+    wanted = pattern.split(".")
+    parts = subject.split(".")
+    for index, want in enumerate(wanted):
+        if want == ">":
+            return len(parts) > index
+        if index >= len(parts) or (want != "*" and want != parts[index]):
+            return False
+    return len(parts) == len(wanted)
+
+
+@dataclass(eq=False, slots=True)
+class _LocalConsumer:
+    subject: str
+    handler: EventHandler
+    # Each entry is (serialised event, how many times it has been handed to the handler).
+    queue: asyncio.Queue[tuple[bytes, int]] = field(default_factory=asyncio.Queue)
+    redeliveries: set[asyncio.TimerHandle] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+
+class InProcessBus:
+    """Delivers events between the parts of one process, each durable consumer on its own task.
+
+    Nothing is retained: an event published before a durable exists, or while the process is
+    down, never reaches it. Durability comes from the transactional outbox, whose relay keeps
+    publishing an event until the bus takes it. Dedupe remembers the last `dedupe_window` ids.
+    """
+
+    def __init__(
+        self,
+        *,
+        redelivery_delay: float = 1.0,
+        max_deliveries: int = 10,
+        dedupe_window: int = 10_000,
+    ) -> None:
+        self._redelivery_delay = redelivery_delay
+        self._max_deliveries = max_deliveries
+        self._dedupe_window = dedupe_window
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._consumers: dict[str, _LocalConsumer] = {}
+        self._closed = False
+        # Deliveries queued, being handled or waiting to be redelivered; `drain` waits for none.
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def publish(self, event: Event) -> None:
+        self._check_open()
+        if event.id in self._seen:
+            log.debug("bus.duplicate_dropped", event_id=event.id, subject=event.subject)
+            return
+        # Serialising here fails a bad event at publish time, as NATS would, and gives every
+        # consumer its own copy of `data` to read.
+        payload = event.to_json()
+        self._seen[event.id] = None
+        if len(self._seen) > self._dedupe_window:
+            self._seen.popitem(last=False)
+        for consumer in self._consumers.values():
+            if subject_matches(consumer.subject, event.subject):
+                self._outstanding += 1
+                self._idle.clear()
+                consumer.queue.put_nowait((payload, 1))
+
+    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
+        self._check_open()
+        if durable in self._consumers:
+            # One durable is one consumer: a second subscribe must not deliver everything twice.
+            log.warning("bus.durable_already_subscribed", durable=durable, subject=subject)
+            return
+        consumer = _LocalConsumer(subject=subject, handler=handler)
+        consumer.task = asyncio.create_task(
+            self._consume(durable, consumer), name=f"bus-consumer-{durable}"
+        )
+        self._consumers[durable] = consumer
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def drain(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (deadline built in for tests)
+        """Wait until every event published so far has been handled or dropped."""
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        for consumer in consumers:
+            for handle in consumer.redeliveries:
+                handle.cancel()
+            consumer.redeliveries.clear()
+            if consumer.task is not None:
+                consumer.task.cancel()
+        await asyncio.gather(
+            *(c.task for c in consumers if c.task is not None), return_exceptions=True
+        )
+        self._outstanding = 0
+        self._idle.set()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the bus is closed")
+
+    async def _consume(self, durable: str, consumer: _LocalConsumer) -> None:
+        while True:
+            payload, delivery = await consumer.queue.get()
+            event = Event.from_json(payload)
+            try:
+                await consumer.handler(event)
+            except Exception:
+                if delivery >= self._max_deliveries:
+                    log.exception(
+                        "bus.event_dropped",
+                        durable=durable,
+                        event_id=event.id,
+                        deliveries=delivery,
+                    )
+                    self._settled()
+                else:
+                    log.exception(
+                        "bus.handler_failed",
+                        durable=durable,
+                        event_id=event.id,
+                        delivery=delivery,
+                    )
+                    self._redeliver_later(consumer, payload, delivery + 1)
+            else:
+                self._settled()
+
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
+
+    def _redeliver_later(self, consumer: _LocalConsumer, payload: bytes, delivery: int) -> None:
+        # A timer rather than a sleep in the consumer: a failing event must not hold up the
+        # events queued behind it, as with a JetStream nak.
+        def redeliver() -> None:
+            consumer.redeliveries.discard(handle)
+            consumer.queue.put_nowait((payload, delivery))
+
+        handle = asyncio.get_running_loop().call_later(self._redelivery_delay, redeliver)
+        consumer.redeliveries.add(handle)
+
+
+# How many messages one fetch asks for, and how long it waits on an idle consumer.
+_FETCH_BATCH = 10
+_FETCH_WAIT_SECONDS = 2.0
+# Pause after a failed fetch (NATS down, consumer missing), doubling up to the maximum.
+_FETCH_BACKOFF_SECONDS = 0.5
+_FETCH_BACKOFF_MAX_SECONDS = 5.0
+# JetStream's "stream name already in use" (same name, different configuration).
+_STREAM_NAME_IN_USE = 10058
+
+
+class NatsJetStreamBus:
+    """Publishes to a JetStream stream and consumes through durable pull consumers.
+
+    The stream's duplicate window drops a second publish of the same event id (`Nats-Msg-Id`).
+    A durable consumer created for the first time starts at new events; recreated under the
+    same name, it resumes where it stopped. A handler that raises gets its event again after
+    `redelivery_delay`, up to `max_deliver` deliveries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "FULL",
+        subjects: tuple[str, ...] = ("full.>",),
+        ack_wait: float = 30.0,
+        max_deliver: int = 20,
+        connect_timeout: float = 2.0,
+        redelivery_delay: float = 1.0,
+        publish_timeout: float = 2.0,
+        duplicate_window: float = 120.0,
+    ) -> None:
+        self._url = url
+        self._stream = stream
+        self._subjects = subjects
+        self._ack_wait = ack_wait
+        self._max_deliver = max_deliver
+        self._connect_timeout = connect_timeout
+        self._redelivery_delay = redelivery_delay
+        self._publish_timeout = publish_timeout
+        self._duplicate_window = duplicate_window
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    async def connect(self) -> None:
+        """Connect and make sure the stream exists; raise if NATS is not there in time.
+
+        Only the first connection is bounded by `connect_timeout`: once connected, the client
+        reconnects forever, and publishes fail within `publish_timeout` meanwhile.
+        """
+        nc = NatsClient()
+        try:
+            try:
+                # The client would retry a refused first connection forever; bound it here.
+                async with asyncio.timeout(self._connect_timeout):
+                    await nc.connect(
+                        self._url,
+                        connect_timeout=max(1, math.ceil(self._connect_timeout)),
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        error_cb=self._on_error,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                    )
+            except TimeoutError as exc:
+                raise ConnectionError(
+                    f"NATS at {self._url} not reachable within {self._connect_timeout}s"
+                ) from exc
+            js = nc.jetstream(timeout=self._publish_timeout)
+            await self._ensure_stream(js)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc = nc
+        self._js = js
+
+    async def publish(self, event: Event) -> None:
+        js = self._jetstream()
+        ack = await js.publish(
+            event.subject,
+            event.to_json(),
+            timeout=self._publish_timeout,
+            headers={"Nats-Msg-Id": event.id},
+        )
+        if ack.duplicate:
+            log.debug("bus.duplicate_dropped", event_id=event.id, subject=event.subject)
+
+    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
+        js = self._jetstream()
+        if durable in self._consumers:
+            # Pull consumers share a durable's messages, so this would not deliver twice, but a
+            # second loop in the same process is a wiring mistake worth hearing about.
+            log.warning("bus.durable_already_subscribed", durable=durable, subject=subject)
+            return
+        # The config applies only when the durable is new; an existing one keeps its position.
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            max_deliver=self._max_deliver,
+            filter_subject=subject,
+        )
+        subscription = await js.pull_subscribe(
+            subject, durable=durable, stream=self._stream, config=config
+        )
+        self._consumers[durable] = asyncio.create_task(
+            self._consume(durable, subscription, handler), name=f"bus-consumer-{durable}"
+        )
+
+    async def ping(self) -> None:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise ConnectionError(f"not connected to NATS at {self._url}")
+        await nc.flush(timeout=max(1, math.ceil(self._connect_timeout)))
+
+    async def close(self) -> None:
+        tasks = list(self._consumers.values())
+        self._consumers.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            self._closing = True
+            await nc.close()
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("the bus is closed or not connected")
+        return self._js
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        config = StreamConfig(
+            name=self._stream,
+            subjects=list(self._subjects),
+            duplicate_window=self._duplicate_window,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+            # The stream exists with another configuration (say fewer subjects): bring it to ours.
+            await js.update_stream(config)
+
+    async def _consume(
+        self, durable: str, subscription: JetStreamContext.PullSubscription, handler: EventHandler
+    ) -> None:
+        backoff = _FETCH_BACKOFF_SECONDS
+        while True:
+            try:
+                messages = await subscription.fetch(_FETCH_BATCH, timeout=_FETCH_WAIT_SECONDS)
+            except TimeoutError:
+                continue  # nothing new: the normal state of an idle consumer
+            except Exception:
+                # NATS down or the consumer gone: keep trying, the client reconnects by itself.
+                log.warning("bus.fetch_failed", durable=durable, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _FETCH_BACKOFF_MAX_SECONDS)
+                continue
+            backoff = _FETCH_BACKOFF_SECONDS
+            for index, message in enumerate(messages):
+                try:
+                    await self._handle(durable, message, handler)
+                except asyncio.CancelledError:
+                    # Closing: hand back what this batch did not finish, so it is redelivered
+                    # now rather than after ack_wait.
+                    for unfinished in messages[index:]:
+                        with contextlib.suppress(Exception):
+                            await unfinished.nak()
+                    raise
+
+    async def _handle(self, durable: str, message: Msg, handler: EventHandler) -> None:
+        try:
+            event = Event.from_json(message.data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Redelivering cannot fix a malformed payload.
+            log.exception("bus.undecodable_event", durable=durable, subject=message.subject)
+            await self._settle(message.term())
+            return
+        try:
+            await handler(event)
+        except Exception:
+            delivery = message.metadata.num_delivered or 0
+            name = "bus.event_dropped" if delivery >= self._max_deliver else "bus.handler_failed"
+            log.exception(name, durable=durable, event_id=event.id, delivery=delivery)
+            await self._settle(message.nak(delay=self._redelivery_delay))
+        else:
+            await self._settle(message.ack())
+
+    async def _settle(self, reply: Awaitable[None]) -> None:
+        try:
+            await reply
+        except nats.errors.Error:
+            # The connection dropped: JetStream redelivers the message once ack_wait expires.
+            log.warning("bus.ack_failed", url=self._url, exc_info=True)
+
+    async def _on_error(self, error: Exception) -> None:
+        log.warning("bus.nats_error", url=self._url, error=repr(error))
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return  # our own close(), not an outage
+        log.warning("bus.nats_disconnected", url=self._url)
+
+    async def _on_reconnected(self) -> None:
+        log.info("bus.nats_reconnected", url=self._url)

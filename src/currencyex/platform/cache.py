@@ -1,0 +1,140 @@
+"""The `Cache` port's two adapters: an in-process dict for the embedded mode and Redis."""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from currencyex.kernel.clock import Clock, SystemClock
+
+# An unreachable Redis must fail the request quickly (a clear 503) rather than hold it open.
+REDIS_TIMEOUT_SECONDS = 2.0
+
+# How often the memory cache sweeps out expired keys that nobody reads again.
+_SWEEP_INTERVAL_SECONDS = 60.0
+
+
+def connect_redis(url: str) -> Redis:
+    """A Redis client that gives up after two seconds and never retries on its own.
+
+    Retrying is left to callers: a retried DEL or SET NX could report the wrong winner, and a
+    retried rate-limit take would count twice.
+    """
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _check_ttl(ttl_seconds: float | None) -> None:
+    if ttl_seconds is not None and not ttl_seconds > 0:
+        raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+
+
+class MemoryCache:
+    """A cache in this process's memory; expiry follows a monotonic clock."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        # key -> (value, monotonic expiry or None for no expiry)
+        self._entries: dict[str, tuple[bytes, float | None]] = {}
+        self._last_sweep = self._clock.monotonic()
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._live_entry(key)
+        return None if entry is None else entry[0]
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
+        _check_ttl(ttl_seconds)
+        self._store(key, value, ttl_seconds)
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
+        _check_ttl(ttl_seconds)
+        if self._live_entry(key) is not None:
+            return False
+        self._store(key, value, ttl_seconds)
+        return True
+
+    async def delete(self, key: str) -> bool:
+        # No await between the check and the removal, so concurrent deletes cannot both win.
+        existed = self._live_entry(key) is not None
+        self._entries.pop(key, None)
+        return existed
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+    def _live_entry(self, key: str) -> tuple[bytes, float | None] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at = entry[1]
+        if expires_at is not None and expires_at <= self._clock.monotonic():
+            del self._entries[key]
+            return None
+        return entry
+
+    def _store(self, key: str, value: bytes, ttl_seconds: float | None) -> None:
+        now = self._clock.monotonic()
+        expires_at = None if ttl_seconds is None else now + ttl_seconds
+        self._entries[key] = (value, expires_at)
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        # Keys written once and never read again would otherwise stay forever.
+        if now - self._last_sweep < _SWEEP_INTERVAL_SECONDS:
+            return
+        self._last_sweep = now
+        expired = [k for k, (_, exp) in self._entries.items() if exp is not None and exp <= now]
+        for key in expired:
+            del self._entries[key]
+
+
+class RedisCache:
+    """A cache in Redis, shared by every process of the deployment."""
+
+    def __init__(self, url: str, *, prefix: str = "cx:") -> None:
+        self._redis = connect_redis(url)
+        self._prefix = prefix
+
+    async def get(self, key: str) -> bytes | None:
+        # The client leaves decode_responses off, so replies are bytes, never str.
+        return cast("bytes | None", await self._redis.get(self._key(key)))
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
+        _check_ttl(ttl_seconds)
+        await self._redis.set(self._key(key), value, px=_milliseconds(ttl_seconds))
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
+        _check_ttl(ttl_seconds)
+        stored = await self._redis.set(
+            self._key(key), value, px=_milliseconds(ttl_seconds), nx=True
+        )
+        return bool(stored)
+
+    async def delete(self, key: str) -> bool:
+        removed: int = await self._redis.delete(self._key(key))
+        return removed > 0
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+
+def _milliseconds(ttl_seconds: float | None) -> int | None:
+    # Round up so a short ttl never becomes 0 ms, which Redis rejects.
+    return None if ttl_seconds is None else max(1, math.ceil(ttl_seconds * 1000))

@@ -1,0 +1,121 @@
+"""The transactional outbox: events saved with the change they announce, published by a relay.
+
+An event reaches the bus only if its transaction committed, and is retried until the bus takes
+it; the bus dedupes by event id, so a relay that crashes between publish and mark is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import structlog
+
+from currencyex.kernel.events import Event
+from currencyex.kernel.ports import EventBus
+from currencyex.platform.db import Database, UtcDateTime, metadata
+
+log = structlog.get_logger(__name__)
+
+outbox_table = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("published_at", UtcDateTime, nullable=True),
+)
+
+processed_events_table = sa.Table(
+    "processed_events",
+    metadata,
+    sa.Column("consumer", sa.String(100), primary_key=True),
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("processed_at", UtcDateTime, nullable=False),
+)
+
+
+class OutboxRelay:
+    """Moves committed outbox rows to the bus, oldest first."""
+
+    def __init__(
+        self, db: Database, bus: EventBus, *, poll_seconds: float = 0.2, batch: int = 100
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._poll = poll_seconds
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many events were published."""
+        query = (
+            sa.select(outbox_table.c.id, outbox_table.c.payload)
+            .where(outbox_table.c.published_at.is_(None))
+            .order_by(outbox_table.c.created_at, outbox_table.c.id)
+            .limit(self._batch)
+        )
+        if self._db.dialect == "postgresql":
+            # Two relays (two processes) split the work instead of publishing twice.
+            query = query.with_for_update(skip_locked=True)
+        published: list[str] = []
+        failure: Exception | None = None
+        async with self._db.connect() as conn, conn.begin():
+            rows = (await conn.execute(query)).all()
+            for row in rows:
+                try:
+                    await self._bus.publish(Event.from_json(row.payload))
+                except Exception as exc:  # mark what went out, retry the rest later
+                    failure = exc
+                    break
+                published.append(row.id)
+            if published:
+                await conn.execute(
+                    outbox_table.update()
+                    .where(outbox_table.c.id.in_(published))
+                    .values(published_at=datetime.now(UTC))
+                )
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def pending(self) -> int:
+        async with self._db.connect() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count()).where(outbox_table.c.published_at.is_(None))
+            )
+        return int(count or 0)
+
+    def notify(self) -> None:
+        """Ask the relay to look now rather than at its next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = self._poll
+        while True:
+            try:
+                count = await self.relay_once()
+            except Exception:  # the bus or the database is down: keep the rows, try later
+                log.warning("outbox.relay_failed", exc_info=True)
+                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = self._poll
+            if count < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                self._wake.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,146 @@
+"""Access tokens: EdDSA-signed JWTs from a ring of keys, so keys rotate without logging anyone out.
+
+Keys are Ed25519 PEM files in one folder; the file name is the `kid`. The newest key signs, every
+key in the folder verifies and is published in the JWKS. Verification pins the algorithm.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from currencyex.kernel.errors import InvalidToken
+from currencyex.kernel.ids import new_id
+
+ALGORITHM = "EdDSA"
+_REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti", "role"]
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    sub: str
+    role: str
+    jti: str
+    exp: datetime
+
+
+def generate_key(folder: Path) -> SigningKey:
+    """Write a new key into `folder`; it signs from now on, the old ones still verify."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kid = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{new_id().hex[-8:]}"
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = folder / f"{kid}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return SigningKey(kid, key)
+
+
+def load_keys(folder: Path, *, create: bool = True) -> list[SigningKey]:
+    """All keys in `folder`, oldest first; creates the first key when the folder has none."""
+    keys: list[SigningKey] = []
+    for path in sorted(folder.glob("*.pem")) if folder.exists() else []:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise TypeError(f"{path} is not an Ed25519 private key")
+        keys.append(SigningKey(path.stem, private))
+    if not keys and create:
+        keys.append(generate_key(folder))
+    return keys
+
+
+class TokenIssuer:
+    def __init__(
+        self, keys: list[SigningKey], *, issuer: str, audience: str, ttl_seconds: int
+    ) -> None:
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        self._keys = {key.kid: key for key in keys}
+        self._signing = keys[-1]
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, *, subject: str, role: str, now: datetime) -> str:
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "role": role,
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+            "jti": new_id().hex,
+        }
+        return jwt.encode(
+            claims, self._signing.private, algorithm=ALGORITHM, headers={"kid": self._signing.kid}
+        )
+
+    def verify(self, token: str) -> AccessClaims:
+        """The token's claims, or InvalidToken (2002) for anything but a valid, current token."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._keys.get(str(header.get("kid")))
+            if key is None or header.get("alg") != ALGORITHM:
+                raise InvalidToken()
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": _REQUIRED},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        return AccessClaims(
+            sub=str(claims["sub"]),
+            role=str(claims["role"]),
+            jti=str(claims["jti"]),
+            exp=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {
+            "keys": [
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "kid": key.kid,
+                    "use": "sig",
+                    "alg": ALGORITHM,
+                    "x": _b64url(
+                        key.public.public_bytes(
+                            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                        )
+                    ),
+                }
+                for key in self._keys.values()
+            ]
+        }
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

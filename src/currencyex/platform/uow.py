@@ -1,0 +1,79 @@
+"""The SQL unit of work: one connection, one transaction, an outbox, repositories bound to it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Self
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from currencyex.kernel.events import Event
+from currencyex.platform.db import Database, is_unique_violation
+from currencyex.platform.outbox import outbox_table, processed_events_table
+
+
+class SqlOutbox:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, event: Event) -> None:
+        await self._conn.execute(
+            outbox_table.insert().values(
+                id=event.id,
+                subject=event.subject,
+                payload=event.to_json().decode(),
+                created_at=event.occurred_at,
+            )
+        )
+
+
+class SqlUnitOfWork:
+    """Subclasses bind their service's repositories to `self.connection` in `bind`."""
+
+    connection: AsyncConnection
+    outbox: SqlOutbox
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._done = False
+
+    def bind(self, conn: AsyncConnection) -> None:
+        """Create this service's repositories on the transaction's connection."""
+
+    async def __aenter__(self) -> Self:
+        self.connection = await self._db.engine.connect()
+        await self.connection.begin()
+        self.outbox = SqlOutbox(self.connection)
+        self.bind(self.connection)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if not self._done:
+                await self.connection.rollback()
+        finally:
+            await self.connection.close()
+
+    async def commit(self) -> None:
+        await self.connection.commit()
+        self._done = True
+
+    async def rollback(self) -> None:
+        await self.connection.rollback()
+        self._done = True
+
+    async def mark_processed(self, consumer: str, event_id: str) -> bool:
+        # A savepoint keeps the outer transaction usable when the row already exists.
+        try:
+            async with self.connection.begin_nested():
+                await self.connection.execute(
+                    processed_events_table.insert().values(
+                        consumer=consumer, event_id=event_id, processed_at=datetime.now(UTC)
+                    )
+                )
+        except IntegrityError as exc:
+            if is_unique_violation(exc):
+                return False
+            raise
+        return True

@@ -1,0 +1,311 @@
+"""The `EventBus` contract, run against the in-process bus and against real NATS JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats
+import pytest
+import pytest_asyncio
+
+from currencyex.kernel.events import Event
+from currencyex.kernel.ports import EventBus
+from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
+
+NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
+REDELIVERY_DELAY = 0.1
+WAIT_SECONDS = 3.0
+
+
+class Inbox:
+    """A handler that records what it is given, and can be told to fail the first few times."""
+
+    def __init__(self, *, failures: int = 0) -> None:
+        self.events: list[Event] = []
+        self.attempts = 0
+        self._failures = failures
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, event: Event) -> None:
+        self.attempts += 1
+        if self.attempts <= self._failures:
+            raise RuntimeError("handler failed on purpose")
+        self.events.append(event)
+        self._arrived.set()
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(WAIT_SECONDS):
+            while len(self.events) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@dataclass
+class Buses:
+    """Makes buses of one adapter that share a stream and a subject root; closes them all."""
+
+    kind: str
+    root: str
+    make: Callable[[], Awaitable[EventBus]]
+    opened: list[EventBus] = field(default_factory=list)
+
+    async def new(self) -> EventBus:
+        bus = await self.make()
+        self.opened.append(bus)
+        return bus
+
+    def event(self, suffix: str, **data: object) -> Event:
+        return Event(type=f"{self.root}.{suffix}", data=dict(data))
+
+    async def settle(self, bus: EventBus) -> None:
+        """Give the bus time to deliver anything more it was going to."""
+        if isinstance(bus, InProcessBus):
+            await bus.drain()
+        else:
+            await asyncio.sleep(0.5)
+
+
+def _unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def _delete_stream(name: str) -> None:
+    nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        await nc.jetstream().delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@pytest_asyncio.fixture(params=["inprocess", pytest.param("nats", marks=pytest.mark.integration)])
+async def buses(request: pytest.FixtureRequest) -> AsyncIterator[Buses]:
+    tag = _unique()
+    root = f"t{tag}"
+    stream = f"T_{tag}"
+
+    if request.param == "inprocess":
+        # One process, one bus: every "new" bus is the same one, as in the embedded mode.
+        shared = InProcessBus(redelivery_delay=REDELIVERY_DELAY)
+
+        async def make() -> EventBus:
+            return shared
+
+    else:
+
+        async def make() -> EventBus:
+            bus = NatsJetStreamBus(
+                NATS_URL,
+                stream=stream,
+                subjects=(f"{root}.>",),
+                redelivery_delay=REDELIVERY_DELAY,
+            )
+            await bus.connect()
+            return bus
+
+    buses = Buses(kind=request.param, root=root, make=make)
+    yield buses
+    for bus in buses.opened:
+        await bus.close()
+    if request.param == "nats" and buses.opened:
+        await _delete_stream(stream)
+
+
+async def test_a_subscriber_receives_the_event_with_every_envelope_field_intact(
+    buses: Buses,
+) -> None:
+    bus = await buses.new()
+    inbox = Inbox()
+    await bus.subscribe(f"{buses.root}.user.registered", f"d{_unique()}", inbox)
+    sent = Event(
+        type=f"{buses.root}.user.registered",
+        data={"user_id": "u-1", "email": "ada@example.com", "tags": ["a", 1, None]},
+        occurred_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        version=3,
+    )
+
+    await bus.publish(sent)
+    await inbox.wait_for(1)
+
+    (received,) = inbox.events
+    assert received == sent
+    assert (received.id, received.type, received.version) == (sent.id, sent.type, 3)
+    assert received.occurred_at == sent.occurred_at
+    assert received.data == sent.data
+
+
+async def test_two_durables_on_one_subject_each_get_the_event_once(buses: Buses) -> None:
+    bus = await buses.new()
+    first, second = Inbox(), Inbox()
+    await bus.subscribe(f"{buses.root}.kyc.decided", f"a{_unique()}", first)
+    await bus.subscribe(f"{buses.root}.kyc.decided", f"b{_unique()}", second)
+    event = buses.event("kyc.decided", approved=True)
+
+    await bus.publish(event)
+    await first.wait_for(1)
+    await second.wait_for(1)
+    await buses.settle(bus)
+
+    assert first.events == [event]
+    assert second.events == [event]
+
+
+async def test_publishing_the_same_event_id_twice_delivers_it_once(buses: Buses) -> None:
+    bus = await buses.new()
+    inbox = Inbox()
+    await bus.subscribe(f"{buses.root}.>", f"d{_unique()}", inbox)
+    event = buses.event("wallet.exchanged", amount_minor=10050)
+
+    await bus.publish(event)
+    await bus.publish(event)
+    await inbox.wait_for(1)
+    await buses.settle(bus)
+
+    assert inbox.events == [event]
+
+
+async def test_star_matches_one_token_and_greater_than_matches_the_rest(buses: Buses) -> None:
+    bus = await buses.new()
+    one_token, rest = Inbox(), Inbox()
+    await bus.subscribe(f"{buses.root}.x.*", f"star{_unique()}", one_token)
+    await bus.subscribe(f"{buses.root}.x.>", f"gt{_unique()}", rest)
+    shallow = buses.event("x.a")
+    deep = buses.event("x.a.b")
+    elsewhere = buses.event("y.a")
+
+    for event in (shallow, deep, elsewhere):
+        await bus.publish(event)
+    await rest.wait_for(2)
+    await buses.settle(bus)
+
+    assert one_token.events == [shallow]
+    assert rest.events == [shallow, deep]
+
+
+async def test_a_handler_that_raises_gets_the_event_again(buses: Buses) -> None:
+    bus = await buses.new()
+    inbox = Inbox(failures=1)
+    await bus.subscribe(f"{buses.root}.payout.requested", f"d{_unique()}", inbox)
+    event = buses.event("payout.requested", payout_id="p-1")
+
+    await bus.publish(event)
+    await inbox.wait_for(1)
+
+    assert inbox.attempts == 2
+    assert inbox.events == [event]
+
+
+async def test_a_durable_subscribed_twice_does_not_get_events_twice(buses: Buses) -> None:
+    bus = await buses.new()
+    inbox = Inbox()
+    durable = f"d{_unique()}"
+    await bus.subscribe(f"{buses.root}.user.registered", durable, inbox)
+    await bus.subscribe(f"{buses.root}.user.registered", durable, inbox)
+    event = buses.event("user.registered")
+
+    await bus.publish(event)
+    await inbox.wait_for(1)
+    await buses.settle(bus)
+
+    assert inbox.events == [event]
+
+
+async def test_events_published_before_a_durable_exists_are_not_delivered_to_it(
+    buses: Buses,
+) -> None:
+    bus = await buses.new()
+    early = buses.event("user.registered", n=1)
+    await bus.publish(early)
+    inbox = Inbox()
+    await bus.subscribe(f"{buses.root}.user.registered", f"d{_unique()}", inbox)
+    late = buses.event("user.registered", n=2)
+
+    await bus.publish(late)
+    await inbox.wait_for(1)
+    await buses.settle(bus)
+
+    assert inbox.events == [late]
+
+
+async def test_close_stops_a_busy_consumer_promptly_and_leaves_no_task_behind(
+    buses: Buses,
+) -> None:
+    before = asyncio.all_tasks()
+    bus = await buses.new()
+    started = asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        started.set()
+        await asyncio.Event().wait()  # only cancellation ends this
+
+    await bus.subscribe(f"{buses.root}.slow", f"d{_unique()}", stuck)
+    await bus.publish(buses.event("slow"))
+    async with asyncio.timeout(WAIT_SECONDS):
+        await started.wait()
+        await bus.close()
+
+    left = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert [task for task in left if not task.done()] == []
+    with pytest.raises(RuntimeError, match="closed"):
+        await bus.publish(buses.event("slow"))
+
+
+@pytest_asyncio.fixture
+async def nats_buses() -> AsyncIterator[Buses]:
+    tag = _unique()
+    root = f"t{tag}"
+    stream = f"T_{tag}"
+
+    async def make() -> EventBus:
+        bus = NatsJetStreamBus(
+            NATS_URL, stream=stream, subjects=(f"{root}.>",), redelivery_delay=REDELIVERY_DELAY
+        )
+        await bus.connect()
+        return bus
+
+    buses = Buses(kind="nats", root=root, make=make)
+    yield buses
+    for bus in buses.opened:
+        await bus.close()
+    if buses.opened:
+        await _delete_stream(stream)
+
+
+@pytest.mark.integration
+async def test_a_durable_that_was_away_gets_what_was_published_meanwhile(
+    nats_buses: Buses,
+) -> None:
+    durable = f"d{_unique()}"
+    subject = f"{nats_buses.root}.user.registered"
+    worker = await nats_buses.new()
+    await worker.subscribe(subject, durable, Inbox())
+    await worker.close()
+    publisher = await nats_buses.new()
+    missed = nats_buses.event("user.registered", n=1)
+
+    await publisher.publish(missed)
+    restarted = await nats_buses.new()
+    inbox = Inbox()
+    await restarted.subscribe(subject, durable, inbox)
+    await inbox.wait_for(1)
+
+    assert inbox.events == [missed]
+
+
+@pytest.mark.integration
+async def test_connecting_to_a_port_with_nothing_listening_fails_promptly() -> None:
+    bus = NatsJetStreamBus("nats://127.0.0.1:1", connect_timeout=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(ConnectionError):
+        await bus.connect()
+
+    assert time.monotonic() - started < 3.0
+    with pytest.raises(RuntimeError, match="not connected"):
+        await bus.publish(Event(type="full.user.registered", data={}))
+    await bus.close()

@@ -1,0 +1,154 @@
+"""The contract every `Cache` adapter keeps, run against the memory and the Redis adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from currencyex.kernel.clock import FakeClock
+from currencyex.kernel.ports import Cache
+from currencyex.platform.cache import MemoryCache, RedisCache
+
+REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+async def _delete_keys(prefix: str) -> None:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    if request.param == "memory":
+        memory = MemoryCache()
+        yield memory
+        await memory.close()
+        return
+    # A prefix of its own per test keeps tests from seeing each other's keys.
+    prefix = f"cx:test:{uuid.uuid4().hex}:"
+    redis_cache = RedisCache(REDIS_URL, prefix=prefix)
+    yield redis_cache
+    await redis_cache.close()
+    await _delete_keys(prefix)
+
+
+async def test_missing_key_reads_as_none(cache: Cache) -> None:
+    assert await cache.get("absent") is None
+
+
+async def test_set_value_is_read_back_byte_for_byte(cache: Cache) -> None:
+    value = b"\x00\xff binary \xc3\x28"
+    await cache.set("k", value)
+    assert await cache.get("k") == value
+
+
+async def test_set_overwrites_the_previous_value(cache: Cache) -> None:
+    await cache.set("k", b"one")
+    await cache.set("k", b"two")
+    assert await cache.get("k") == b"two"
+
+
+async def test_add_stores_only_when_the_key_is_absent(cache: Cache) -> None:
+    assert await cache.add("k", b"first") is True
+    assert await cache.add("k", b"second") is False
+    assert await cache.get("k") == b"first"
+
+
+async def test_delete_reports_whether_the_key_existed(cache: Cache) -> None:
+    await cache.set("k", b"v")
+    assert await cache.delete("k") is True
+    assert await cache.get("k") is None
+    assert await cache.delete("k") is False
+
+
+async def test_value_expires_after_its_ttl(cache: Cache) -> None:
+    await cache.set("k", b"v", ttl_seconds=0.3)
+    assert await cache.get("k") == b"v"
+    await asyncio.sleep(0.45)
+    assert await cache.get("k") is None
+
+
+async def test_add_succeeds_once_the_previous_value_expired(cache: Cache) -> None:
+    assert await cache.add("k", b"old", ttl_seconds=0.3) is True
+    await asyncio.sleep(0.45)
+    assert await cache.add("k", b"new") is True
+    assert await cache.get("k") == b"new"
+
+
+async def test_set_without_ttl_removes_an_earlier_ttl(cache: Cache) -> None:
+    await cache.set("k", b"short", ttl_seconds=0.3)
+    await cache.set("k", b"lasting")
+    await asyncio.sleep(0.45)
+    assert await cache.get("k") == b"lasting"
+
+
+async def test_of_concurrent_deletes_exactly_one_wins(cache: Cache) -> None:
+    await cache.set("k", b"v")
+    results = await asyncio.gather(*(cache.delete("k") for _ in range(10)))
+    assert results.count(True) == 1
+
+
+async def test_of_concurrent_adds_exactly_one_wins(cache: Cache) -> None:
+    results = await asyncio.gather(*(cache.add("k", str(i).encode()) for i in range(10)))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await cache.get("k") == str(winner).encode()
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0])
+async def test_non_positive_ttl_is_refused(cache: Cache, ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        await cache.set("k", b"v", ttl_seconds=ttl)
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        await cache.add("k", b"v", ttl_seconds=ttl)
+
+
+async def test_ping_succeeds_when_reachable(cache: Cache) -> None:
+    await cache.ping()
+
+
+async def test_memory_value_lives_until_exactly_its_ttl() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock=clock)
+    await cache.set("k", b"v", ttl_seconds=10)
+    clock.advance(9.999)
+    assert await cache.get("k") == b"v"
+    clock.advance(0.001)
+    assert await cache.get("k") is None
+    await cache.close()
+
+
+async def test_memory_cache_sweeps_expired_keys_nobody_reads() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock=clock)
+    for i in range(100):
+        await cache.set(f"k{i}", b"v", ttl_seconds=1)
+    clock.advance(120)
+    await cache.set("fresh", b"v")
+    assert list(cache._entries) == ["fresh"]
+    await cache.close()
+
+
+async def test_unreachable_redis_fails_ping_and_get_promptly() -> None:
+    cache = RedisCache(UNREACHABLE_REDIS_URL)
+    started = time.monotonic()
+    with pytest.raises((RedisError, OSError)):
+        await cache.ping()
+    with pytest.raises((RedisError, OSError)):
+        await cache.get("k")
+    assert time.monotonic() - started < 3
+    await cache.close()
