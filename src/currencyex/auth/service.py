@@ -203,6 +203,10 @@ class AuthService:
             )
             if value is not None
         }
+        if not values:
+            raise ValidationFailed(
+                "Nothing to change", details=[{"loc": ["body"], "msg": "give role, tier or disabled"}]
+            )
         now = self._clock.now()
         async with self._uow() as uow:
             user = await uow.users.update(user_id, **values, updated_at=now)

@@ -1,0 +1,221 @@
+"""Staff administration: only an ADMIN grants staff roles, manages users; KYC decisions."""
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from currencyex.platform.outbox import outbox_table
+
+
+def staff_body(role: str = "TELLER") -> dict:
+    return {
+        "email": f"staff-{uuid.uuid4().hex[:10]}@example.com",
+        "password": "teller-pass-42",
+        "full_name": "Tess Teller",
+        "role": role,
+    }
+
+
+async def test_admin_creates_a_teller_who_can_log_in(api):
+    _, admin = await api.user_token("ADMIN")
+    body = staff_body()
+    response = await api.http.post("/v1/admin/staff", json=body, headers=api.bearer(admin))
+    assert response.status_code == 201
+    assert response.json()["role"] == "TELLER"
+    tokens = await api.login(body["email"], body["password"])
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(tokens["access_token"]))
+    assert me.json()["role"] == "TELLER"
+
+
+@pytest.mark.parametrize("role", ["CUSTOMER", "TELLER", "COMPLIANCE"])
+async def test_only_an_admin_may_create_staff(api, role):
+    _, token = await api.user_token(role)
+    response = await api.http.post("/v1/admin/staff", json=staff_body(), headers=api.bearer(token))
+    assert response.status_code == 403
+    assert response.json()["code"] == 2003
+
+
+async def test_staff_role_must_be_a_staff_role(api):
+    _, admin = await api.user_token("ADMIN")
+    response = await api.http.post(
+        "/v1/admin/staff", json=staff_body("CUSTOMER"), headers=api.bearer(admin)
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == 1000
+
+
+async def test_self_registration_cannot_choose_a_role(api):
+    response = await api.http.post(
+        "/v1/auth/register",
+        json={
+            "email": "sneaky@example.com",
+            "password": "correct-horse-42",
+            "full_name": "S",
+            "role": "ADMIN",
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == 1000
+
+
+async def test_users_are_filtered_and_paginated_without_gaps(api):
+    _, admin = await api.user_token("ADMIN")
+    emails = {(await api.register())["email"] for _ in range(5)}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"role": "CUSTOMER", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (
+            await api.http.get("/v1/admin/users", params=params, headers=api.bearer(admin))
+        ).json()
+        assert len(page["items"]) <= 2
+        seen.extend(item["email"] for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen))
+    assert emails <= set(seen)
+    assert all(
+        item["role"] == "CUSTOMER"
+        for item in (
+            await api.http.get(
+                "/v1/admin/users", params={"role": "CUSTOMER"}, headers=api.bearer(admin)
+            )
+        ).json()["items"]
+    )
+    one = next(iter(emails))
+    by_email = await api.http.get(
+        "/v1/admin/users", params={"email": one.upper()}, headers=api.bearer(admin)
+    )
+    assert [item["email"] for item in by_email.json()["items"]] == [one]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": 0}, {"limit": 201}, {"cursor": "%%%"}, {"role": "KING"}, {"kyc_status": "MAYBE"}],
+)
+async def test_bad_user_query_is_422_1000(api, params):
+    _, admin = await api.user_token("ADMIN")
+    response = await api.http.get("/v1/admin/users", params=params, headers=api.bearer(admin))
+    assert response.status_code == 422
+    assert response.json()["code"] == 1000
+
+
+async def test_admin_upgrades_a_tier_seen_by_the_user(api):
+    _, admin = await api.user_token("ADMIN")
+    user_id, token = await api.user_token()
+    response = await api.http.patch(
+        f"/v1/admin/users/{user_id}", json={"tier": "PRO"}, headers=api.bearer(admin)
+    )
+    assert response.status_code == 200
+    assert response.json()["tier"] == "PRO"
+    assert (await api.http.get("/v1/auth/me", headers=api.bearer(token))).json()["tier"] == "PRO"
+
+
+async def test_disabled_account_cannot_log_in_or_use_its_tokens(api):
+    _, admin = await api.user_token("ADMIN")
+    user = await api.register()
+    pair = await api.login(user["email"])
+    assert (await api.http.get("/v1/auth/me", headers=api.bearer(pair["access_token"]))).is_success
+    disabled = await api.http.patch(
+        f"/v1/admin/users/{user['id']}", json={"disabled": True}, headers=api.bearer(admin)
+    )
+    assert disabled.json()["disabled"] is True
+
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(pair["access_token"]))
+    assert me.status_code == 403
+    assert me.json()["code"] == 2005
+    login = await api.http.post(
+        "/v1/auth/login", json={"email": user["email"], "password": user["password"]}
+    )
+    assert login.status_code == 403
+    assert login.json()["code"] == 2005
+    refresh = await api.http.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refresh.status_code in (401, 403)
+
+    enabled = await api.http.patch(
+        f"/v1/admin/users/{user['id']}", json={"disabled": False}, headers=api.bearer(admin)
+    )
+    assert enabled.status_code == 200
+    assert (await api.http.get("/v1/auth/me", headers=api.bearer(pair["access_token"]))).is_success
+
+
+async def test_role_change_takes_effect_on_the_next_request(api):
+    _, admin = await api.user_token("ADMIN")
+    user_id, token = await api.user_token()
+    assert (await api.http.get("/v1/admin/users", headers=api.bearer(token))).status_code == 403
+    await api.http.patch(
+        f"/v1/admin/users/{user_id}", json={"role": "ADMIN"}, headers=api.bearer(admin)
+    )
+    assert (await api.http.get("/v1/admin/users", headers=api.bearer(token))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path_id", "body", "status", "code"),
+    [
+        (str(uuid.uuid4()), {"tier": "PRO"}, 404, 4004),
+        ("not-a-uuid", {"tier": "PRO"}, 422, 1000),
+        (None, {}, 422, 1000),
+        (None, {"tier": "GOLD"}, 422, 1000),
+        (None, {"disabled": "maybe"}, 422, 1000),
+    ],
+)
+async def test_bad_user_patch_is_refused(api, path_id, body, status, code):
+    _, admin = await api.user_token("ADMIN")
+    user_id, _ = await api.user_token()
+    response = await api.http.patch(
+        f"/v1/admin/users/{path_id or user_id}", json=body, headers=api.bearer(admin)
+    )
+    assert response.status_code == status
+    assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize("reviewer", ["COMPLIANCE", "ADMIN"])
+async def test_kyc_decision_is_visible_to_the_customer_and_announced(api, reviewer):
+    _, staff = await api.user_token(reviewer)
+    user_id, token = await api.user_token()
+    response = await api.http.post(
+        f"/v1/admin/kyc/{user_id}/decision",
+        json={"decision": "APPROVED", "reason": "documents match"},
+        headers=api.bearer(staff),
+    )
+    assert response.status_code == 200
+    assert response.json()["kyc_status"] == "APPROVED"
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
+    assert me.json()["kyc_status"] == "APPROVED"
+    async with api.container.db.connect() as conn:
+        subjects = (await conn.execute(sa.select(outbox_table.c.payload))).scalars().all()
+    assert any('"full.kyc.decided"' in p and user_id in p for p in subjects)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"decision": "MAYBE", "reason": "x"},
+        {"decision": "APPROVED"},
+        {"decision": "APPROVED", "reason": ""},
+        {"decision": "PENDING", "reason": "back to start"},
+    ],
+)
+async def test_bad_kyc_decision_is_422_1000_and_changes_nothing(api, body):
+    _, staff = await api.user_token("COMPLIANCE")
+    user_id, token = await api.user_token()
+    response = await api.http.post(
+        f"/v1/admin/kyc/{user_id}/decision", json=body, headers=api.bearer(staff)
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == 1000
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
+    assert me.json()["kyc_status"] == "PENDING"
+
+
+async def test_kyc_decision_for_an_unknown_user_is_404_4004(api):
+    _, staff = await api.user_token("COMPLIANCE")
+    response = await api.http.post(
+        f"/v1/admin/kyc/{uuid.uuid4()}/decision",
+        json={"decision": "REJECTED", "reason": "blurry"},
+        headers=api.bearer(staff),
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == 4004

@@ -1,0 +1,500 @@
+"""Operations and the request context: health, readiness, metrics, request ids, error bodies,
+the body size limit, validation, the OpenAPI docs and what the logs may never contain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import structlog
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Api, running_app
+from currencyex.app import create_app
+from currencyex.auth.repository import users
+from currencyex.bootstrap import build
+from currencyex.config import Settings
+from currencyex.platform.logging import configure_logging
+
+PASSWORD = "Sup3r-secret-pa55word"
+READY_WAIT_SECONDS = 5.0
+
+
+def new_email() -> str:
+    return f"ops-{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def user_count(api: Api, *where: Any) -> int:
+    async with api.container.db.connect() as conn:
+        count = await conn.scalar(sa.select(sa.func.count()).select_from(users).where(*where))
+    return int(count or 0)
+
+
+async def ready(api: Api) -> httpx.Response:
+    """/readyz once the container had its chance to connect the bus (in the background)."""
+    deadline = asyncio.get_running_loop().time() + READY_WAIT_SECONDS
+    while True:
+        response = await api.http.get("/readyz")
+        if response.status_code == 200 or asyncio.get_running_loop().time() > deadline:
+            return response
+        await asyncio.sleep(0.05)
+
+
+def assert_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == code
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return dict(body)
+
+
+@asynccontextmanager
+async def app_with_boom(settings: Settings) -> AsyncIterator[Api]:
+    """The app plus GET /boom, a route that fails with an exception nobody expected."""
+    container = build(settings)
+    app: FastAPI = create_app(container)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    container.enforcer.add_policy("anonymous", "/boom", "GET")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield Api(container, client)
+
+
+@pytest.fixture(autouse=True)
+def json_logs() -> Iterator[Callable[..., None]]:
+    """structlog as in production (JSON lines on stdout) for every test here, restored after.
+
+    Besides being what the logs test inspects, it keeps failures fast: the development console
+    renderer spends seconds drawing rich tracebacks of the expected errors.
+    """
+    saved = structlog.get_config()
+    configure_logging("INFO", json=True)
+    yield configure_logging
+    structlog.configure(**saved)
+
+
+# Health and readiness
+
+
+async def test_healthz_is_200(api: Api) -> None:
+    response = await api.http.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_is_200_with_every_check_ok(api: Api) -> None:
+    response = await ready(api)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "cache": "ok", "bus": "ok"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("backend", "overrides", "failing"),
+    [
+        pytest.param(
+            "real",
+            {"redis_url": "redis://127.0.0.1:1/0"},
+            "cache",
+            marks=pytest.mark.integration,
+            id="real-redis-down",
+        ),
+        pytest.param(
+            "real",
+            {"nats_url": "nats://127.0.0.1:1"},
+            "bus",
+            marks=pytest.mark.integration,
+            id="real-nats-down",
+        ),
+        pytest.param(
+            "real",
+            {"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"},
+            "database",
+            marks=pytest.mark.integration,
+            id="real-postgres-down",
+        ),
+        pytest.param(
+            "embedded",
+            {"database_url": "sqlite+aiosqlite:////nonexistent-dir/sub/currencyex.db"},
+            "database",
+            id="embedded-sqlite-unopenable",
+        ),
+    ],
+)
+async def test_readyz_is_503_naming_the_unreachable_dependency(
+    make_settings: Callable[..., Any], backend: str, overrides: dict[str, str], failing: str
+) -> None:
+    settings = await make_settings(backend, **overrides)
+    async with running_app(settings) as api:
+        if failing != "bus":
+            # Wait for the bus so that only the broken dependency is left failing.
+            async def bus_ok() -> bool:
+                response = await api.http.get("/readyz")
+                return bool(response.json()["checks"]["bus"] == "ok")
+
+            deadline = asyncio.get_running_loop().time() + READY_WAIT_SECONDS
+            while not await bus_ok():
+                assert asyncio.get_running_loop().time() < deadline, "bus never connected"
+                await asyncio.sleep(0.05)
+
+        response = await api.http.get("/readyz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    checks = body["checks"]
+    assert set(checks) == {"database", "cache", "bus"}
+    assert checks[failing].startswith("error")
+    assert all(value == "ok" for name, value in checks.items() if name != failing), checks
+    assert "x-request-id" in response.headers
+
+
+# Metrics
+
+
+def samples(text: str, name: str) -> list[Any]:
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+async def test_metrics_count_requests_by_route_template(backend: str, api: Api) -> None:
+    _, admin = await api.user_token("ADMIN")
+    user_id, token = await api.user_token("CUSTOMER")
+    assert (await api.http.get("/v1/auth/me", headers=api.bearer(token))).status_code == 200
+    assert (await api.http.get("/v1/auth/me", headers=api.bearer(token))).status_code == 200
+    assert (await api.http.get("/v1/auth/me")).status_code == 401
+    patched = await api.http.patch(
+        f"/v1/admin/users/{user_id}", json={"tier": "PRO"}, headers=api.bearer(admin)
+    )
+    assert patched.status_code == 200, patched.text
+    assert (await api.http.get(f"/nowhere/{uuid.uuid4()}")).status_code == 404
+
+    response = await api.http.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    requests = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for s in samples(text, "currencyex_http_requests_total")
+    }
+    assert requests[("/v1/auth/me", "GET", "200")] == 2
+    assert requests[("/v1/auth/me", "GET", "401")] == 1
+    assert requests[("/v1/admin/users/{user_id}", "PATCH", "200")] == 1
+    assert requests[("/v1/auth/register", "POST", "201")] >= 1
+    # Raw paths never become labels (an id per label value would explode the series).
+    assert all(user_id not in route and "/nowhere" not in route for route, _, _ in requests)
+    assert ("unmatched", "GET", "404") in requests
+
+    durations = {
+        (s.labels["route"], s.labels["method"]): s.value
+        for s in samples(text, "currencyex_http_request_duration_seconds_count")
+    }
+    assert durations[("/v1/auth/me", "GET")] == 3
+    assert durations[("/v1/admin/users/{user_id}", "PATCH")] == 1
+    buckets = [
+        s
+        for s in samples(text, "currencyex_http_request_duration_seconds_bucket")
+        if s.labels["route"] == "/v1/auth/me"
+    ]
+    assert buckets
+    assert max(s.value for s in buckets if s.labels["le"] == "+Inf") == 3
+
+
+# Request ids and error bodies
+
+
+async def test_every_response_carries_a_request_id_and_error_bodies_repeat_it(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    settings = await make_settings(backend, max_body_bytes=1024)
+    async with app_with_boom(settings) as api:
+        ok = await api.http.get("/healthz")
+        unauthorised = await api.http.get("/v1/auth/me")
+        missing = await api.http.get("/v1/no/such/path")
+        invalid = await api.http.post("/v1/auth/register", json={"email": "x"})
+        too_large = await api.http.post("/v1/auth/register", content=b"{" + b" " * 2048 + b"}")
+        not_allowed = await api.http.delete("/healthz")
+        failed = await api.http.get("/boom")
+
+    responses = [ok, unauthorised, missing, invalid, too_large, not_allowed, failed]
+    assert [r.status_code for r in responses] == [200, 401, 404, 422, 413, 405, 500]
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert all(ids)
+    assert len(set(ids)) == len(ids), "each request gets its own id"
+
+    assert_error(unauthorised, 401, 2002)
+    assert_error(missing, 404, 4004)
+    assert_error(invalid, 422, 1000)
+    assert_error(too_large, 413, 4001)
+    assert not_allowed.json()["request_id"] == not_allowed.headers["x-request-id"]
+    assert_error(failed, 500, 9000)
+
+
+async def test_a_valid_incoming_request_id_is_echoed_and_an_invalid_one_replaced(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    settings = await make_settings(backend, max_body_bytes=1024)
+    given = "client-req_42.abc:XYZ"
+    async with app_with_boom(settings) as api:
+        sent = {"X-Request-ID": given}
+        echoed = [
+            await api.http.get("/healthz", headers=sent),
+            await api.http.get("/v1/auth/me", headers=sent),
+            await api.http.get("/v1/no/such/path", headers=sent),
+            await api.http.post("/v1/auth/register", json={}, headers=sent),
+            await api.http.post(
+                "/v1/auth/register", content=b"{" + b" " * 2048 + b"}", headers=sent
+            ),
+            await api.http.get("/boom", headers=sent),
+        ]
+        for bad in ("has spaces in it", "x" * 129, "semi;colon", "new\\nline"):
+            replaced = await api.http.get("/v1/auth/me", headers={"X-Request-ID": bad})
+            assert replaced.headers["x-request-id"] != bad
+            assert replaced.json()["request_id"] == replaced.headers["x-request-id"]
+            assert len(replaced.headers["x-request-id"]) == 32
+
+    for response in echoed:
+        assert response.headers["x-request-id"] == given, response.status_code
+        if response.status_code >= 400:
+            assert response.json()["request_id"] == given
+    assert [r.status_code for r in echoed] == [200, 401, 404, 422, 413, 500]
+
+
+async def test_an_unexpected_error_is_500_9000_without_details_or_a_trace(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    async with app_with_boom(await make_settings(backend)) as api:
+        response = await api.http.get("/boom")
+        # The app keeps serving afterwards.
+        assert (await api.http.get("/healthz")).status_code == 200
+
+    body = assert_error(response, 500, 9000)
+    assert set(body) == {"code", "message", "request_id"}
+    for leak in ("secret detail", "Traceback", "RuntimeError", "boom", 'File "'):
+        assert leak not in response.text
+
+
+# Body size limit
+
+
+def padded_registration(email: str, size: int) -> bytes:
+    """A valid registration body, padded with JSON whitespace to `size` bytes."""
+    body = json.dumps({"email": email, "password": PASSWORD, "full_name": "Big Body"}).encode()
+    assert len(body) < size
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+async def test_a_body_over_the_limit_is_413_4001_declared_or_streamed_and_writes_nothing(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    settings = await make_settings(backend, max_body_bytes=1024)
+    declared_email, streamed_email = new_email(), new_email()
+    async with running_app(settings) as api:
+        json_headers = {"Content-Type": "application/json"}
+        declared = await api.http.post(
+            "/v1/auth/register",
+            content=padded_registration(declared_email, 4096),
+            headers=json_headers,
+        )
+        assert int(declared.request.headers["content-length"]) == 4096
+
+        body = padded_registration(streamed_email, 4096)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 256):
+                yield body[start : start + 256]
+
+        streamed = await api.http.post("/v1/auth/register", content=chunks(), headers=json_headers)
+        assert "content-length" not in streamed.request.headers
+        assert streamed.request.headers["transfer-encoding"] == "chunked"
+
+        for response in (declared, streamed):
+            assert_error(response, 413, 4001)
+            assert PASSWORD not in response.text
+        assert await user_count(api, users.c.email.in_([declared_email, streamed_email])) == 0
+
+        # The same body under the limit is a valid registration: the size alone refused it.
+        fitting = await api.http.post(
+            "/v1/auth/register",
+            content=padded_registration(declared_email, 1000),
+            headers=json_headers,
+        )
+        assert fitting.status_code == 201, fitting.text
+        assert await user_count(api, users.c.email == declared_email) == 1
+        assert await user_count(api, users.c.email == streamed_email) == 0
+
+
+# Validation
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        pytest.param(
+            b'{"email": "mal@example.com", "password": "' + PASSWORD.encode() + b'", ',
+            None,
+            id="malformed-json",
+        ),
+        pytest.param(
+            json.dumps({"email": 42, "password": [PASSWORD], "full_name": {"a": 1}}).encode(),
+            "password",
+            id="wrong-types",
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "email": "extra@example.com",
+                    "password": PASSWORD,
+                    "full_name": "Extra",
+                    "role": "ADMIN",
+                }
+            ).encode(),
+            "role",
+            id="unknown-field",
+        ),
+        pytest.param(
+            json.dumps({"email": "nofull@example.com", "password": PASSWORD}).encode(),
+            "full_name",
+            id="missing-field",
+        ),
+        pytest.param(
+            json.dumps(
+                {"email": "not-an-email", "password": PASSWORD, "full_name": "Bad"}
+            ).encode(),
+            "email",
+            id="bad-email",
+        ),
+    ],
+)
+async def test_bad_registration_body_is_422_1000_with_details_and_no_password_echo(
+    api: Api, content: bytes, field: str | None
+) -> None:
+    before = await user_count(api)
+
+    response = await api.http.post(
+        "/v1/auth/register", content=content, headers={"Content-Type": "application/json"}
+    )
+
+    body = assert_error(response, 422, 1000)
+    details = body["details"]
+    assert isinstance(details, list)
+    assert details
+    assert all(isinstance(detail["loc"], list) for detail in details)
+    if field is not None:
+        assert any(field in detail["loc"] for detail in details), details
+    assert PASSWORD not in response.text
+    assert await user_count(api) == before
+
+    # And as the admin sees it: no such user.
+    _, admin = await api.user_token("ADMIN")
+    listed = await api.http.get(
+        "/v1/admin/users", params={"role": "CUSTOMER"}, headers=api.bearer(admin)
+    )
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
+
+
+# Documentation
+
+
+async def test_openapi_json_lists_the_routes_and_docs_serve_html(api: Api) -> None:
+    spec = await api.http.get("/openapi.json")
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    assert "post" in paths["/v1/auth/login"]
+    assert "/v1/auth/register" in paths
+    assert "/healthz" in paths
+
+    docs = await api.http.get("/docs")
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")
+    assert "/openapi.json" in docs.text
+
+
+# Logs
+
+
+async def test_logs_carry_the_request_id_and_never_the_password_or_tokens(
+    backend: str,
+    make_settings: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+    json_logs: Callable[..., None],
+) -> None:
+    settings = await make_settings(backend)
+    async with running_app(settings) as api:
+        capsys.readouterr()
+        json_logs("INFO", json=True)  # after capsys took stdout, so the logger writes there
+
+        email = new_email()
+        registered = await api.http.post(
+            "/v1/auth/register",
+            json={"email": email, "password": PASSWORD, "full_name": "Logged User"},
+        )
+        assert registered.status_code == 201
+        logged_in = await api.http.post(
+            "/v1/auth/login", json={"email": email, "password": PASSWORD}
+        )
+        assert logged_in.status_code == 200
+        tokens = logged_in.json()
+        me = await api.http.get(
+            "/v1/auth/me",
+            headers={**api.bearer(tokens["access_token"]), "X-Request-ID": "trace-me-123"},
+        )
+        assert me.status_code == 200
+        wrong = await api.http.post(
+            "/v1/auth/login", json={"email": email, "password": PASSWORD + "-wrong"}
+        )
+        assert wrong.status_code == 401
+        refreshed = await api.http.post(
+            "/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
+        assert refreshed.status_code == 200
+
+        out = capsys.readouterr().out
+
+    assert PASSWORD not in out
+    for secret in (
+        tokens["access_token"],
+        tokens["refresh_token"],
+        refreshed.json()["access_token"],
+        refreshed.json()["refresh_token"],
+    ):
+        assert secret not in out
+    # The token's signature part alone must not leak either.
+    assert tokens["access_token"].rsplit(".", 1)[-1] not in out
+
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert requests, out
+    (me_line,) = [line for line in requests if line.get("request_id") == "trace-me-123"]
+    assert me_line["path"] == "/v1/auth/me"
+    assert me_line["route"] == "/v1/auth/me"
+    assert me_line["status"] == 200
+    assert me_line["user_id"] == registered.json()["id"]
+    register_line = next(line for line in requests if line["path"] == "/v1/auth/register")
+    assert register_line["request_id"] == registered.headers["x-request-id"]

@@ -1,0 +1,180 @@
+"""Shared fixtures: settings for the embedded default and for the real services, and apps on them.
+
+The real services are PostgreSQL, Redis and NATS JetStream on loopback (bin/test starts any that
+is down). Each test session migrates its own PostgreSQL database and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from currencyex.app import create_app
+from currencyex.bootstrap import Container, build
+from currencyex.config import Settings
+from currencyex.platform.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get(
+    "CURRENCYEX_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+BACKENDS = ["embedded", pytest.param("real", marks=pytest.mark.integration)]
+
+# Cheap argon2 parameters: the tests exercise the logic, not the cost.
+FAST_HASHING: dict[str, Any] = {
+    "argon2_time_cost": 1,
+    "argon2_memory_kib": 1024,
+    "argon2_parallelism": 1,
+}
+
+
+async def _admin(sql: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session, migrated to head."""
+    name = f"cx_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test instead of migrating again."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+USER_TABLES = ("auth_refresh_tokens", "auth_users", "outbox", "processed_events")
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f"TRUNCATE {', '.join(USER_TABLES)} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Runs a test once on the embedded default and once on the real services."""
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def make_settings(
+    pg_url: str, tmp_path: Path, sqlite_template: Path
+) -> Callable[..., Settings]:
+    """Settings for a backend ("embedded" or "real") with overrides, on an empty database."""
+
+    async def factory(backend: str, **overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "data_dir": tmp_path / "var",
+            "rate_limits_enabled": False,
+            "outbox_poll_seconds": 0.05,
+            **FAST_HASHING,
+        }
+        if backend == "embedded":
+            db = tmp_path / f"{uuid.uuid4().hex[:8]}.db"
+            db.write_bytes(sqlite_template.read_bytes())
+            base["database_url"] = f"sqlite+aiosqlite:///{db}"
+        elif backend == "real":
+            await _truncate(pg_url)
+            base.update(database_url=pg_url, redis_url=REDIS_URL, nats_url=NATS_URL)
+        else:
+            raise ValueError(backend)
+        base.update(overrides)
+        return Settings(**base)
+
+    return factory
+
+
+class Api:
+    """An app on a started container, and an HTTP client speaking to it in-process."""
+
+    def __init__(self, container: Container, client: httpx.AsyncClient) -> None:
+        self.container = container
+        self.http = client
+
+    async def register(
+        self, email: str | None = None, password: str = "correct-horse-42", **extra: Any
+    ) -> dict[str, Any]:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        response = await self.http.post(
+            "/v1/auth/register",
+            json={"email": email, "password": password, "full_name": "Test User", **extra},
+        )
+        assert response.status_code == 201, response.text
+        return {**response.json(), "password": password}
+
+    async def login(self, email: str, password: str = "correct-horse-42") -> dict[str, Any]:
+        response = await self.http.post(
+            "/v1/auth/login", json={"email": email, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def user_token(self, role: str = "CUSTOMER") -> tuple[str, str]:
+        """A fresh user of `role` and its access token: (user_id, token)."""
+        from currencyex.auth.domain import Role
+
+        email = f"{role.lower()}-{uuid.uuid4().hex[:10]}@example.com"
+        if role == "CUSTOMER":
+            user_id = (await self.register(email))["id"]
+        else:
+            user = await self.container.auth.create_staff(
+                email, "correct-horse-42", "Staff Member", Role(role)
+            )
+            user_id = str(user.id)
+        return user_id, (await self.login(email))["access_token"]
+
+    @staticmethod
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Api]:
+    container = build(settings)
+    app = create_app(container)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield Api(container, client)
+
+
+@pytest_asyncio.fixture
+async def api(backend: str, make_settings: Callable[..., Any]) -> AsyncIterator[Api]:
+    """The whole app on `backend`, started; rate limits off unless a test turns them on."""
+    async with running_app(await make_settings(backend)) as started:
+        yield started

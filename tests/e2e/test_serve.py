@@ -1,0 +1,214 @@
+"""End to end over real sockets: `currencyex serve` (and `worker`) as a user would start them.
+
+The issue's acceptance walk: a customer registers, logs in and calls /me; an admin made with
+`currencyex create-admin` creates a teller and a customer trying the same gets 403/2003; a forged
+token gets 401/2002; a sixth login within a minute gets 429 with Retry-After; the welcome email
+goes out through the outbox and the bus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import FAST_HASHING, NATS_URL, REDIS_URL
+
+CLI = [sys.executable, "-m", "currencyex.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.port = int(env["CURRENCYEX_PORT"])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, *args: str, log: str) -> None:
+        out = self.workdir / log
+        with out.open("wb") as sink:
+            process = subprocess.Popen(
+                [*CLI, *args], env=self.env, cwd=self.workdir, stdout=sink, stderr=subprocess.STDOUT
+            )
+        self.processes.append((process, out))
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("server did not become healthy:\n" + self.logs())
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for _, path in self.processes)
+
+    def stop(self) -> None:
+        for process, _ in self.processes:
+            process.terminate()
+        for process, _ in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
+    env.update(
+        CURRENCYEX_PORT=str(free_port()),
+        CURRENCYEX_DATA_DIR=str(tmp_path / "var"),
+        CURRENCYEX_OUTBOX_POLL_SECONDS="0.05",
+        **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in FAST_HASHING.items()},
+    )
+    return env
+
+
+@pytest.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    env = base_env(tmp_path)
+    database = None
+    if request.param == "embedded":
+        env["CURRENCYEX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cx.db'}"
+    else:
+        database = f"cx_e2e_{uuid.uuid4().hex[:10]}"
+        _psql(f'CREATE DATABASE "{database}"')
+        env.update(
+            CURRENCYEX_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+            CURRENCYEX_REDIS_URL=REDIS_URL,
+            CURRENCYEX_NATS_URL=NATS_URL,
+        )
+    srv = Server(env, tmp_path)
+    try:
+        if database is None:
+            srv.start("serve", log="serve.log")  # consumers run inside: the bus is in-process
+        else:
+            assert srv.run("migrate").returncode == 0
+            # Split processes: the API relays the outbox, a separate worker consumes from NATS.
+            srv.start("serve", log="serve.log")
+            srv.start("worker", log="worker.log")
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
+        if database is not None:
+            _psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+def ip() -> str:
+    return f"198.51.100.{random.randint(1, 254)}"
+
+
+def test_acceptance_walk_over_real_http(server: Server) -> None:
+    client = httpx.Client(base_url=server.base, timeout=10)
+    me_ip = ip()
+
+    # A customer registers, logs in, calls /me.
+    email = f"walk-{uuid.uuid4().hex[:8]}@example.com"
+    registered = client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": "correct-horse-42", "full_name": "Walker"},
+        headers={"X-Forwarded-For": me_ip},
+    )
+    assert registered.status_code == 201, registered.text
+    login = client.post(
+        "/v1/auth/login",
+        json={"email": email, "password": "correct-horse-42"},
+        headers={"X-Forwarded-For": me_ip},
+    )
+    assert login.status_code == 200, login.text
+    customer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    me = client.get("/v1/auth/me", headers=customer)
+    assert me.status_code == 200
+    assert me.json()["email"] == email
+    assert me.headers["x-request-id"]
+    assert me.headers["x-ratelimit-remaining"]
+
+    # An admin made on the command line creates a teller; the customer may not.
+    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    made = server.run("create-admin", "--email", admin_email, "--password", "admin-pass-4242")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout.strip().splitlines()[-1])["role"] == "ADMIN"
+    admin_login = client.post(
+        "/v1/auth/login",
+        json={"email": admin_email, "password": "admin-pass-4242"},
+        headers={"X-Forwarded-For": ip()},
+    )
+    assert admin_login.status_code == 200, admin_login.text
+    admin = {"Authorization": f"Bearer {admin_login.json()['access_token']}"}
+    teller = {
+        "email": f"teller-{uuid.uuid4().hex[:8]}@example.com",
+        "password": "teller-pass-42",
+        "full_name": "Tess",
+        "role": "TELLER",
+    }
+    assert client.post("/v1/admin/staff", json=teller, headers=admin).status_code == 201
+    refused = client.post("/v1/admin/staff", json=teller, headers=customer)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == 2003
+
+    # A forged token is refused.
+    forged = client.get("/v1/auth/me", headers={"Authorization": "Bearer eyJhbGciOi.forged.x"})
+    assert forged.status_code == 401
+    assert forged.json()["code"] == 2002
+
+    # The sixth login within a minute from one client gets 429 with Retry-After.
+    burst_ip = ip()
+    statuses = []
+    for _ in range(6):
+        attempt = client.post(
+            "/v1/auth/login",
+            json={"email": f"nobody-{uuid.uuid4().hex[:6]}@example.com", "password": "x" * 12},
+            headers={"X-Forwarded-For": burst_ip},
+        )
+        statuses.append(attempt.status_code)
+    assert statuses == [401] * 5 + [429]
+    assert attempt.json()["code"] == 3001
+    assert int(attempt.headers["retry-after"]) >= 1
+
+    # The welcome email left through the outbox and the bus.
+    deadline = time.monotonic() + 15
+    while f'"to": "{email}"' not in server.logs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f'"to": "{email}"' in server.logs()
+    assert "correct-horse-42" not in server.logs()
+    client.close()

@@ -1,0 +1,115 @@
+"""Access tokens: pinned algorithm, audience, issuer, expiry, key rotation and the JWKS."""
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from currencyex.kernel.errors import InvalidToken
+from currencyex.platform.tokens import TokenIssuer, generate_key, load_keys
+
+NOW = datetime.now(UTC)
+
+
+def issuer(folder, **kwargs) -> TokenIssuer:
+    options = {"issuer": "currencyex", "audience": "currencyex-api", "ttl_seconds": 900, **kwargs}
+    return TokenIssuer(load_keys(folder), **options)
+
+
+def b64(doc: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+def test_issued_token_carries_every_required_claim_and_verifies(tmp_path):
+    tokens = issuer(tmp_path)
+    token = tokens.issue(subject="user-1", role="CUSTOMER", now=NOW)
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert header["alg"] == "EdDSA"
+    assert header["kid"] == tokens.jwks()["keys"][0]["kid"]
+    assert set(claims) == {"iss", "aud", "sub", "role", "exp", "iat", "jti"}
+    assert tokens.verify(token).sub == "user-1"
+
+
+def test_alg_none_token_is_refused(tmp_path):
+    tokens = issuer(tmp_path)
+    kid = tokens.jwks()["keys"][0]["kid"]
+    claims = jwt.decode(
+        tokens.issue(subject="u", role="ADMIN", now=NOW), options={"verify_signature": False}
+    )
+    forged = f"{b64({'alg': 'none', 'kid': kid, 'typ': 'JWT'})}.{b64(claims)}."
+    with pytest.raises(InvalidToken):
+        tokens.verify(forged)
+
+
+def test_token_signed_by_an_unknown_key_is_refused(tmp_path):
+    tokens = issuer(tmp_path / "ours")
+    kid = tokens.jwks()["keys"][0]["kid"]
+    stranger = Ed25519PrivateKey.generate()
+    claims = jwt.decode(
+        tokens.issue(subject="u", role="ADMIN", now=NOW), options={"verify_signature": False}
+    )
+    forged = jwt.encode(claims, stranger, algorithm="EdDSA", headers={"kid": kid})
+    with pytest.raises(InvalidToken):
+        tokens.verify(forged)
+
+
+def test_hmac_token_keyed_with_the_public_key_is_refused(tmp_path):
+    tokens = issuer(tmp_path)
+    kid = tokens.jwks()["keys"][0]["kid"]
+    claims = jwt.decode(
+        tokens.issue(subject="u", role="ADMIN", now=NOW), options={"verify_signature": False}
+    )
+    public_x = tokens.jwks()["keys"][0]["x"].encode()
+    forged = jwt.encode(claims, public_x * 2, algorithm="HS256", headers={"kid": kid})
+    with pytest.raises(InvalidToken):
+        tokens.verify(forged)
+
+
+def test_wrong_audience_and_wrong_issuer_are_refused(tmp_path):
+    other_audience = issuer(tmp_path, audience="another-api")
+    other_issuer = issuer(tmp_path, issuer="someone-else")
+    ours = issuer(tmp_path)
+    for foreign in (other_audience, other_issuer):
+        with pytest.raises(InvalidToken):
+            ours.verify(foreign.issue(subject="u", role="CUSTOMER", now=NOW))
+
+
+def test_expired_token_is_refused(tmp_path):
+    tokens = issuer(tmp_path, ttl_seconds=60)
+    token = tokens.issue(subject="u", role="CUSTOMER", now=NOW - timedelta(minutes=5))
+    with pytest.raises(InvalidToken):
+        tokens.verify(token)
+
+
+@pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "x" * 5000, "Bearer"])
+def test_garbage_is_refused(tmp_path, garbage):
+    with pytest.raises(InvalidToken):
+        issuer(tmp_path).verify(garbage)
+
+
+def test_rotation_keeps_old_tokens_valid_and_signs_with_the_new_key(tmp_path):
+    before = issuer(tmp_path)
+    old_token = before.issue(subject="u", role="CUSTOMER", now=NOW)
+    new_key = generate_key(tmp_path)
+    after = issuer(tmp_path)
+    assert after.verify(old_token).sub == "u"
+    new_token = after.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
+    assert {key["kid"] for key in after.jwks()["keys"]} == {
+        before.jwks()["keys"][0]["kid"],
+        new_key.kid,
+    }
+
+
+def test_jwks_publishes_public_keys_only(tmp_path):
+    keys = issuer(tmp_path).jwks()["keys"]
+    assert keys[0]["kty"] == "OKP"
+    assert keys[0]["crv"] == "Ed25519"
+    assert "d" not in keys[0]
+    jwk = jwt.PyJWK(keys[0])
+    token = issuer(tmp_path).issue(subject="u", role="CUSTOMER", now=NOW)
+    assert jwt.decode(token, jwk.key, algorithms=["EdDSA"], audience="currencyex-api")["sub"] == "u"
