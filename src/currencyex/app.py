@@ -11,7 +11,7 @@ from currencyex import __version__
 from currencyex.auth import api as auth_api
 from currencyex.bootstrap import Container
 from currencyex.gateway import ops
-from currencyex.gateway.errors import install_error_handlers
+from currencyex.gateway.errors import ERROR_RESPONSES, install_error_handlers
 from currencyex.gateway.guard import guard
 from currencyex.gateway.middleware import RequestContextMiddleware
 from currencyex.kernel.errors import CATALOG
@@ -40,6 +40,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(guard)],
+        responses=ERROR_RESPONSES,
     )
     app.state.container = container
     install_error_handlers(app)

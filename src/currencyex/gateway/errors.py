@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from currencyex.kernel.errors import (
@@ -20,6 +21,27 @@ from currencyex.kernel.errors import (
 )
 
 log = structlog.get_logger(__name__)
+
+
+class ErrorOut(BaseModel):
+    """Every error response: a code of the catalog, a message, the request id."""
+
+    code: int
+    message: str
+    request_id: str | None
+    details: list[dict[str, Any]] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in (
+        (401, "Token missing, invalid or expired (2002), or invalid credentials (2001)"),
+        (403, "Not allowed for this role (2003), or account disabled (2005)"),
+        (422, "Validation failed (1000), with details"),
+        (429, "Rate limit exceeded (3001), with Retry-After"),
+        (500, "Unexpected error (9000)"),
+    )
+}
 
 
 def error_response(request: Request, error: AppError, *, status: int | None = None) -> JSONResponse:
