@@ -84,5 +84,5 @@ async def test_sender_delivers_recipient_subject_and_body(sender_and_inbox):
 
 async def test_smtp_sender_raises_when_the_server_is_unreachable():
     sender = SmtpEmailSender(host="127.0.0.1", port=1, sender="cx@example.com", timeout=2)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await sender.send(to="ada@example.com", subject="x", body="y")
