@@ -205,7 +205,8 @@ class AuthService:
         }
         if not values:
             raise ValidationFailed(
-                "Nothing to change", details=[{"loc": ["body"], "msg": "give role, tier or disabled"}]
+                "Nothing to change",
+                details=[{"loc": ["body"], "msg": "give role, tier or disabled"}],
             )
         now = self._clock.now()
         async with self._uow() as uow:
