@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from currencyex.app import create_app
 from currencyex.bootstrap import Container, build
 from currencyex.config import Settings
+from currencyex.platform.logging import configure_logging
 from currencyex.platform.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get(
@@ -39,6 +40,12 @@ FAST_HASHING: dict[str, Any] = {
     "argon2_memory_kib": 1024,
     "argon2_parallelism": 1,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def json_logs() -> None:
+    """Log as production does (structlog's default console renderer is slow on tracebacks)."""
+    configure_logging("INFO", json=True)
 
 
 async def _admin(sql: str) -> None:

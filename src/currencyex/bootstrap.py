@@ -6,7 +6,6 @@ The only module that chooses an adapter; everything else receives what it needs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -85,16 +84,24 @@ class Container:
         self.relay.start()
 
     async def stop(self) -> None:
+        """Stop background work and close every connection; each step is bounded in time, so
+        a dependency that hangs cannot keep the process from shutting down."""
         for task in self._background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
+            ("relay", self.relay.stop),
+            ("bus", self.bus.close),
+            ("cache", self.cache.close),
+            ("rate_store", self.rate_store.close),
+            ("database", self.db.close),
+        ]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step(), timeout=5.0)
+            except Exception as exc:  # keep closing the rest
+                log.warning("shutdown.step_failed", step=name, error=repr(exc))
         self._background.clear()
-        await self.relay.stop()
-        await self.bus.close()
-        await self.cache.close()
-        await self.rate_store.close()
-        await self.db.close()
 
 
 async def subscribe_consumers(container: Container) -> None:

@@ -17,12 +17,13 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Api, running_app
 from currencyex.app import create_app
 from currencyex.auth.repository import users
 from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.platform.logging import configure_logging
+
+from conftest import Api, running_app
 
 PASSWORD = "Sup3r-secret-pa55word"
 READY_WAIT_SECONDS = 5.0

@@ -19,7 +19,6 @@ import nats
 import pytest
 import sqlalchemy as sa
 
-from conftest import NATS_URL, Api, running_app
 from currencyex.bootstrap import Container
 from currencyex.kernel.events import USER_REGISTERED, Event
 from currencyex.kernel.ports import EventHandler
@@ -29,6 +28,8 @@ from currencyex.platform.email import ConsoleEmailSender
 from currencyex.platform.outbox import OutboxRelay, outbox_table, processed_events_table
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.workers.welcome import CONSUMER, welcome_email
+
+from conftest import NATS_URL, Api, running_app
 
 WAIT_SECONDS = 10.0
 APP_STREAM = "FULL"

@@ -45,7 +45,7 @@ class AccessClaims:
 def generate_key(folder: Path) -> SigningKey:
     """Write a new key into `folder`; it signs from now on, the old ones still verify."""
     folder.mkdir(parents=True, exist_ok=True)
-    kid = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{new_id().hex[-8:]}"
+    kid = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{new_id().hex[-8:]}"  # sorts by age
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
