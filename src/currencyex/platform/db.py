@@ -46,7 +46,13 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         _serialise_sqlite_writers(engine)
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=10
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        # No statement may wait forever (a lost connection, a lock never released).
+        connect_args={"command_timeout": 30},
     )
 
 

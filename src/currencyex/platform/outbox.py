@@ -116,6 +116,9 @@ class OutboxRelay:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancellation that lands inside a database call can take the driver a while to
+            # unwind; shutting down must not wait on it forever.
+            done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            if not done:
+                log.warning("outbox.relay_stop_timed_out")
             self._task = None
