@@ -145,9 +145,7 @@ def test_policy_denies_a_role_it_does_not_know(container: Container, role: str) 
 
 SOME_ID = "3f0c2a5e-9d8b-4c71-8e4a-2b6d7f1a9c30"
 
-PROTECTED = [
-    (method, path) for (method, path), roles in EXPECTED.items() if ANONYMOUS not in roles
-]
+PROTECTED = [(method, path) for (method, path), roles in EXPECTED.items() if ANONYMOUS not in roles]
 
 
 def request_body(method: str, path: str) -> dict[str, Any] | None:
