@@ -217,6 +217,7 @@ class NatsJetStreamBus:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._connecting: NatsClient | None = None
         self._closing = False
 
     async def connect(self) -> None:
@@ -226,6 +227,8 @@ class NatsJetStreamBus:
         reconnects forever, and publishes fail within `publish_timeout` meanwhile.
         """
         nc = NatsClient()
+        # Known to close() while connecting: a close that interrupts connect() still closes it.
+        self._connecting = nc
         try:
             try:
                 # The client would retry a refused first connection forever; bound it here.
@@ -246,8 +249,10 @@ class NatsJetStreamBus:
             js = nc.jetstream(timeout=self._publish_timeout)
             await self._ensure_stream(js)
         except BaseException:
-            await nc.close()
+            await _close_quietly(nc)
             raise
+        finally:
+            self._connecting = None
         self._nc = nc
         self._js = js
 
@@ -298,9 +303,10 @@ class NatsJetStreamBus:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         nc, self._nc, self._js = self._nc, None, None
-        if nc is not None:
-            self._closing = True
-            await nc.close()
+        self._closing = True
+        for client in (nc, self._connecting):
+            if client is not None:
+                await _close_quietly(client)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:
@@ -383,3 +389,14 @@ class NatsJetStreamBus:
 
     async def _on_reconnected(self) -> None:
         log.info("bus.nats_reconnected", url=self._url)
+
+
+async def _close_quietly(nc: NatsClient) -> None:
+    """Close a client whatever state it is in (connecting, connected, reconnecting)."""
+    try:
+        await nc.close()
+    except Exception:  # a half-made connection may refuse a clean close; drop it anyway
+        log.debug("bus.close_failed", exc_info=True)
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        transport.close()  # nats-py leaves the socket open when closed mid-handshake

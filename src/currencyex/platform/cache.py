@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -13,6 +13,7 @@ from currencyex.kernel.clock import Clock, SystemClock
 
 # An unreachable Redis must fail the request quickly (a clear 503) rather than hold it open.
 REDIS_TIMEOUT_SECONDS = 2.0
+REDIS_MAX_CONNECTIONS = 100
 
 # How often the memory cache sweeps out expired keys that nobody reads again.
 _SWEEP_INTERVAL_SECONDS = 60.0
@@ -24,12 +25,17 @@ def connect_redis(url: str) -> Redis:
     Retrying is left to callers: a retried DEL or SET NX could report the wrong winner, and a
     retried rate-limit take would count twice.
     """
-    return Redis.from_url(
+    # A blocking pool: under a burst, requests wait (up to the timeout) for a connection
+    # instead of failing with "Too many connections".
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 def _check_ttl(ttl_seconds: float | None) -> None:

@@ -50,6 +50,7 @@ class OutboxRelay:
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many events were published."""
@@ -96,29 +97,41 @@ class OutboxRelay:
 
     async def run(self) -> None:
         backoff = self._poll
-        while True:
+        while not self._stopping:
             try:
                 count = await self.relay_once()
             except Exception:  # the bus or the database is down: keep the rows, try later
                 log.warning("outbox.relay_failed", exc_info=True)
                 backoff = min(backoff * 2, 5.0)
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
                 continue
             backoff = self._poll
             if count < self._batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                self._wake.clear()
+                await self._pause(self._poll)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Let the current batch finish, then stop; cancel only a relay stuck for 5 s.
+
+        Cancelling in the middle of a database call can leave the driver's connection behind
+        unclosed, so the relay is asked to stop between batches first.
+        """
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        done, _ = await asyncio.wait({self._task}, timeout=5.0)
+        if not done:
             self._task.cancel()
-            # A cancellation that lands inside a database call can take the driver a while to
-            # unwind; shutting down must not wait on it forever.
             done, _ = await asyncio.wait({self._task}, timeout=5.0)
             if not done:
                 log.warning("outbox.relay_stop_timed_out")
-            self._task = None
+        self._task = None
