@@ -18,7 +18,8 @@ from currencyex.gateway.limits import Limit, RateLimit
 from currencyex.kernel.errors import ValidationFailed
 
 
-def auth_service(request: Request) -> AuthService:
+# async: FastAPI would run a plain `def` dependency in a worker thread on every request.
+async def auth_service(request: Request) -> AuthService:
     return container(request).auth
 
 

@@ -1,12 +1,16 @@
 """The guard every route passes: global limit, Casbin policy on the route template, tier limit.
 
 It runs as an app-wide dependency, so a route cannot opt out; the policy file denies by default.
+Every dependency here is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
+a hop per dependency per request that these few attribute reads do not need.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import casbin
 import structlog
@@ -24,13 +28,111 @@ ANONYMOUS = "anonymous"
 POLICY_DIR = Path(__file__).resolve().parent.parent / "auth"
 
 
+class Policy(casbin.Enforcer):  # type: ignore[misc]  # casbin ships no type information
+    """A casbin Enforcer that remembers its decisions: `allows` evaluates the matcher once per
+    (subject, object, action), not on every request.
+
+    casbin re-evaluates its matcher against every policy line on each `enforce` (and logs every
+    denial); the policy is loaded once from files, so the answers are the same until it changes.
+    Every casbin method that changes the model, the policy, the role links or the matching
+    functions clears the remembered decisions (see `_MUTATORS`), so `add_policy` and friends work
+    as on a plain Enforcer. `enforce` itself stays casbin's own, uncached decision. Changes made
+    behind casbin's back (editing `self.model` directly) are not seen: call `forget()` after them.
+    """
+
+    MAX_DECISIONS = 4096  # far above routes x methods x roles; a bound, not a working size
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._decisions: dict[tuple[str, str, str], bool] = {}  # before casbin loads the policy
+        super().__init__(*args, **kwargs)
+
+    def allows(self, subject: str, obj: str, act: str) -> bool:
+        key = (subject, obj, act)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = bool(self.enforce(subject, obj, act))
+            if len(self._decisions) >= self.MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def forget(self) -> None:
+        """Drop every remembered decision."""
+        self._decisions.clear()
+
+
+# The casbin methods that can change a decision. The internal `_add_policy` & co. are what every
+# public policy and grouping-policy method goes through; the grouping ones are listed as well
+# because they rebuild the role links after the internal call. A name casbin no longer has fails
+# at import (getattr below) rather than leaving a stale cache behind.
+_MUTATORS = (
+    "_add_policy",
+    "_add_policies",
+    "_update_policy",
+    "_update_policies",
+    "_update_filtered_policies",
+    "_remove_policy",
+    "_remove_policies",
+    "_remove_filtered_policy",
+    "_remove_filtered_policy_returns_effects",
+    "add_named_grouping_policy",
+    "add_named_grouping_policies",
+    "remove_named_grouping_policy",
+    "remove_named_grouping_policies",
+    "remove_filtered_named_grouping_policy",
+    "init_with_model_and_adapter",
+    "load_model",
+    "set_model",
+    "set_adapter",
+    "set_role_manager",
+    "set_named_role_manager",
+    "set_effector",
+    "clear_policy",
+    "load_policy",
+    "load_filtered_policy",
+    "load_increment_filtered_policy",
+    "enable_enforce",
+    "build_role_links",
+    "add_named_matching_func",
+    "add_named_domain_matching_func",
+    "add_named_link_condition_func",
+    "add_named_domain_link_condition_func",
+    "set_named_link_condition_func_params",
+    "set_named_domain_link_condition_func_params",
+    "add_function",
+)
+
+
+def _forgetting(name: str) -> Callable[..., Any]:
+    inner = getattr(casbin.Enforcer, name)
+
+    @functools.wraps(inner)
+    def call(self: Policy, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            self.forget()
+
+    return call
+
+
+for _name in _MUTATORS:
+    setattr(Policy, _name, _forgetting(_name))
+
+
 def load_enforcer(
     model: Path = POLICY_DIR / "rbac_model.conf", policy: Path = POLICY_DIR / "rbac_policy.csv"
-) -> casbin.Enforcer:
-    return casbin.Enforcer(str(model), str(policy))
+) -> Policy:
+    return Policy(str(model), str(policy))
+
+
+@functools.lru_cache(maxsize=64)
+def _limit(name: str, capacity: int, per_seconds: float) -> Limit:
+    return Limit(name=name, capacity=capacity, per_seconds=per_seconds)
 
 
 def container(request: Request) -> Container:
+    """The app's container (a plain helper, not a dependency: callers call it directly)."""
     return request.app.state.container  # type: ignore[no-any-return]
 
 
@@ -44,16 +146,21 @@ def bearer_token(request: Request) -> str | None:
 
 async def guard(request: Request) -> None:
     services = container(request)
+    settings = services.settings
     limiter = services.limiter
-    await limiter.check(
-        request,
-        Limit(name="global", capacity=services.settings.global_rate_per_second, per_seconds=1.0),
-        "all",
-    )
+    await limiter.check(request, _limit("global", settings.global_rate_per_second, 1.0), "all")
     route = request.scope.get("route")
-    template = route.path if isinstance(route, APIRoute) else request.url.path
     method = request.method
-    if services.enforcer.enforce(ANONYMOUS, template, method):
+    enforcer = services.enforcer
+    allowed: Callable[[str, str, str], bool]
+    if isinstance(route, APIRoute) and isinstance(enforcer, Policy):
+        # A matched route: its template and methods are a fixed set, so the cache stays small.
+        template = route.path
+        allowed = enforcer.allows
+    else:
+        template = route.path if isinstance(route, APIRoute) else request.url.path
+        allowed = enforcer.enforce
+    if allowed(ANONYMOUS, template, method):
         return
     token = bearer_token(request)
     if token is None:
@@ -61,18 +168,17 @@ async def guard(request: Request) -> None:
     principal = await services.auth_client.authenticate(token)
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id))
-    if not services.enforcer.enforce(principal.role.value, template, method):
+    if not allowed(principal.role.value, template, method):
         raise Forbidden()
-    per_minute = services.settings.tier_limits_per_minute.get(principal.tier.value)
+    tier = principal.tier.value
+    per_minute = settings.tier_limits_per_minute.get(tier)
     if per_minute:
         await limiter.check(
-            request,
-            Limit.per_minute(f"tier_{principal.tier.value}", per_minute),
-            f"user:{principal.user_id}",
+            request, _limit(f"tier_{tier}", per_minute, 60.0), f"user:{principal.user_id}"
         )
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         raise InvalidToken()

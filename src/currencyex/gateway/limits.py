@@ -91,6 +91,8 @@ class RateLimiter:
     def client_ip(self, request: Request) -> str:
         """The peer's address, or the X-Forwarded-For client when the peer is a trusted proxy."""
         peer = request.client.host if request.client else "unknown"
+        if not self._trusted:  # no proxy to believe: skip the header and the address parsing
+            return peer
         forwarded = request.headers.get("x-forwarded-for")
         if not forwarded or not self._is_trusted(peer):
             return peer
