@@ -7,6 +7,7 @@ is down). Each test session migrates its own PostgreSQL database and drops it at
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -78,7 +79,17 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-USER_TABLES = ("auth_refresh_tokens", "auth_users", "outbox", "processed_events")
+USER_TABLES = (
+    "auth_refresh_tokens",
+    "auth_users",
+    "outbox",
+    "processed_events",
+    "idempotency_keys",
+    "wallet_entries",
+    "wallet_holds",
+    "wallet_journals",
+    "wallet_accounts",
+)
 
 
 async def _truncate(url: str) -> None:
@@ -107,6 +118,7 @@ async def make_settings(
             "data_dir": tmp_path / "var",
             "rate_limits_enabled": False,
             "outbox_poll_seconds": 0.05,
+            "run_workers": True,  # consumers inside the app, on NATS too
             **FAST_HASHING,
         }
         if backend == "embedded":
@@ -185,3 +197,11 @@ async def api(backend: str, make_settings: Callable[..., Any]) -> AsyncIterator[
     """The whole app on `backend`, started; rate limits off unless a test turns them on."""
     async with running_app(await make_settings(backend)) as started:
         yield started
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect after every test, so an unclosed connection is reported by the test that leaked
+    it rather than by whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()

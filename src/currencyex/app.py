@@ -15,6 +15,8 @@ from currencyex.gateway.errors import ERROR_RESPONSES, install_error_handlers
 from currencyex.gateway.guard import guard
 from currencyex.gateway.middleware import RequestContextMiddleware
 from currencyex.kernel.errors import CATALOG
+from currencyex.rates import api as rates_api
+from currencyex.wallet import api as wallet_api
 
 DESCRIPTION = "CurrencyEx HTTP API v1.\n\nError codes:\n\n" + "\n".join(
     f"- `{error.code}` ({error.status}): {error.default_message}" for error in CATALOG
@@ -52,4 +54,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     app.include_router(ops.router)
     app.include_router(auth_api.router)
     app.include_router(auth_api.admin)
+    app.include_router(rates_api.router)
+    app.include_router(rates_api.quotes)
+    app.include_router(wallet_api.router)
     return app

@@ -20,6 +20,7 @@ from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import Cache, EmailSender, EventBus, RateLimitStore
+from currencyex.platform.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
 from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.cache import MemoryCache, RedisCache
 from currencyex.platform.db import Database
@@ -30,7 +31,14 @@ from currencyex.platform.passwords import PasswordHasher
 from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
 from currencyex.platform.tokens import TokenIssuer, load_keys
 from currencyex.platform.uow import SqlUnitOfWork
-from currencyex.workers import welcome
+from currencyex.rates.client import InProcessRatesClient, RatesClient
+from currencyex.rates.domain import CorridorOverride, Peg, PricingPolicy, PricingTerms, RateProvider
+from currencyex.rates.providers import EcbBundledProvider, EcbHttpProvider, bundled_ecb_rates
+from currencyex.rates.service import RateService
+from currencyex.wallet.client import InProcessWalletClient, WalletClient
+from currencyex.wallet.repository import SqlWalletUnitOfWork
+from currencyex.wallet.service import WalletService
+from currencyex.workers import wallets, welcome
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +59,12 @@ class Container:
     limiter: RateLimiter
     metrics: Metrics
     relay: OutboxRelay
+    # One exporter of breaker states per metrics registry: every breaker reports to this one.
+    breaker_metrics: BreakerMetrics
+    rates: RateService
+    rates_client: RatesClient
+    wallet: WalletService
+    wallet_client: WalletClient
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> SqlUnitOfWork:
@@ -67,6 +81,7 @@ class Container:
         """
         workers = self.settings.workers_in_process if run_workers is None else run_workers
         self._background.append(asyncio.create_task(self._connect(workers), name="bus-connect"))
+        await self.rates.start()
 
     async def _connect(self, workers: bool) -> None:
         if isinstance(self.bus, NatsJetStreamBus):
@@ -89,6 +104,7 @@ class Container:
         for task in self._background:
             task.cancel()
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("rates", self.rates.stop),
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
@@ -106,6 +122,7 @@ class Container:
 
 async def subscribe_consumers(container: Container) -> None:
     await welcome.subscribe(container.bus, container.uow, container.email)
+    await wallets.subscribe(container.bus, container.wallet_client)
 
 
 def build(settings: Settings, *, clock: Clock | None = None) -> Container:
@@ -151,7 +168,20 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
         principal_cache_seconds=settings.principal_cache_seconds,
     )
+    auth_client = InProcessAuthClient(auth)
     metrics = Metrics()
+    breaker_metrics = BreakerMetrics(metrics.registry)
+    rates = _build_rates(settings, cache=cache, bus=bus, clock=clock, breakers=breaker_metrics)
+    rates_client = InProcessRatesClient(rates)
+    supported = frozenset(c.code for c in rates.currencies())
+    wallet = WalletService(
+        lambda: SqlWalletUnitOfWork(db),
+        auth=auth_client,
+        rates=rates_client,
+        clock=clock,
+        default_currency=settings.default_wallet_currency,
+        supported=supported.__contains__,
+    )
     limiter = RateLimiter(
         rate_store,
         metrics=metrics,
@@ -170,11 +200,59 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         email=email,
         tokens=tokens,
         auth=auth,
-        auth_client=InProcessAuthClient(auth),
+        auth_client=auth_client,
         enforcer=load_enforcer(),
         limiter=limiter,
         metrics=metrics,
         relay=OutboxRelay(
             db, bus, poll_seconds=settings.outbox_poll_seconds, batch=settings.outbox_batch
         ),
+        breaker_metrics=breaker_metrics,
+        rates=rates,
+        rates_client=rates_client,
+        wallet=wallet,
+        wallet_client=InProcessWalletClient(wallet),
+    )
+
+
+def _build_rates(
+    settings: Settings, *, cache: Cache, bus: EventBus, clock: Clock, breakers: BreakerMetrics
+) -> RateService:
+    provider: RateProvider
+    if settings.rates_provider == "http":
+        breaker_settings = BreakerSettings(name="rates-provider")
+        breakers.declare(breaker_settings.name)
+        provider = EcbHttpProvider(
+            settings.rates_url,
+            timeout_seconds=settings.rates_timeout_seconds,
+            breaker=CircuitBreaker(breaker_settings, clock=clock, on_state_change=breakers),
+        )
+    else:
+        provider = EcbBundledProvider()
+    if settings.rates_currencies:
+        currencies = list(settings.rates_currencies)
+    else:
+        bundled = bundled_ecb_rates()
+        currencies = [bundled.base, *bundled.rates]
+    return RateService(
+        provider=provider,
+        cache=cache,
+        bus=bus,
+        clock=clock,
+        currencies=currencies,
+        pegs=[
+            Peg(currency=code, anchor=peg.base, rate=peg.rate)
+            for code, peg in settings.rate_pegs.items()
+        ],
+        pricing=PricingPolicy(
+            default=PricingTerms(**settings.pricing_default.model_dump()),
+            default_currency=settings.pricing_currency,
+            corridors={
+                key: CorridorOverride(**terms.model_dump())
+                for key, terms in settings.pricing_corridors.items()
+            },
+        ),
+        max_age_seconds=settings.rates_max_age_seconds,
+        refresh_seconds=settings.rates_refresh_seconds,
+        quote_ttl_seconds=settings.quote_ttl_seconds,
     )

@@ -1,4 +1,4 @@
-"""The `currencyex` command: serve, worker, migrate, create-admin, export-openapi, rotate-key."""
+"""The `currencyex` command: serve, worker, migrate, create-admin, ledger verify, and tools."""
 
 from __future__ import annotations
 
@@ -100,6 +100,28 @@ def _export_openapi(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_verify(settings: Settings, _args: argparse.Namespace) -> int:
+    async def run() -> list[str]:
+        container = build(settings)
+        try:
+            problems = await container.wallet.verify()
+        finally:
+            await container.stop()
+        return [f"{p.check}: {p.subject}: {p.detail}" for p in problems]
+
+    problems = asyncio.run(run())
+    if problems:
+        print(f"ledger verify: {len(problems)} problem(s)", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(
+        "ledger verify: ok (journals balance per currency, wallet caches match their entries "
+        "and holds, no negative available balance)"
+    )
+    return 0
+
+
 def _rotate_key(settings: Settings, _args: argparse.Namespace) -> int:
     key = generate_key(settings.keys_dir)
     print(f"new signing key {key.kid}; older keys keep verifying until removed")
@@ -127,6 +149,12 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export_openapi)
     commands.add_parser("rotate-key", help="add a new JWT signing key").set_defaults(
         run=_rotate_key
+    )
+    ledger = commands.add_parser("ledger", help="ledger tools").add_subparsers(
+        dest="ledger_command", required=True
+    )
+    ledger.add_parser("verify", help="check every ledger invariant").set_defaults(
+        run=_ledger_verify
     )
     return root
 

@@ -6,10 +6,12 @@ The defaults are the embedded mode: SQLite, in-process bus, memory cache, everyt
 from __future__ import annotations
 
 import os
+import re
+from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +20,50 @@ from pydantic_settings import (
 )
 
 FailMode = Literal["open", "closed"]
+
+
+class RatePeg(BaseModel):
+    """A currency held at `rate` units per one `base` currency (AED: 3.6725 per USD)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str
+    rate: Decimal = Field(gt=0, allow_inf_nan=False)
+
+
+class CorridorOverrideTerms(BaseModel):
+    """Terms of one corridor, amounts in its source currency; a field left out is inherited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spread_bps: Decimal | None = Field(default=None, ge=0, lt=10000)
+    fee_percent: Decimal | None = Field(default=None, ge=0, le=100)
+    fee_fixed: Decimal | None = Field(default=None, ge=0)
+    fee_min: Decimal | None = Field(default=None, ge=0)
+    fee_max: Decimal | None = Field(default=None, ge=0)
+    min_amount: Decimal | None = Field(default=None, gt=0)
+    max_amount: Decimal | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        for low, high in (("fee_min", "fee_max"), ("min_amount", "max_amount")):
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and high_value is not None and low_value > high_value:
+                raise ValueError(f"{low} must not exceed {high}")
+        return self
+
+
+class CorridorTerms(CorridorOverrideTerms):
+    """Spread in basis points off the mid rate, fee (fixed plus percent, within min and max)
+    and per-transaction limits on the source amount."""
+
+    spread_bps: Decimal = Field(default=Decimal(50), ge=0, lt=10000)
+    fee_percent: Decimal = Field(default=Decimal("0.5"), ge=0, le=100)
+    fee_fixed: Decimal = Field(default=Decimal(0), ge=0)
+    fee_min: Decimal = Field(default=Decimal(1), ge=0)
+    fee_max: Decimal = Field(default=Decimal(50), ge=0)
+    min_amount: Decimal = Field(default=Decimal(1), gt=0)
+    max_amount: Decimal = Field(default=Decimal(10000), gt=0)
 
 
 class Settings(BaseSettings):
@@ -69,6 +115,9 @@ class Settings(BaseSettings):
     )
     rate_limit_store_failure_default: FailMode = "open"
 
+    # Wallets: every new customer gets one in this currency; others open on first credit.
+    default_wallet_currency: str = "USD"
+
     # Outbox relay
     outbox_poll_seconds: float = 0.2
     outbox_batch: int = 100
@@ -81,6 +130,36 @@ class Settings(BaseSettings):
     smtp_password: str = ""
     smtp_starttls: bool = False
     email_from: str = "CurrencyEx <no-reply@currencyex.local>"
+
+    # Rates: the ECB reference rates shipped with the code (offline), or the ECB daily feed.
+    rates_provider: Literal["bundled", "http"] = "bundled"
+    rates_url: str = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
+    rates_timeout_seconds: float = Field(default=5.0, gt=0)
+    rates_refresh_seconds: float = Field(default=3600.0, gt=0)
+    # Quotes and live rates answer 1008 once the last successful refresh is older than this.
+    rates_max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # Empty: every currency the bundled ECB data still publishes, plus EUR and the pegs.
+    rates_currencies: list[str] = Field(default_factory=list)
+    rate_pegs: dict[str, RatePeg] = Field(
+        default_factory=lambda: {"AED": RatePeg(base="USD", rate=Decimal("3.6725"))}
+    )
+
+    # Pricing: the default corridor's amounts are in pricing_currency, converted to the source
+    # currency at the mid rate; overrides ("USD-EUR") are in their source currency.
+    pricing_currency: str = "EUR"
+    pricing_default: CorridorTerms = Field(default_factory=CorridorTerms)
+    pricing_corridors: dict[str, CorridorOverrideTerms] = Field(default_factory=dict)
+    quote_ttl_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("pricing_corridors")
+    @classmethod
+    def _corridor_keys(
+        cls, corridors: dict[str, CorridorOverrideTerms]
+    ) -> dict[str, CorridorOverrideTerms]:
+        for key in corridors:
+            if not re.fullmatch(r"[A-Z]{3}-[A-Z]{3}", key):
+                raise ValueError(f"corridor {key!r} must look like 'USD-EUR'")
+        return corridors
 
     @property
     def keys_dir(self) -> Path:

@@ -37,6 +37,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/auth/jwks"): EVERYONE,
     ("POST", "/v1/auth/logout"): SIGNED_IN,
     ("GET", "/v1/auth/me"): SIGNED_IN,
+    # Rates and quotes
+    ("GET", "/v1/rates/currencies"): EVERYONE,
+    ("GET", "/v1/rates/live"): SIGNED_IN,
+    ("POST", "/v1/remit/quote"): SIGNED_IN,
+    # Wallets
+    ("GET", "/v1/wallet/balance"): SIGNED_IN,
+    ("GET", "/v1/wallet/statement"): SIGNED_IN,
+    ("POST", "/v1/wallet/exchange"): frozenset({CUSTOMER}),
+    ("POST", "/v1/wallet/deposit"): frozenset({TELLER, ADMIN}),
     # Staff administration
     ("POST", "/v1/admin/staff"): frozenset({ADMIN}),
     ("GET", "/v1/admin/users"): frozenset({ADMIN}),
@@ -163,6 +172,12 @@ def request_body(method: str, path: str) -> dict[str, Any] | None:
         return {"tier": "PRO"}
     if path == "/v1/admin/kyc/{user_id}/decision":
         return {"decision": "APPROVED", "reason": "documents verified"}
+    if path == "/v1/wallet/exchange":
+        return {"quote_id": "q-unknown"}
+    if path == "/v1/wallet/deposit":
+        return {"user_id": SOME_ID, "amount": "1", "currency": "USD", "reference": "rbac"}
+    if path == "/v1/remit/quote":
+        return {"source_currency": "USD", "target_currency": "EUR", "source_amount": "100"}
     assert method == "GET", f"no body for {method} {path}"
     return None
 
@@ -216,11 +231,15 @@ async def test_role_outside_the_policy_for_a_route_is_403_not_allowed(
     assert response.json()["code"] == 2003
 
 
-async def test_admin_passes_the_guard_on_every_protected_route(api: Any) -> None:
-    _, token = await api.user_token(ADMIN)
+async def test_every_allowed_role_passes_the_guard_on_every_protected_route(api: Any) -> None:
+    tokens = {role: (await api.user_token(role))[1] for role in SIGNED_IN}
     for method, path in PROTECTED:
-        response = await call(api, method, path, token)
-        assert response.status_code not in (401, 403), (method, path, response.text)
+        for role in sorted(EXPECTED[(method, path)]):
+            response = await call(api, method, path, tokens[role])
+            # Past the guard the service may still refuse (404, 422, 1005...), never 2002/2003.
+            assert response.status_code != 401, (role, method, path, response.text)
+            code = response.json().get("code") if response.content else None
+            assert code not in (2002, 2003), (role, method, path)
 
 
 async def test_compliance_passes_the_guard_on_kyc_decision(api: Any) -> None:

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -90,6 +91,7 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         CURRENCYEX_PORT=str(free_port()),
         CURRENCYEX_DATA_DIR=str(tmp_path / "var"),
         CURRENCYEX_OUTBOX_POLL_SECONDS="0.05",
+        CURRENCYEX_QUOTE_TTL_SECONDS="3",  # short, so the money walk can see a quote expire
         **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in FAST_HASHING.items()},
     )
     return env
@@ -211,4 +213,104 @@ def test_acceptance_walk_over_real_http(server: Server) -> None:
         time.sleep(0.2)
     assert f'"to": "{email}"' in server.logs()
     assert "correct-horse-42" not in server.logs()
+    client.close()
+
+
+def _login(client: httpx.Client, email: str, password: str) -> dict[str, str]:
+    response = client.post(
+        "/v1/auth/login",
+        json={"email": email, "password": password},
+        headers={"X-Forwarded-For": ip()},
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def test_money_walk_over_real_http(server: Server) -> None:
+    """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
+    and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
+    `currencyex ledger verify` passes."""
+    client = httpx.Client(base_url=server.base, timeout=10)
+    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    assert (
+        server.run(
+            "create-admin", "--email", admin_email, "--password", "admin-pass-4242"
+        ).returncode
+        == 0
+    )
+    admin = _login(client, admin_email, "admin-pass-4242")
+    teller_email = f"teller-{uuid.uuid4().hex[:8]}@example.com"
+    staff = {
+        "email": teller_email,
+        "password": "teller-pass-42",
+        "full_name": "T",
+        "role": "TELLER",
+    }
+    assert client.post("/v1/admin/staff", json=staff, headers=admin).status_code == 201
+    teller = _login(client, teller_email, "teller-pass-42")
+
+    email = f"money-{uuid.uuid4().hex[:8]}@example.com"
+    user = client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": "correct-horse-42", "full_name": "Money"},
+        headers={"X-Forwarded-For": ip()},
+    ).json()
+    customer = _login(client, email, "correct-horse-42")
+    approved = client.post(
+        f"/v1/admin/kyc/{user['id']}/decision",
+        json={"decision": "APPROVED", "reason": "documents match"},
+        headers=admin,
+    )
+    assert approved.status_code == 200
+
+    deposit = client.post(
+        "/v1/wallet/deposit",
+        json={"user_id": user["id"], "amount": "1000.00", "currency": "USD", "reference": "B7"},
+        headers={**teller, "Idempotency-Key": "walk-deposit"},
+    )
+    assert deposit.status_code == 201, deposit.text
+
+    quote = client.post(
+        "/v1/remit/quote",
+        json={"source_currency": "USD", "target_currency": "EUR", "source_amount": "100.00"},
+        headers=customer,
+    ).json()
+    done = client.post(
+        "/v1/wallet/exchange",
+        json={"quote_id": quote["quote_id"]},
+        headers={**customer, "Idempotency-Key": "walk-exchange"},
+    )
+    assert done.status_code == 201, done.text
+    wallets = {
+        w["currency"]: w
+        for w in client.get("/v1/wallet/balance", headers=customer).json()["wallets"]
+    }
+    assert Decimal(wallets["USD"]["balance"]) == Decimal("1000.00") - Decimal(quote["total_debit"])
+    assert wallets["EUR"]["balance"] == quote["target_amount"]
+    lines = client.get("/v1/wallet/statement", headers=customer).json()["items"]
+    assert {line["journal_id"] for line in lines[:2]} == {done.json()["journal_id"]}
+
+    reused = client.post(
+        "/v1/wallet/exchange",
+        json={"quote_id": quote["quote_id"]},
+        headers={**customer, "Idempotency-Key": "walk-exchange-again"},
+    )
+    assert (reused.status_code, reused.json()["code"]) == (409, 1003)
+
+    stale = client.post(
+        "/v1/remit/quote",
+        json={"source_currency": "USD", "target_currency": "EUR", "source_amount": "10.00"},
+        headers=customer,
+    ).json()
+    time.sleep(3.5)
+    expired = client.post(
+        "/v1/wallet/exchange",
+        json={"quote_id": stale["quote_id"]},
+        headers={**customer, "Idempotency-Key": "walk-expired"},
+    )
+    assert (expired.status_code, expired.json()["code"]) == (409, 1002)
+
+    verify = server.run("ledger", "verify")
+    assert verify.returncode == 0, verify.stderr
+    assert "ledger verify: ok" in verify.stdout
     client.close()

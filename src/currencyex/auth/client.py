@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol
 
 from currencyex.auth.domain import KycStatus, Principal, Role, Tier
@@ -15,6 +16,10 @@ class AuthClient(Protocol):
         """The caller behind a bearer token; 2002 for a bad token, 2005 for a disabled account."""
         ...
 
+    async def principal(self, user_id: uuid.UUID) -> Principal | None:
+        """What the auth service knows of a user (role, tier, KYC), or None if there is none."""
+        ...
+
 
 class InProcessAuthClient:
     def __init__(self, service: AuthService) -> None:
@@ -22,3 +27,6 @@ class InProcessAuthClient:
 
     async def authenticate(self, access_token: str) -> Principal:
         return await self._service.authenticate(access_token)
+
+    async def principal(self, user_id: uuid.UUID) -> Principal | None:
+        return await self._service.principal(user_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from currencyex.kernel.events import Event
 
@@ -95,11 +95,45 @@ class Outbox(Protocol):
     async def add(self, event: Event) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """A money-moving request's Idempotency-Key and a fingerprint (hash) of the request."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SavedResponse:
+    """The first response given to an Idempotency-Key, returned again to its repeats."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+class IdempotencyStore(Protocol):
+    async def claim(
+        self, scope: str, owner: str, key: str, request_hash: str
+    ) -> SavedResponse | None:
+        """None when the key is new (go ahead); the first response when it was used before.
+
+        The same key with a different request hash raises IdempotencyKeyReused (1007).
+        """
+        ...
+
+    async def save(
+        self, scope: str, owner: str, key: str, status_code: int, body: dict[str, Any]
+    ) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the block without `commit()` rolls back."""
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.events import Event
 from currencyex.platform.db import Database, is_unique_violation
+from currencyex.platform.idempotency import SqlIdempotency
 from currencyex.platform.outbox import outbox_table, processed_events_table
 
 
@@ -33,6 +34,7 @@ class SqlUnitOfWork:
 
     connection: AsyncConnection
     outbox: SqlOutbox
+    idempotency: SqlIdempotency
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -45,6 +47,7 @@ class SqlUnitOfWork:
         self.connection = await self._db.engine.connect()
         await self.connection.begin()
         self.outbox = SqlOutbox(self.connection)
+        self.idempotency = SqlIdempotency(self.connection)
         self.bind(self.connection)
         return self
 

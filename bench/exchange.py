@@ -1,0 +1,547 @@
+"""Load benchmark: POST /v1/wallet/exchange on PostgreSQL against pgbench's TPC-B, same server.
+
+Loopback only, bounded (a deadline and a hard cap on requests), stops by itself, and cleans up
+what it made: two fresh databases (dropped), one `currencyex serve` process (stopped), a temporary
+data directory (removed). See bench/README.md for how to read the output.
+
+    .venv/bin/python bench/exchange.py [--clients 32] [--duration 20] [--users 32] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PG_HOST = "127.0.0.1"
+PG_PORT = "5432"
+PG_USER = "postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CLI = [sys.executable, "-m", "currencyex.cli"]
+TARGET_RATIO = 0.25
+ADMIN_PASSWORD = "bench-admin-pass-4242"  # noqa: S105 (a throwaway account in a throwaway db)
+CUSTOMER_PASSWORD = "bench-customer-pass-42"  # noqa: S105
+DEPOSIT = "1000000.00"
+EXCHANGE_AMOUNT = "10.00"
+TPS_LINE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+# Processes and databases
+
+
+def psql(sql: str, database: str = "postgres") -> str:
+    done = subprocess.run(
+        ["psql", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", database, "-Atc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def database(name: str) -> Iterator[str]:
+    psql(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        try:
+            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process, from /proc (0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+class Server:
+    """`currencyex serve` processes, one per worker, each on its own loopback port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.ports = [free_port() for _ in range(workers)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    @property
+    def bases(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def start(self) -> None:
+        for index, port in enumerate(self.ports):
+            log = self.workdir / f"serve-{index}.log"
+            env = dict(self.env, CURRENCYEX_PORT=str(port))
+            # The first process migrates; the others start once it is healthy.
+            env["CURRENCYEX_MIGRATE_ON_START"] = "true" if index == 0 else "false"
+            with log.open("wb") as sink:
+                self.processes.append(
+                    subprocess.Popen(
+                        [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                        env=env,
+                        cwd=self.workdir,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            self.logs.append(log)
+            self.wait_healthy(self.bases[index])
+
+    def wait_healthy(self, base: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.processes):
+                break
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server at {base} did not become healthy:\n{self.tail()}")
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args],
+            env=dict(self.env, CURRENCYEX_MIGRATE_ON_START="false"),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def tail(self, lines: int = 40) -> str:
+        text = "\n".join(log.read_text(errors="replace") for log in self.logs if log.exists())
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# Setup over HTTP
+
+
+def fail(what: str, response: httpx.Response) -> RuntimeError:
+    return RuntimeError(f"{what}: {response.status_code} {response.text[:500]}")
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str) -> str:
+    response = await client.post("/v1/auth/login", json={"email": email, "password": password})
+    if response.status_code != 200:
+        raise fail(f"login {email}", response)
+    return str(response.json()["access_token"])
+
+
+async def set_up_customer(
+    client: httpx.AsyncClient, admin: dict[str, str], run: str, index: int
+) -> str:
+    email = f"bench-{run}-{index}@example.com"
+    registered = await client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": CUSTOMER_PASSWORD, "full_name": f"Bench {index}"},
+    )
+    if registered.status_code != 201:
+        raise fail(f"register {email}", registered)
+    user_id = registered.json()["id"]
+    approved = await client.post(
+        f"/v1/admin/kyc/{user_id}/decision",
+        json={"decision": "APPROVED", "reason": "benchmark customer"},
+        headers=admin,
+    )
+    if approved.status_code != 200:
+        raise fail(f"approve {email}", approved)
+    for currency in ("USD", "EUR"):
+        deposited = await client.post(
+            "/v1/wallet/deposit",
+            json={
+                "user_id": user_id,
+                "amount": DEPOSIT,
+                "currency": currency,
+                "reference": f"bench float {currency}",
+            },
+            headers={**admin, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        if deposited.status_code != 201:
+            raise fail(f"deposit {currency} for {email}", deposited)
+    return await login(client, email, CUSTOMER_PASSWORD)
+
+
+async def set_up(server: Server, users: int, run: str) -> list[str]:
+    """Create the admin, N approved customers with USD and EUR funds; their access tokens."""
+    made = server.run(
+        "create-admin", "--email", f"admin-{run}@example.com", "--password", ADMIN_PASSWORD
+    )
+    if made.returncode != 0:
+        raise RuntimeError(f"create-admin failed: {made.stderr[-2000:]}")
+    async with httpx.AsyncClient(base_url=server.bases[0], timeout=30) as client:
+        admin_token = await login(client, f"admin-{run}@example.com", ADMIN_PASSWORD)
+        admin = {"Authorization": f"Bearer {admin_token}"}
+        gate = asyncio.Semaphore(8)
+
+        async def one(index: int) -> str:
+            async with gate:
+                return await set_up_customer(client, admin, run, index)
+
+        return list(await asyncio.gather(*(one(i) for i in range(users))))
+
+
+def wait_outbox_drained(db: str, timeout: float = 20.0) -> int:
+    """Let the relay publish what setup (or the load) left behind; the rows still pending."""
+    deadline = time.monotonic() + timeout
+    pending = -1
+    while time.monotonic() < deadline:
+        pending = int(psql("SELECT count(*) FROM outbox WHERE published_at IS NULL", db) or 0)
+        if pending == 0:
+            break
+        time.sleep(0.25)
+    return pending
+
+
+# The load
+
+
+@dataclass
+class Stats:
+    window_start: float
+    window_end: float
+    exchange_ms: list[float] = field(default_factory=list)
+    pair_ms: list[float] = field(default_factory=list)
+    ok: int = 0
+    quotes: int = 0
+    requests: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    warmup_exchanges: int = 0
+    all_exchanges: int = 0  # every 201, warm-up and stragglers after the deadline included
+
+    def counted(self, finished: float) -> bool:
+        return self.window_start <= finished <= self.window_end
+
+
+def error_key(stage: str, response: httpx.Response) -> str:
+    code: Any = None
+    with contextlib.suppress(ValueError, AttributeError):
+        code = response.json().get("code")
+    return f"{stage} {response.status_code}" + (f" code {code}" if code is not None else "")
+
+
+async def client_loop(
+    http: httpx.AsyncClient,
+    base: str,
+    token: str,
+    index: int,
+    stats: Stats,
+    stop_at: float,
+    max_requests: int,
+) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    forward = index % 2 == 0  # half the clients start USD->EUR, half EUR->USD
+    while time.perf_counter() < stop_at and stats.requests < max_requests:
+        source, target = ("USD", "EUR") if forward else ("EUR", "USD")
+        forward = not forward  # alternate so no wallet drains
+        stats.requests += 2
+        started = time.perf_counter()
+        try:
+            quoted = await http.post(
+                f"{base}/v1/remit/quote",
+                json={
+                    "source_currency": source,
+                    "target_currency": target,
+                    "source_amount": EXCHANGE_AMOUNT,
+                },
+                headers=auth,
+            )
+            if quoted.status_code != 201:
+                stats.errors[error_key("quote", quoted)] += 1
+                continue
+            stats.quotes += 1
+            exchange_started = time.perf_counter()
+            exchanged = await http.post(
+                f"{base}/v1/wallet/exchange",
+                json={"quote_id": quoted.json()["quote_id"]},
+                headers={**auth, "Idempotency-Key": uuid.uuid4().hex},
+            )
+        except httpx.HTTPError as exc:
+            stats.errors[f"transport {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        finished = time.perf_counter()
+        if exchanged.status_code != 201:
+            stats.errors[error_key("exchange", exchanged)] += 1
+            continue
+        stats.all_exchanges += 1
+        if stats.counted(finished):
+            stats.ok += 1
+            stats.exchange_ms.append((finished - exchange_started) * 1000)
+            stats.pair_ms.append((finished - started) * 1000)
+        elif finished < stats.window_start:
+            stats.warmup_exchanges += 1
+
+
+async def load(
+    bases: list[str],
+    tokens: list[str],
+    clients: int,
+    warmup: float,
+    duration: float,
+    max_requests: int,
+) -> Stats:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    timeout = httpx.Timeout(30.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, http2=False) as http:
+        now = time.perf_counter()
+        stats = Stats(window_start=now + warmup, window_end=now + warmup + duration)
+        tasks = [
+            client_loop(
+                http,
+                bases[i % len(bases)],
+                tokens[i % len(tokens)],
+                i,
+                stats,
+                stats.window_end,
+                max_requests,
+            )
+            for i in range(clients)
+        ]
+        # In-flight requests after the deadline finish within the client timeout; the overall
+        # wait_for is the backstop that keeps the run bounded whatever happens.
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + duration + 60)
+    return stats
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+# pgbench
+
+
+def pgbench(db: str, clients: int, duration: int) -> tuple[float, str]:
+    common = ["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER]
+    subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", *common, db],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    done = subprocess.run(
+        ["pgbench", "-c", str(clients), "-j", "2", "-T", str(duration), *common, db],
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+        check=False,
+    )
+    found = TPS_LINE.search(done.stdout)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"pgbench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return float(found.group(1)), done.stdout
+
+
+# Main
+
+
+def server_env(db: str, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
+    env.update(
+        CURRENCYEX_DATABASE_URL=f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}",
+        CURRENCYEX_REDIS_URL=REDIS_URL,
+        CURRENCYEX_NATS_URL="",  # in-process bus: its consumers run inside `serve`
+        CURRENCYEX_RATE_LIMITS_ENABLED="false",
+        CURRENCYEX_LOG_LEVEL="WARNING",
+        CURRENCYEX_DATA_DIR=str(data_dir),
+        CURRENCYEX_ARGON2_MEMORY_KIB="1024",
+        CURRENCYEX_ARGON2_TIME_COST="1",
+    )
+    return env
+
+
+def run_loop(coro: Any) -> Any:
+    try:
+        import uvloop  # optional: a cheaper client loop when installed
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def bench(args: argparse.Namespace) -> int:
+    run = uuid.uuid4().hex[:10]
+    with (
+        tempfile.TemporaryDirectory(prefix="cx-bench-") as tmp,
+        database(f"cx_bench_{run}") as db,
+        database(f"cx_pgbench_{run}") as pgbench_db,
+    ):
+        workdir = Path(tmp)
+        server = Server(server_env(db, workdir / "var"), workdir, args.workers)
+        try:
+            print(f"databases {db} and {pgbench_db}; starting {args.workers} server process(es)")
+            server.start()
+            started = time.perf_counter()
+            tokens = run_loop(set_up(server, args.users, run))
+            pending = wait_outbox_drained(db)
+            print(
+                f"setup: {len(tokens)} approved customers with {DEPOSIT} USD and EUR each "
+                f"in {time.perf_counter() - started:.1f} s (outbox pending: {pending})"
+            )
+
+            print(
+                f"load: {args.clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s "
+                f"measured, against {', '.join(server.bases)}"
+            )
+            server_cpu, client_cpu = server.cpu(), resource.getrusage(resource.RUSAGE_SELF)
+            busy, total = machine_ticks()
+            stats = run_loop(
+                load(
+                    server.bases,
+                    tokens,
+                    args.clients,
+                    args.warmup,
+                    args.duration,
+                    args.max_requests,
+                )
+            )
+            server_cpu = server.cpu() - server_cpu
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            client_cpu = (after.ru_utime + after.ru_stime) - (
+                client_cpu.ru_utime + client_cpu.ru_stime
+            )
+            busy_after, total_after = machine_ticks()
+            machine_busy = (busy_after - busy) / max(1, total_after - total) * 100
+            elapsed = args.warmup + args.duration
+
+            verify = server.run("ledger", "verify")
+            verify_line = (verify.stdout.strip() or verify.stderr.strip()).splitlines()
+            pending = wait_outbox_drained(db)
+
+            print(f"pgbench: -i -s 1, then {args.clients} clients, -j 2, {int(args.duration)} s")
+            tps, _ = pgbench(pgbench_db, args.clients, int(args.duration))
+        finally:
+            server.stop()
+
+    rate = stats.ok / args.duration
+    ratio = rate / tps if tps else float("nan")
+    errors = dict(sorted(stats.errors.items()))
+    print()
+    print("=" * 78)
+    print(
+        f"exchanges/s: {rate:.1f}   p50: {percentile(stats.exchange_ms, 50):.1f} ms   "
+        f"p99: {percentile(stats.exchange_ms, 99):.1f} ms   "
+        f"(quote+exchange p50: {percentile(stats.pair_ms, 50):.1f} ms, "
+        f"p99: {percentile(stats.pair_ms, 99):.1f} ms)"
+    )
+    print(
+        f"exchanges counted: {stats.ok} in {args.duration:g} s "
+        f"(+{stats.warmup_exchanges} in {args.warmup:g} s warm-up), "
+        f"{args.clients} clients, {args.users} users, {args.workers} server process(es)"
+    )
+    print(
+        f"pgbench TPC-B tps: {tps:.1f} "
+        f"(clients {args.clients}, scale 1, duration {args.duration:g} s)"
+    )
+    print(
+        f"ratio exchanges/pgbench: {ratio:.3f}   target >= {TARGET_RATIO}: "
+        f"{'MET' if ratio >= TARGET_RATIO else 'NOT MET'}"
+    )
+    print(f"errors: {errors}")
+    print(
+        f"cpu during the {elapsed:g} s load: server {server_cpu:.1f} s, load generator "
+        f"{client_cpu:.1f} s, machine {machine_busy:.0f}% busy ({os.cpu_count()} cpus); "
+        f"server cpu per quote+exchange: {server_cpu * 1000 / max(1, stats.all_exchanges):.1f} ms"
+    )
+    print(f"outbox rows unpublished before pgbench: {pending}")
+    print(verify_line[0] if verify_line else f"ledger verify: exit {verify.returncode}")
+    print("=" * 78)
+    return 0 if verify.returncode == 0 else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
+    parser.add_argument("--duration", type=float, default=20, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds before measuring")
+    parser.add_argument("--users", type=int, default=32, help="approved customers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`currencyex serve` processes, one port each; clients spread over them",
+    )
+    parser.add_argument(
+        "--max-requests", type=int, default=200_000, help="hard cap on HTTP requests in the load"
+    )
+    args = parser.parse_args(argv)
+    for name in ("clients", "users", "workers", "max_requests"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be within 1..600 and --warmup within 0..60")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def terminated(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every finally
+
+    signal.signal(signal.SIGTERM, terminated)
+    return bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

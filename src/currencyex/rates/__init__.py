@@ -1,0 +1,1 @@
+"""The rate service: live exchange rates, corridor pricing and short-lived quotes."""

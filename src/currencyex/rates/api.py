@@ -1,0 +1,144 @@
+"""HTTP routes of the rate service: /v1/rates/* and the quote, /v1/remit/quote."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Self
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.limits import RateLimit
+from currencyex.kernel.money import Money
+from currencyex.rates.domain import LiveRates, Quote, SupportedCurrency, format_rate
+from currencyex.rates.service import RateService
+
+
+# async: FastAPI would run a plain `def` dependency in a worker thread on every request.
+async def rate_service(request: Request) -> RateService:
+    return container(request).rates
+
+
+Rates = Annotated[RateService, Depends(rate_service)]
+
+router = APIRouter(prefix="/v1/rates", tags=["rates"])
+quotes = APIRouter(prefix="/v1/remit", tags=["rates"])
+
+CurrencyCode = Annotated[str, Field(min_length=1, max_length=16, examples=["USD"])]
+Amount = Annotated[str, Field(min_length=1, max_length=40, examples=["100.50"])]
+
+
+class CurrencyOut(BaseModel):
+    code: str
+    name: str
+    minor_digits: int
+    pegged: bool
+
+    @classmethod
+    def of(cls, spec: SupportedCurrency) -> CurrencyOut:
+        return cls(
+            code=spec.code, name=spec.name, minor_digits=spec.minor_digits, pegged=spec.pegged
+        )
+
+
+class CurrenciesOut(BaseModel):
+    items: list[CurrencyOut]
+
+
+class LiveRatesOut(BaseModel):
+    base: str
+    rates: dict[str, str] = Field(examples=[{"EUR": "0.923400000000"}])
+    as_of: date = Field(description="The date the provider published these rates for")
+    source: str = Field(examples=["ecb", "ecb-bundled"])
+    fetched_at: datetime = Field(description="When the rates were last fetched successfully")
+
+    @classmethod
+    def of(cls, live: LiveRates) -> LiveRatesOut:
+        return cls(
+            base=live.base,
+            rates={code: format_rate(rate) for code, rate in live.rates.items()},
+            as_of=live.as_of,
+            source=live.source,
+            fetched_at=live.fetched_at,
+        )
+
+
+class QuoteIn(BaseModel):
+    """Exactly one of `source_amount` (what is sent) and `target_amount` (what arrives)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    source_currency: CurrencyCode
+    target_currency: CurrencyCode
+    source_amount: Amount | None = None
+    target_amount: Amount | None = None
+
+    @model_validator(mode="after")
+    def exactly_one_amount(self) -> Self:
+        if (self.source_amount is None) == (self.target_amount is None):
+            raise ValueError("give exactly one of source_amount and target_amount")
+        return self
+
+
+class QuoteOut(BaseModel):
+    quote_id: str
+    source_amount: str
+    source_currency: str
+    target_amount: str
+    target_currency: str
+    rate: str = Field(description="Units of target per unit of source, spread included")
+    fee: str = Field(description="In the source currency, on top of source_amount")
+    total_debit: str
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, quote: Quote) -> QuoteOut:
+        return cls(
+            quote_id=quote.id,
+            source_amount=quote.source_amount.format(),
+            source_currency=quote.source_currency,
+            target_amount=quote.target_amount.format(),
+            target_currency=quote.target_currency,
+            rate=format_rate(quote.rate),
+            fee=quote.fee.format(),
+            total_debit=quote.total_debit.format(),
+            expires_at=quote.expires_at,
+        )
+
+
+def _codes(symbols: str | None) -> list[str]:
+    found = (code.strip() for code in (symbols or "").split(","))
+    return list(dict.fromkeys(code for code in found if code))
+
+
+def _amount(value: str | None, code: str, field: str) -> Money | None:
+    return None if value is None else Money.parse(value, code, field=field)
+
+
+@router.get("/currencies")
+async def currencies(rates: Rates) -> CurrenciesOut:
+    return CurrenciesOut(items=[CurrencyOut.of(spec) for spec in rates.currencies()])
+
+
+@router.get("/live", dependencies=[Depends(RateLimit("rates_live", 60))])
+async def live(
+    rates: Rates,
+    base: Annotated[str, Query(min_length=1, max_length=16, examples=["USD"])],
+    symbols: Annotated[
+        str | None, Query(max_length=1000, description="Comma-separated codes", examples=["EUR"])
+    ] = None,
+) -> LiveRatesOut:
+    return LiveRatesOut.of(await rates.live(base, _codes(symbols)))
+
+
+@quotes.post("/quote", status_code=201, dependencies=[Depends(RateLimit("quote", 20))])
+async def quote(body: QuoteIn, rates: Rates, caller: CurrentPrincipal) -> QuoteOut:
+    locked = await rates.quote(
+        caller.user_id,
+        body.source_currency,
+        body.target_currency,
+        source_amount=_amount(body.source_amount, body.source_currency, "source_amount"),
+        target_amount=_amount(body.target_amount, body.target_currency, "target_amount"),
+    )
+    return QuoteOut.of(locked)

@@ -1,0 +1,355 @@
+"""Rate use cases: keep the live rates fresh, show them, price a corridor, issue and take quotes.
+
+Live rates and quotes live in the Cache port (Redis when shared), as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from currencyex.kernel.clock import Clock
+from currencyex.kernel.errors import (
+    DependencyUnavailable,
+    QuoteExpired,
+    QuoteUnavailable,
+    RatesUnavailable,
+    UnsupportedCurrency,
+    ValidationFailed,
+)
+from currencyex.kernel.events import Event
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.money import Money
+from currencyex.kernel.ports import Cache, EventBus
+from currencyex.rates.domain import (
+    RATE_UPDATED,
+    LiveRates,
+    Peg,
+    PricingPolicy,
+    Quote,
+    RateProvider,
+    RateSnapshot,
+    SupportedCurrency,
+    ensure_fresh,
+    format_rate,
+    supported_currencies,
+)
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_KEY = "rates:live"
+# An expired quote stays readable this long, so taking it says "expired" rather than "unknown".
+QUOTE_RETENTION = timedelta(hours=1)
+# After a failed refresh, try again sooner than the regular interval.
+RETRY_AFTER_FAILURE_SECONDS = 30.0
+# Names the rate.updated events, so replicas announcing the same change publish one event id.
+_EVENT_NAMESPACE = uuid.UUID("6f0d3c1e-2b7a-4e55-9c1d-8a4f5e6b7c20")
+
+
+def quote_key(quote_id: str) -> str:
+    return f"quote:{quote_id}"
+
+
+def used_key(quote_id: str) -> str:
+    return f"quote-used:{quote_id}"
+
+
+class RateService:
+    def __init__(
+        self,
+        *,
+        provider: RateProvider,
+        cache: Cache,
+        bus: EventBus,
+        clock: Clock,
+        currencies: Iterable[str],
+        pegs: Iterable[Peg],
+        pricing: PricingPolicy,
+        max_age_seconds: float,
+        refresh_seconds: float,
+        quote_ttl_seconds: float,
+    ) -> None:
+        if min(max_age_seconds, refresh_seconds, quote_ttl_seconds) <= 0:
+            raise ValueError("rate ages, intervals and quote lifetimes must be positive")
+        self._provider = provider
+        self._cache = cache
+        self._bus = bus
+        self._clock = clock
+        self._pegs = tuple(pegs)
+        self._currencies = supported_currencies(currencies, self._pegs)
+        self._codes = frozenset(spec.code for spec in self._currencies)
+        self._pricing = pricing
+        self._max_age = timedelta(seconds=max_age_seconds)
+        self._refresh_seconds = refresh_seconds
+        self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
+        self._task: asyncio.Task[None] | None = None
+
+    # Currencies and live rates
+
+    def currencies(self) -> tuple[SupportedCurrency, ...]:
+        return self._currencies
+
+    async def live(self, base: str, symbols: Sequence[str] = ()) -> LiveRates:
+        """Mid rates from `base` to `symbols` (every supported currency when empty)."""
+        self._check_supported(base, *symbols)
+        snapshot = await self._fresh_snapshot()
+        wanted = symbols or sorted(c for c in self._codes if c != base and snapshot.has(c))
+        rates = {code: snapshot.mid_rate(base, code) for code in wanted}
+        return LiveRates(base, rates, snapshot.as_of, snapshot.source, snapshot.fetched_at)
+
+    async def refresh(self) -> RateSnapshot:
+        """Fetch the provider's rates, store them, and announce them if they changed."""
+        published = await self._provider.latest()
+        kept = {code: rate for code, rate in published.rates.items() if code in self._codes}
+        snapshot = RateSnapshot(
+            published.base, kept, published.as_of, published.source, self._clock.now()
+        )
+        previous = await self._stored_snapshot()
+        await self._cache.set(SNAPSHOT_KEY, _encode_snapshot(snapshot))
+        if previous is None or (previous.rates, previous.as_of) != (snapshot.rates, snapshot.as_of):
+            await self._announce(previous, snapshot)
+        log.info("rates.refreshed", source=snapshot.source, as_of=snapshot.as_of.isoformat())
+        return snapshot
+
+    async def start(self) -> None:
+        """Refresh once, so quotes work from the first request, then keep refreshing."""
+        if self._task is not None:
+            return
+        refreshed = await self._refresh_logged()
+        self._task = asyncio.create_task(self._refresh_forever(refreshed), name="rates-refresh")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # Quotes
+
+    async def quote(
+        self,
+        user_id: uuid.UUID,
+        source_currency: str,
+        target_currency: str,
+        *,
+        source_amount: Money | None = None,
+        target_amount: Money | None = None,
+    ) -> Quote:
+        """Price the corridor for exactly one of the two amounts and lock it for `user_id`."""
+        if (source_amount is None) == (target_amount is None):
+            raise ValidationFailed(
+                "Give exactly one of source_amount and target_amount",
+                details=[{"loc": ["body"], "msg": "exactly one of source_amount, target_amount"}],
+            )
+        self._check_supported(source_currency, target_currency)
+        if source_currency == target_currency:
+            raise UnsupportedCurrency(f"{source_currency} to itself is not a corridor")
+        snapshot = await self._fresh_snapshot()
+        mid_rate = snapshot.mid_rate(source_currency, target_currency)
+        pricing = self._pricing.for_corridor(source_currency, target_currency, snapshot)
+        if source_amount is not None:
+            priced = pricing.for_source_amount(source_amount, mid_rate)
+        else:
+            assert target_amount is not None
+            priced = pricing.for_target_amount(target_amount, mid_rate)
+        now = self._clock.now()
+        quote = Quote(
+            id=str(new_id()),
+            user_id=user_id,
+            source_amount=priced.source_amount,
+            target_amount=priced.target_amount,
+            fee=priced.fee,
+            total_debit=priced.total_debit,
+            rate=priced.rate,
+            mid_rate=priced.mid_rate,
+            created_at=now,
+            expires_at=now + self._quote_ttl,
+        )
+        with _cache_unavailable_is_503():
+            await self._cache.set(
+                quote_key(quote.id),
+                _encode_quote(quote),
+                ttl_seconds=(self._quote_ttl + QUOTE_RETENTION).total_seconds(),
+            )
+        return quote
+
+    async def take_quote(self, quote_id: str, owner: uuid.UUID) -> Quote:
+        """Use the quote once: 1003 if unknown, not `owner`'s or already taken; 1002 if expired."""
+        quote = await self._stored_quote(quote_id)
+        if quote is None or quote.user_id != owner:
+            raise QuoteUnavailable()
+        now = self._clock.now()
+        if quote.is_expired(now):
+            raise QuoteExpired()
+        # SET NX: of two concurrent takers exactly one stores the marker.
+        keep_for = (quote.expires_at + QUOTE_RETENTION - now).total_seconds()
+        with _cache_unavailable_is_503():
+            taken = await self._cache.add(used_key(quote.id), b"1", ttl_seconds=keep_for)
+        if not taken:
+            raise QuoteUnavailable()
+        return quote
+
+    async def release_quote(self, quote_id: str) -> None:
+        """Undo a take whose money movement failed, so the customer can try again."""
+        canonical = _canonical_id(quote_id)
+        if canonical is not None:
+            with _cache_unavailable_is_503():
+                await self._cache.delete(used_key(canonical))
+
+    # Internals
+
+    def _check_supported(self, *codes: str) -> None:
+        for code in codes:
+            if code not in self._codes:
+                raise UnsupportedCurrency(f"Currency {code!r} is not supported")
+
+    async def _fresh_snapshot(self) -> RateSnapshot:
+        snapshot = ensure_fresh(await self._stored_snapshot(), self._clock.now(), self._max_age)
+        return snapshot.with_pegs(self._pegs)
+
+    async def _stored_snapshot(self) -> RateSnapshot | None:
+        try:
+            raw = await self._cache.get(SNAPSHOT_KEY)
+        except Exception as exc:
+            raise RatesUnavailable("The rates store is unreachable") from exc
+        return None if raw is None else _decode_snapshot(raw)
+
+    async def _stored_quote(self, quote_id: str) -> Quote | None:
+        canonical = _canonical_id(quote_id)
+        if canonical is None:
+            return None
+        with _cache_unavailable_is_503():
+            raw = await self._cache.get(quote_key(canonical))
+        return None if raw is None else _decode_quote(raw)
+
+    async def _announce(self, previous: RateSnapshot | None, snapshot: RateSnapshot) -> None:
+        shown = snapshot.with_pegs(self._pegs)
+        # Replicas that see the same change from the same previous snapshot name it alike,
+        # and the bus drops the second publish.
+        change = f"{_fingerprint(previous)}>{_fingerprint(snapshot)}"
+        event = Event(
+            RATE_UPDATED,
+            data={
+                "base": shown.base,
+                "rates": {code: format_rate(rate) for code, rate in sorted(shown.rates.items())},
+                "as_of": shown.as_of.isoformat(),
+                "source": shown.source,
+            },
+            id=str(uuid.uuid5(_EVENT_NAMESPACE, change)),
+        )
+        try:
+            await self._bus.publish(event)
+        except Exception as exc:
+            # The stored rates are what pricing uses; a lost announcement only delays a push.
+            log.warning("rates.announce_failed", error=str(exc))
+
+    async def _refresh_logged(self) -> bool:
+        try:
+            await self.refresh()
+        except Exception as exc:
+            log.warning("rates.refresh_failed", error=str(exc), error_type=type(exc).__name__)
+            return False
+        return True
+
+    async def _refresh_forever(self, last_ok: bool) -> None:
+        while True:
+            wait = self._refresh_seconds if last_ok else RETRY_AFTER_FAILURE_SECONDS
+            await asyncio.sleep(min(wait, self._refresh_seconds))
+            last_ok = await self._refresh_logged()
+
+
+def _canonical_id(quote_id: str) -> str | None:
+    try:
+        return str(uuid.UUID(quote_id))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def _cache_unavailable_is_503() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise DependencyUnavailable("The quote store is unreachable") from exc
+
+
+def _fingerprint(snapshot: RateSnapshot | None) -> str:
+    if snapshot is None:
+        return "none"
+    doc = [snapshot.base, snapshot.as_of.isoformat(), snapshot.fetched_at.isoformat()]
+    doc += [f"{code}={rate.normalize()}" for code, rate in sorted(snapshot.rates.items())]
+    return hashlib.sha256("|".join(doc).encode()).hexdigest()
+
+
+def _encode_snapshot(snapshot: RateSnapshot) -> bytes:
+    return json.dumps(
+        {
+            "base": snapshot.base,
+            "rates": {code: format_rate(rate) for code, rate in sorted(snapshot.rates.items())},
+            "as_of": snapshot.as_of.isoformat(),
+            "source": snapshot.source,
+            "fetched_at": snapshot.fetched_at.isoformat(),
+        }
+    ).encode()
+
+
+def _decode_snapshot(raw: bytes) -> RateSnapshot:
+    doc = json.loads(raw)
+    return RateSnapshot(
+        base=doc["base"],
+        rates={code: Decimal(rate) for code, rate in doc["rates"].items()},
+        as_of=date.fromisoformat(doc["as_of"]),
+        source=doc["source"],
+        fetched_at=datetime.fromisoformat(doc["fetched_at"]),
+    )
+
+
+def _money(value: Money) -> dict[str, Any]:
+    return {"minor": value.minor, "currency": value.currency}
+
+
+def _from_money(doc: dict[str, Any]) -> Money:
+    return Money(int(doc["minor"]), str(doc["currency"]))
+
+
+def _encode_quote(quote: Quote) -> bytes:
+    return json.dumps(
+        {
+            "id": quote.id,
+            "user_id": str(quote.user_id),
+            "source_amount": _money(quote.source_amount),
+            "target_amount": _money(quote.target_amount),
+            "fee": _money(quote.fee),
+            "total_debit": _money(quote.total_debit),
+            "rate": format_rate(quote.rate),
+            "mid_rate": format_rate(quote.mid_rate),
+            "created_at": quote.created_at.isoformat(),
+            "expires_at": quote.expires_at.isoformat(),
+        }
+    ).encode()
+
+
+def _decode_quote(raw: bytes) -> Quote:
+    doc = json.loads(raw)
+    return Quote(
+        id=doc["id"],
+        user_id=uuid.UUID(doc["user_id"]),
+        source_amount=_from_money(doc["source_amount"]),
+        target_amount=_from_money(doc["target_amount"]),
+        fee=_from_money(doc["fee"]),
+        total_debit=_from_money(doc["total_debit"]),
+        rate=Decimal(doc["rate"]),
+        mid_rate=Decimal(doc["mid_rate"]),
+        created_at=datetime.fromisoformat(doc["created_at"]),
+        expires_at=datetime.fromisoformat(doc["expires_at"]),
+    )

@@ -1,0 +1,1 @@
+"""The wallet service: customers' currency wallets on a double-entry ledger."""

@@ -1,0 +1,174 @@
+"""The ledger's rules: accounts, journals that sum to zero per currency, holds.
+
+Amounts are signed integers of minor units: positive credits an account (raises its balance),
+negative debits it. A wallet's available balance is balance - locked_balance and never < 0.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from currencyex.kernel.money import Money
+from currencyex.kernel.ports import UnitOfWork
+
+
+class AccountKind(enum.StrEnum):
+    WALLET = "WALLET"  # a customer's money in one currency
+    CASH_IN = "CASH_IN"  # cash taken in at branches: the counterpart of deposits
+    FX_POSITION = "FX_POSITION"  # the house's position in a currency after exchanges
+    FEE_REVENUE = "FEE_REVENUE"
+    PAYOUT_SUSPENSE = "PAYOUT_SUSPENSE"  # captured sends on their way to the payout partner
+
+
+class JournalKind(enum.StrEnum):
+    DEPOSIT = "DEPOSIT"
+    EXCHANGE = "EXCHANGE"
+    CAPTURE = "CAPTURE"
+
+
+class HoldStatus(enum.StrEnum):
+    HELD = "HELD"
+    CAPTURED = "CAPTURED"
+    RELEASED = "RELEASED"
+
+
+def account_key(kind: AccountKind, currency: str, user_id: uuid.UUID | None = None) -> str:
+    """The natural key of an account: one wallet per user and currency, one system account per
+    kind and currency."""
+    if kind is AccountKind.WALLET:
+        if user_id is None:
+            raise ValueError("a wallet belongs to a user")
+        return f"WALLET:{user_id}:{currency}"
+    return f"{kind.value}:{currency}"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: uuid.UUID
+    kind: AccountKind
+    currency: str
+    user_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: Account
+    amount: Money  # signed: positive credits the account
+
+    def __post_init__(self) -> None:
+        if self.amount.currency != self.account.currency:
+            raise ValueError("a posting's currency is its account's currency")
+        if self.amount.minor == 0:
+            raise ValueError("a posting moves a non-zero amount")
+
+
+class UnbalancedJournal(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    id: uuid.UUID
+    kind: JournalKind
+    postings: tuple[Posting, ...]
+    created_at: datetime
+    user_id: uuid.UUID | None = None
+    quote_id: str | None = None
+    reference: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.postings) < 2:
+            raise UnbalancedJournal("a journal has at least two postings")
+        totals: dict[str, int] = defaultdict(int)
+        for posting in self.postings:
+            totals[posting.amount.currency] += posting.amount.minor
+        if any(totals.values()):
+            raise UnbalancedJournal(f"journal does not sum to zero per currency: {dict(totals)}")
+
+
+@dataclass(frozen=True, slots=True)
+class WalletBalance:
+    currency: str
+    balance: Money
+    locked: Money
+
+    @property
+    def available(self) -> Money:
+        return self.balance - self.locked
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: uuid.UUID
+    account: Account
+    amount: Money
+    status: HoldStatus
+    reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    entry_id: int
+    journal_id: uuid.UUID
+    kind: JournalKind
+    amount: Money
+    reference: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatementQuery:
+    user_id: uuid.UUID
+    currency: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_entry: int | None = None  # the cursor: lines are listed newest first
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerProblem:
+    check: str
+    subject: str
+    detail: str
+
+
+class LedgerRepository(Protocol):
+    async def account(
+        self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
+    ) -> Account:
+        """The account with this natural key, opened if it does not exist yet."""
+        ...
+
+    async def post(self, journal: Journal) -> None:
+        """Write the journal and move the wallets' cached balances; 1001 if one would go short."""
+        ...
+
+    async def hold(self, hold: Hold) -> None:
+        """Lock `hold.amount` of the wallet's available balance; 1001 when short."""
+        ...
+
+    async def settle_hold(
+        self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
+    ) -> Hold | None:
+        """Move a HELD hold to CAPTURED or RELEASED, unlocking its amount; None if not HELD."""
+        ...
+
+    async def find_hold(self, hold_id: uuid.UUID) -> Hold | None: ...
+
+    async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]: ...
+
+    async def statement(self, query: StatementQuery) -> list[StatementLine]: ...
+
+    async def verify(self) -> list[LedgerProblem]: ...
+
+
+class WalletUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def ledger(self) -> LedgerRepository: ...

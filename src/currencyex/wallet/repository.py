@@ -1,0 +1,365 @@
+"""SQL for the ledger: wallet_accounts, wallet_journals, wallet_entries, wallet_holds.
+
+Balances move only by conditional UPDATEs (`balance + amount >= locked_balance`) taken in
+account-id order, so concurrent postings neither overdraw a wallet nor deadlock.
+System accounts keep no cached balance (their balance is the sum of their entries): caching it
+would make every exchange queue on the same FX-position row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.money import Money
+from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.wallet.domain import (
+    Account,
+    AccountKind,
+    Hold,
+    HoldStatus,
+    Journal,
+    JournalKind,
+    LedgerProblem,
+    StatementLine,
+    StatementQuery,
+    WalletBalance,
+    account_key,
+)
+
+accounts = sa.Table(
+    "wallet_accounts",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("key", sa.String(80), nullable=False, unique=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("user_id", sa.Uuid),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("locked_balance", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+journals = sa.Table(
+    "wallet_journals",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("user_id", sa.Uuid),
+    sa.Column("quote_id", sa.String(64), unique=True),
+    sa.Column("reference", sa.String(200)),
+    sa.Column("details", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+entries = sa.Table(
+    "wallet_entries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("journal_id", sa.Uuid, nullable=False),
+    sa.Column("account_id", sa.Uuid, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+holds = sa.Table(
+    "wallet_holds",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("account_id", sa.Uuid, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reference", sa.String(200)),
+    sa.Column("journal_id", sa.Uuid),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("settled_at", UtcDateTime),
+)
+
+
+def _account(row: Any) -> Account:
+    return Account(row.id, AccountKind(row.kind), row.currency, row.user_id)
+
+
+class SqlLedgerRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def account(
+        self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
+    ) -> Account:
+        key = account_key(kind, currency, user_id)
+        query = sa.select(accounts.c.id, accounts.c.kind, accounts.c.currency, accounts.c.user_id)
+        row = (await self._conn.execute(query.where(accounts.c.key == key))).first()
+        if row is not None:
+            return _account(row)
+        insert = (postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert)(
+            accounts
+        )
+        await self._conn.execute(
+            insert.values(
+                id=uuid.uuid4(),
+                key=key,
+                kind=kind.value,
+                user_id=user_id,
+                currency=currency,
+                balance=0,
+                locked_balance=0,
+                created_at=datetime.now(UTC),
+            ).on_conflict_do_nothing(index_elements=["key"])
+        )
+        return _account((await self._conn.execute(query.where(accounts.c.key == key))).one())
+
+    async def post(self, journal: Journal) -> None:
+        await self._conn.execute(
+            journals.insert().values(
+                id=journal.id,
+                kind=journal.kind.value,
+                user_id=journal.user_id,
+                quote_id=journal.quote_id,
+                reference=journal.reference,
+                details=json.dumps(journal.details) if journal.details else None,
+                created_at=journal.created_at,
+            )
+        )
+        await self._conn.execute(
+            entries.insert(),
+            [
+                {
+                    "journal_id": journal.id,
+                    "account_id": posting.account.id,
+                    "currency": posting.amount.currency,
+                    "amount": posting.amount.minor,
+                    "created_at": journal.created_at,
+                }
+                for posting in journal.postings
+            ],
+        )
+        wallet_moves: dict[uuid.UUID, int] = {}
+        for posting in journal.postings:
+            if posting.account.kind is AccountKind.WALLET:
+                wallet_moves[posting.account.id] = (
+                    wallet_moves.get(posting.account.id, 0) + posting.amount.minor
+                )
+        # A fixed lock order (account id) keeps two journals over the same wallets deadlock-free.
+        for account_id in sorted(wallet_moves):
+            amount = wallet_moves[account_id]
+            moved = await self._conn.execute(
+                accounts.update()
+                .where(
+                    accounts.c.id == account_id,
+                    accounts.c.balance + amount >= accounts.c.locked_balance,
+                )
+                .values(balance=accounts.c.balance + amount)
+            )
+            if moved.rowcount != 1:
+                raise InsufficientFunds()
+
+    async def hold(self, hold: Hold) -> None:
+        locked = await self._conn.execute(
+            accounts.update()
+            .where(
+                accounts.c.id == hold.account.id,
+                accounts.c.balance - accounts.c.locked_balance >= hold.amount.minor,
+            )
+            .values(locked_balance=accounts.c.locked_balance + hold.amount.minor)
+        )
+        if locked.rowcount != 1:
+            raise InsufficientFunds()
+        await self._conn.execute(
+            holds.insert().values(
+                id=hold.id,
+                account_id=hold.account.id,
+                amount=hold.amount.minor,
+                status=HoldStatus.HELD.value,
+                reference=hold.reference,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+    async def settle_hold(
+        self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
+    ) -> Hold | None:
+        # The status change is the guard: of two settlements of one hold, one finds it HELD.
+        row = (
+            await self._conn.execute(
+                holds.update()
+                .where(holds.c.id == hold_id, holds.c.status == HoldStatus.HELD.value)
+                .values(status=status.value, settled_at=datetime.now(UTC), journal_id=journal_id)
+                .returning(holds.c.account_id, holds.c.amount, holds.c.reference)
+            )
+        ).first()
+        if row is None:
+            return None
+        await self._conn.execute(
+            accounts.update()
+            .where(accounts.c.id == row.account_id)
+            .values(locked_balance=accounts.c.locked_balance - row.amount)
+        )
+        account = _account(
+            (
+                await self._conn.execute(
+                    sa.select(
+                        accounts.c.id, accounts.c.kind, accounts.c.currency, accounts.c.user_id
+                    ).where(accounts.c.id == row.account_id)
+                )
+            ).one()
+        )
+        return Hold(hold_id, account, Money(row.amount, account.currency), status, row.reference)
+
+    async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
+        row = (
+            await self._conn.execute(
+                sa.select(
+                    holds.c.amount,
+                    holds.c.status,
+                    holds.c.reference,
+                    accounts.c.id,
+                    accounts.c.kind,
+                    accounts.c.currency,
+                    accounts.c.user_id,
+                )
+                .join(accounts, accounts.c.id == holds.c.account_id)
+                .where(holds.c.id == hold_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Hold(
+            hold_id,
+            _account(row),
+            Money(row.amount, row.currency),
+            HoldStatus(row.status),
+            row.reference,
+        )
+
+    async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]:
+        rows = (
+            await self._conn.execute(
+                sa.select(accounts.c.currency, accounts.c.balance, accounts.c.locked_balance)
+                .where(accounts.c.user_id == user_id, accounts.c.kind == AccountKind.WALLET.value)
+                .order_by(accounts.c.currency)
+            )
+        ).all()
+        return [
+            WalletBalance(
+                row.currency,
+                Money(row.balance, row.currency),
+                Money(row.locked_balance, row.currency),
+            )
+            for row in rows
+        ]
+
+    async def statement(self, query: StatementQuery) -> list[StatementLine]:
+        stmt = (
+            sa.select(
+                entries.c.id,
+                entries.c.journal_id,
+                entries.c.currency,
+                entries.c.amount,
+                entries.c.created_at,
+                journals.c.kind,
+                journals.c.reference,
+            )
+            .join(accounts, accounts.c.id == entries.c.account_id)
+            .join(journals, journals.c.id == entries.c.journal_id)
+            .where(accounts.c.user_id == query.user_id, accounts.c.kind == AccountKind.WALLET.value)
+            .order_by(entries.c.id.desc())
+            .limit(query.limit)
+        )
+        if query.currency is not None:
+            stmt = stmt.where(accounts.c.currency == query.currency)
+        if query.since is not None:
+            stmt = stmt.where(entries.c.created_at >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(entries.c.created_at < query.until)
+        if query.before_entry is not None:
+            stmt = stmt.where(entries.c.id < query.before_entry)
+        return [
+            StatementLine(
+                entry_id=row.id,
+                journal_id=row.journal_id,
+                kind=JournalKind(row.kind),
+                amount=Money(row.amount, row.currency),
+                reference=row.reference,
+                created_at=row.created_at,
+            )
+            for row in (await self._conn.execute(stmt)).all()
+        ]
+
+    async def verify(self) -> list[LedgerProblem]:
+        problems: list[LedgerProblem] = []
+        unbalanced = await self._conn.execute(
+            sa.select(entries.c.journal_id, entries.c.currency, sa.func.sum(entries.c.amount))
+            .group_by(entries.c.journal_id, entries.c.currency)
+            .having(sa.func.sum(entries.c.amount) != 0)
+        )
+        problems += [
+            LedgerProblem("journal-balances", str(j), f"{c} entries sum to {s}, not 0")
+            for j, c, s in unbalanced
+        ]
+        thin = await self._conn.execute(
+            sa.select(journals.c.id, sa.func.count(entries.c.id))
+            .select_from(journals.outerjoin(entries, entries.c.journal_id == journals.c.id))
+            .group_by(journals.c.id)
+            .having(sa.func.count(entries.c.id) < 2)
+        )
+        problems += [
+            LedgerProblem("journal-entries", str(j), f"has {n} entries, needs at least 2")
+            for j, n in thin
+        ]
+        sums = (
+            sa.select(entries.c.account_id, sa.func.sum(entries.c.amount).label("total"))
+            .group_by(entries.c.account_id)
+            .subquery()
+        )
+        held = (
+            sa.select(holds.c.account_id, sa.func.sum(holds.c.amount).label("total"))
+            .where(holds.c.status == HoldStatus.HELD.value)
+            .group_by(holds.c.account_id)
+            .subquery()
+        )
+        wallets = await self._conn.execute(
+            sa.select(
+                accounts.c.key,
+                accounts.c.balance,
+                accounts.c.locked_balance,
+                sa.func.coalesce(sums.c.total, 0),
+                sa.func.coalesce(held.c.total, 0),
+            )
+            .select_from(
+                accounts.outerjoin(sums, sums.c.account_id == accounts.c.id).outerjoin(
+                    held, held.c.account_id == accounts.c.id
+                )
+            )
+            .where(accounts.c.kind == AccountKind.WALLET.value)
+        )
+        for key, balance, locked, total, on_hold in wallets:
+            if balance != total:
+                problems.append(
+                    LedgerProblem("wallet-balance", key, f"cached {balance}, entries sum {total}")
+                )
+            if locked != on_hold:
+                problems.append(
+                    LedgerProblem("wallet-locked", key, f"cached {locked}, open holds {on_hold}")
+                )
+            if locked < 0 or balance - locked < 0:
+                problems.append(
+                    LedgerProblem("wallet-available", key, f"balance {balance}, locked {locked}")
+                )
+        return problems
+
+
+class SqlWalletUnitOfWork(SqlUnitOfWork):
+    ledger: SqlLedgerRepository
+
+    def bind(self, conn: AsyncConnection) -> None:
+        self.ledger = SqlLedgerRepository(conn)

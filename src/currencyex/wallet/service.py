@@ -1,0 +1,353 @@
+"""Wallet use cases: deposits, exchanges at a locked quote, holds for sends, statements."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from currencyex.auth.client import AuthClient, KycStatus, Principal, Role
+from currencyex.kernel.clock import Clock
+from currencyex.kernel.errors import (
+    KycNotApproved,
+    NotFound,
+    UnsupportedCurrency,
+    ValidationFailed,
+)
+from currencyex.kernel.events import Event
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.money import Money
+from currencyex.kernel.ports import IdempotentRequest
+from currencyex.rates.client import RatesClient
+from currencyex.wallet.domain import (
+    Account,
+    AccountKind,
+    Hold,
+    HoldStatus,
+    Journal,
+    JournalKind,
+    LedgerProblem,
+    Posting,
+    StatementLine,
+    StatementQuery,
+    WalletBalance,
+    WalletUnitOfWork,
+    account_key,
+)
+
+WALLET_DEPOSITED = "full.wallet.deposited"
+WALLET_EXCHANGED = "full.wallet.exchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """What a money-moving request did, as returned to the client (and replayed to repeats)."""
+
+    journal_id: str
+    kind: str
+    user_id: str
+    created_at: str
+    reference: str | None = None
+    quote_id: str | None = None
+    rate: str | None = None
+    debited: Money | None = None
+    credited: Money | None = None
+    fee: Money | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "journal_id": self.journal_id,
+            "kind": self.kind,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "reference": self.reference,
+            "quote_id": self.quote_id,
+            "rate": self.rate,
+        }
+        for name in ("debited", "credited", "fee"):
+            money: Money | None = getattr(self, name)
+            doc[name] = {"amount": money.format(), "currency": money.currency} if money else None
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Movement:
+        def money(value: dict[str, str] | None) -> Money | None:
+            return Money.parse(value["amount"], value["currency"]) if value else None
+
+        return cls(
+            journal_id=doc["journal_id"],
+            kind=doc["kind"],
+            user_id=doc["user_id"],
+            created_at=doc["created_at"],
+            reference=doc["reference"],
+            quote_id=doc["quote_id"],
+            rate=doc["rate"],
+            debited=money(doc["debited"]),
+            credited=money(doc["credited"]),
+            fee=money(doc["fee"]),
+        )
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class WalletService:
+    def __init__(
+        self,
+        uow: Callable[[], WalletUnitOfWork],
+        *,
+        auth: AuthClient,
+        rates: RatesClient,
+        clock: Clock,
+        default_currency: str,
+        supported: Callable[[str], bool],
+    ) -> None:
+        self._uow = uow
+        self._auth = auth
+        self._rates = rates
+        self._clock = clock
+        self._default_currency = default_currency
+        self._supported = supported
+
+    async def open_default_wallet(self, user_id: uuid.UUID, role: str) -> None:
+        """On registration: a customer gets a wallet in the default currency (idempotent)."""
+        if role != Role.CUSTOMER.value:
+            return
+        async with self._uow() as uow:
+            await uow.ledger.account(AccountKind.WALLET, self._default_currency, user_id)
+            await uow.commit()
+
+    async def deposit(
+        self,
+        teller: Principal,
+        user_id: uuid.UUID,
+        amount: Money,
+        reference: str,
+        request: IdempotentRequest,
+    ) -> Movement:
+        """Cash taken in at a branch, credited to an approved customer's wallet."""
+        self._check_currency(amount.currency)
+        _positive(amount, "amount")
+        customer = await self._auth.principal(user_id)
+        if customer is None or customer.role is not Role.CUSTOMER:
+            raise NotFound("No such customer")
+        if customer.kyc_status is not KycStatus.APPROVED:
+            raise KycNotApproved("The customer's KYC is not approved")
+        scope = "wallet.deposit"
+        async with self._uow() as uow:
+            saved = await uow.idempotency.claim(
+                scope, str(teller.user_id), request.key, request.fingerprint
+            )
+            if saved is not None:
+                return Movement.from_json(saved.body)
+            wallet, cash_in = await _open(
+                uow,
+                (AccountKind.WALLET, amount.currency, user_id),
+                (AccountKind.CASH_IN, amount.currency),
+            )
+            journal = Journal(
+                id=new_id(),
+                kind=JournalKind.DEPOSIT,
+                postings=(Posting(wallet, amount), Posting(cash_in, -amount)),
+                created_at=self._clock.now(),
+                user_id=user_id,
+                reference=reference,
+                details={"teller_id": str(teller.user_id)},
+            )
+            await uow.ledger.post(journal)
+            movement = Movement(
+                journal_id=str(journal.id),
+                kind=journal.kind.value,
+                user_id=str(user_id),
+                created_at=_rfc3339(journal.created_at),
+                reference=reference,
+                credited=amount,
+            )
+            await uow.idempotency.save(
+                scope, str(teller.user_id), request.key, 201, movement.to_json()
+            )
+            await uow.outbox.add(Event(WALLET_DEPOSITED, movement.to_json()))
+            await uow.commit()
+        return movement
+
+    async def exchange(
+        self, customer: Principal, quote_id: str, request: IdempotentRequest
+    ) -> Movement:
+        """Convert between the customer's own wallets at a quote they locked."""
+        if customer.kyc_status is not KycStatus.APPROVED:
+            raise KycNotApproved()
+        scope = "wallet.exchange"
+        owner = str(customer.user_id)
+        async with self._uow() as uow:
+            saved = await uow.idempotency.claim(scope, owner, request.key, request.fingerprint)
+            if saved is not None:
+                return Movement.from_json(saved.body)
+            quote = await self._rates.take_quote(quote_id, customer.user_id)
+            try:
+                source, target = quote.source_amount.currency, quote.target_amount.currency
+                (
+                    source_wallet,
+                    target_wallet,
+                    source_position,
+                    target_position,
+                    fees,
+                ) = await _open(
+                    uow,
+                    (AccountKind.WALLET, source, customer.user_id),
+                    (AccountKind.WALLET, target, customer.user_id),
+                    (AccountKind.FX_POSITION, source),
+                    (AccountKind.FX_POSITION, target),
+                    (AccountKind.FEE_REVENUE, source),
+                )
+                journal = Journal(
+                    id=new_id(),
+                    kind=JournalKind.EXCHANGE,
+                    postings=_exchange_postings(
+                        source_wallet=source_wallet,
+                        target_wallet=target_wallet,
+                        source_position=source_position,
+                        target_position=target_position,
+                        fee_revenue=fees,
+                        source_amount=quote.source_amount,
+                        target_amount=quote.target_amount,
+                        fee=quote.fee,
+                    ),
+                    created_at=self._clock.now(),
+                    user_id=customer.user_id,
+                    quote_id=quote.id,
+                    details={"rate": str(quote.rate), "mid_rate": str(quote.mid_rate)},
+                )
+                await uow.ledger.post(journal)
+                movement = Movement(
+                    journal_id=str(journal.id),
+                    kind=journal.kind.value,
+                    user_id=owner,
+                    created_at=_rfc3339(journal.created_at),
+                    quote_id=quote.id,
+                    rate=str(quote.rate),
+                    debited=quote.total_debit,
+                    credited=quote.target_amount,
+                    fee=quote.fee,
+                )
+                await uow.idempotency.save(scope, owner, request.key, 201, movement.to_json())
+                await uow.outbox.add(Event(WALLET_EXCHANGED, movement.to_json()))
+                await uow.commit()
+            except BaseException:
+                # Nothing moved: the quote stays usable for a retry (after a top-up, say).
+                await self._rates.release_quote(quote.id)
+                raise
+        return movement
+
+    async def hold(self, user_id: uuid.UUID, amount: Money, reference: str) -> Hold:
+        """Lock part of a wallet's available balance (a send waiting for its payout)."""
+        _positive(amount, "amount")
+        async with self._uow() as uow:
+            wallet = await uow.ledger.account(AccountKind.WALLET, amount.currency, user_id)
+            hold = Hold(new_id(), wallet, amount, HoldStatus.HELD, reference)
+            await uow.ledger.hold(hold)
+            await uow.commit()
+        return hold
+
+    async def capture(self, hold_id: uuid.UUID) -> Hold:
+        """The payout went out: the held money leaves the wallet for payout suspense. Once."""
+        async with self._uow() as uow:
+            held = await uow.ledger.find_hold(hold_id)
+            if held is None:
+                raise NotFound("No such hold")
+            if held.status is not HoldStatus.HELD:
+                return held
+            suspense = await uow.ledger.account(AccountKind.PAYOUT_SUSPENSE, held.amount.currency)
+            journal = Journal(
+                id=new_id(),
+                kind=JournalKind.CAPTURE,
+                postings=(Posting(held.account, -held.amount), Posting(suspense, held.amount)),
+                created_at=self._clock.now(),
+                user_id=held.account.user_id,
+                reference=held.reference,
+            )
+            captured = await uow.ledger.settle_hold(hold_id, HoldStatus.CAPTURED, journal.id)
+            if captured is None:  # settled by someone else meanwhile
+                return held
+            await uow.ledger.post(journal)
+            await uow.commit()
+        return captured
+
+    async def release(self, hold_id: uuid.UUID) -> Hold:
+        """The payout failed: the held money is available again. Once."""
+        async with self._uow() as uow:
+            released = await uow.ledger.settle_hold(hold_id, HoldStatus.RELEASED)
+            if released is None:
+                held = await uow.ledger.find_hold(hold_id)
+                if held is None:
+                    raise NotFound("No such hold")
+                return held
+            await uow.commit()
+        return released
+
+    async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]:
+        async with self._uow() as uow:
+            return await uow.ledger.balances(user_id)
+
+    async def statement(self, query: StatementQuery) -> list[StatementLine]:
+        if query.currency is not None:
+            self._check_currency(query.currency)
+        async with self._uow() as uow:
+            return await uow.ledger.statement(query)
+
+    async def verify(self) -> list[LedgerProblem]:
+        async with self._uow() as uow:
+            return await uow.ledger.verify()
+
+    def _check_currency(self, code: str) -> None:
+        if not self._supported(code):
+            raise UnsupportedCurrency(f"{code} is not a supported currency")
+
+
+AccountSpec = tuple[AccountKind, str] | tuple[AccountKind, str, uuid.UUID]
+
+
+async def _open(uow: WalletUnitOfWork, *specs: AccountSpec) -> list[Account]:
+    """The accounts named by (kind, currency[, user]), opened if need be, in key order.
+
+    Every transaction opens accounts in that one order, so two that each open new accounts
+    the other also needs (USD->EUR against EUR->USD) wait on each other instead of deadlocking.
+    """
+    opened = {
+        spec: await uow.ledger.account(*spec)
+        for spec in sorted(set(specs), key=lambda spec: account_key(*spec))
+    }
+    return [opened[spec] for spec in specs]
+
+
+def _positive(amount: Money, field: str) -> None:
+    if amount.minor <= 0:
+        raise ValidationFailed(
+            f"Invalid {field}", details=[{"loc": ["body", field], "msg": "must be positive"}]
+        )
+
+
+def _exchange_postings(
+    *,
+    source_wallet: Account,
+    target_wallet: Account,
+    source_position: Account,
+    target_position: Account,
+    fee_revenue: Account,
+    source_amount: Money,
+    target_amount: Money,
+    fee: Money,
+) -> tuple[Posting, ...]:
+    """The customer pays source + fee; the house takes the source into its position and the fee
+    as revenue, and pays the target out of its position in the target currency."""
+    postings = [
+        Posting(source_wallet, -(source_amount + fee)),
+        Posting(source_position, source_amount),
+        Posting(target_position, -target_amount),
+        Posting(target_wallet, target_amount),
+    ]
+    if fee.minor:
+        postings.append(Posting(fee_revenue, fee))
+    return tuple(postings)

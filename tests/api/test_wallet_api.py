@@ -1,0 +1,265 @@
+"""The wallet routes on both backends: deposits, exchanges at a locked quote, idempotency,
+statements, and the ledger's invariants after all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+
+async def approved_customer(api) -> tuple[str, dict[str, str]]:
+    """A registered customer whose KYC an admin approved: (user_id, auth headers)."""
+    user_id, token = await api.user_token()
+    _, admin = await api.user_token("ADMIN")
+    decided = await api.http.post(
+        f"/v1/admin/kyc/{user_id}/decision",
+        json={"decision": "APPROVED", "reason": "documents match"},
+        headers=api.bearer(admin),
+    )
+    assert decided.status_code == 200
+    return user_id, api.bearer(token)
+
+
+async def teller(api) -> dict[str, str]:
+    _, token = await api.user_token("TELLER")
+    return api.bearer(token)
+
+
+def key() -> str:
+    return f"k-{uuid.uuid4().hex}"
+
+
+async def deposit(api, tellers, user_id, amount="1000.00", currency="USD", **headers):
+    return await api.http.post(
+        "/v1/wallet/deposit",
+        json={"user_id": user_id, "amount": amount, "currency": currency, "reference": "B-1"},
+        headers={**tellers, "Idempotency-Key": headers.get("idem", key())},
+    )
+
+
+async def balances(api, headers) -> dict[str, dict[str, str]]:
+    response = await api.http.get("/v1/wallet/balance", headers=headers)
+    assert response.status_code == 200
+    return {w["currency"]: w for w in response.json()["wallets"]}
+
+
+async def quote(api, headers, **body) -> dict:
+    response = await api.http.post("/v1/remit/quote", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def exchange(api, headers, quote_id, idem=None):
+    return await api.http.post(
+        "/v1/wallet/exchange",
+        json={"quote_id": quote_id},
+        headers={**headers, "Idempotency-Key": idem or key()},
+    )
+
+
+async def verify(api) -> list:
+    return await api.container.wallet.verify()
+
+
+async def test_a_new_customer_gets_a_default_wallet(api):
+    _, headers = await approved_customer(api)
+    for _ in range(100):
+        wallets = await balances(api, headers)
+        if wallets:
+            break
+        await asyncio.sleep(0.05)
+    assert wallets == {
+        "USD": {"currency": "USD", "balance": "0.00", "locked_balance": "0.00", "available": "0.00"}
+    }
+
+
+async def test_teller_deposit_credits_the_customer(api):
+    user_id, headers = await approved_customer(api)
+    response = await deposit(api, await teller(api), user_id, "1000.00")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "DEPOSIT"
+    assert body["credited"] == {"amount": "1000.00", "currency": "USD"}
+    assert (await balances(api, headers))["USD"]["available"] == "1000.00"
+    assert await verify(api) == []
+
+
+@pytest.mark.parametrize("role", ["CUSTOMER", "COMPLIANCE"])
+async def test_only_tellers_and_admins_deposit(api, role):
+    user_id, _ = await approved_customer(api)
+    _, token = await api.user_token(role)
+    response = await deposit(api, api.bearer(token), user_id)
+    assert response.status_code == 403
+    assert response.json()["code"] == 2003
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "status", "code"),
+    [
+        ("100.505", "USD", 422, 1000),
+        ("-5", "USD", 422, 1000),
+        ("0", "USD", 422, 1000),
+        ("abc", "USD", 422, 1000),
+        ("10", "usd", 422, 1000),
+        ("10", "XAU", 422, 1004),
+        ("10", "AFN", 422, 1004),
+    ],
+)
+async def test_bad_deposit_gets_its_catalog_error_and_moves_nothing(
+    api, amount, currency, status, code
+):
+    user_id, headers = await approved_customer(api)
+    response = await deposit(api, await teller(api), user_id, amount, currency)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert all(w["balance"].strip("0.") == "" for w in (await balances(api, headers)).values())
+
+
+async def test_deposit_needs_an_approved_existing_customer(api):
+    tellers = await teller(api)
+    pending_id, _ = await api.user_token()
+    refused = await deposit(api, tellers, pending_id)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == 1005
+    unknown = await deposit(api, tellers, str(uuid.uuid4()))
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == 4004
+
+
+async def test_money_moving_posts_need_a_valid_idempotency_key(api):
+    user_id, _ = await approved_customer(api)
+    tellers = await teller(api)
+    body = {"user_id": user_id, "amount": "5", "currency": "USD", "reference": "x"}
+    for header in ({}, {"Idempotency-Key": ""}, {"Idempotency-Key": "x" * 256}):
+        response = await api.http.post(
+            "/v1/wallet/deposit", json=body, headers={**tellers, **header}
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == 1000
+
+
+async def test_same_key_and_body_returns_the_first_response_and_moves_money_once(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    idem = key()
+    first = await deposit(api, tellers, user_id, "25.00", idem=idem)
+    again = await deposit(api, tellers, user_id, "25.00", idem=idem)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    assert (await balances(api, headers))["USD"]["balance"] == "25.00"
+    other = await deposit(api, tellers, user_id, "26.00", idem=idem)
+    assert other.status_code == 422
+    assert other.json()["code"] == 1007
+    assert (await balances(api, headers))["USD"]["balance"] == "25.00"
+
+
+async def test_one_key_sent_concurrently_twenty_times_moves_money_once(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    idem = key()
+    responses = await asyncio.gather(
+        *(deposit(api, tellers, user_id, "10.00", idem=idem) for _ in range(20))
+    )
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["journal_id"] for r in responses}) == 1
+    assert (await balances(api, headers))["USD"]["balance"] == "10.00"
+    assert await verify(api) == []
+
+
+async def test_exchange_moves_exactly_the_quoted_amounts(api):
+    user_id, headers = await approved_customer(api)
+    await deposit(api, await teller(api), user_id, "1000.00")
+    q = await quote(
+        api, headers, source_currency="USD", target_currency="EUR", source_amount="100.00"
+    )
+    response = await exchange(api, headers, q["quote_id"])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["debited"] == {"amount": q["total_debit"], "currency": "USD"}
+    assert body["credited"] == {"amount": q["target_amount"], "currency": "EUR"}
+    wallets = await balances(api, headers)
+    assert Decimal(wallets["USD"]["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+    assert wallets["EUR"]["balance"] == q["target_amount"]
+    statement = (await api.http.get("/v1/wallet/statement", headers=headers)).json()["items"]
+    assert [(line["kind"], line["currency"]) for line in statement[:2]] == [
+        ("EXCHANGE", "EUR"),
+        ("EXCHANGE", "USD"),
+    ]
+    assert {line["journal_id"] for line in statement[:2]} == {body["journal_id"]}
+    assert await verify(api) == []
+
+
+async def test_reusing_a_quote_is_1003_and_a_foreign_quote_is_1003(api):
+    user_id, headers = await approved_customer(api)
+    await deposit(api, await teller(api), user_id, "500.00")
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    assert (await exchange(api, headers, q["quote_id"])).status_code == 201
+    reused = await exchange(api, headers, q["quote_id"])
+    assert reused.status_code == 409
+    assert reused.json()["code"] == 1003
+    other_id, other = await approved_customer(api)
+    await deposit(api, await teller(api), other_id, "500.00")
+    foreign = await exchange(
+        api,
+        other,
+        (
+            await quote(
+                api, headers, source_currency="USD", target_currency="EUR", source_amount="10"
+            )
+        )["quote_id"],
+    )
+    assert foreign.status_code == 409
+    assert foreign.json()["code"] == 1003
+
+
+async def test_exchange_short_of_funds_is_1001_and_keeps_the_quote_usable(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    await deposit(api, tellers, user_id, "5.00")
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="100")
+    short = await exchange(api, headers, q["quote_id"])
+    assert short.status_code == 400
+    assert short.json()["code"] == 1001
+    assert (await balances(api, headers))["USD"]["balance"] == "5.00"
+    await deposit(api, tellers, user_id, "200.00")
+    assert (await exchange(api, headers, q["quote_id"])).status_code == 201
+    assert await verify(api) == []
+
+
+async def test_exchange_needs_approved_kyc(api):
+    _, token = await api.user_token()
+    headers = api.bearer(token)
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    response = await exchange(api, headers, q["quote_id"])
+    assert response.status_code == 403
+    assert response.json()["code"] == 1005
+
+
+async def test_statement_filters_by_currency_and_pages_newest_first(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    for amount in ("1.00", "2.00", "3.00"):
+        await deposit(api, tellers, user_id, amount)
+    await deposit(api, tellers, user_id, "9.00", "EUR")
+    first = (
+        await api.http.get(
+            "/v1/wallet/statement", params={"currency": "USD", "limit": 2}, headers=headers
+        )
+    ).json()
+    assert [line["amount"] for line in first["items"]] == ["3.00", "2.00"]
+    second = (
+        await api.http.get(
+            "/v1/wallet/statement",
+            params={"currency": "USD", "limit": 2, "cursor": first["next_cursor"]},
+            headers=headers,
+        )
+    ).json()
+    assert [line["amount"] for line in second["items"]] == ["1.00"]
+    assert second["next_cursor"] is None
+    for bad in ({"currency": "usd"}, {"limit": 0}, {"cursor": "x"}, {"from": "yesterday"}):
+        response = await api.http.get("/v1/wallet/statement", params=bad, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["code"] == 1000

@@ -1,0 +1,245 @@
+"""The ledger repository on SQLite and PostgreSQL: postings, holds, guards and `verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.money import Money
+from currencyex.platform.db import Database
+from currencyex.wallet.domain import (
+    AccountKind,
+    Hold,
+    HoldStatus,
+    Journal,
+    JournalKind,
+    Posting,
+    UnbalancedJournal,
+)
+from currencyex.wallet.repository import SqlWalletUnitOfWork, accounts, entries
+
+
+@pytest_asyncio.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
+async def db(request, make_settings) -> AsyncIterator[Database]:
+    settings = await make_settings(request.param)
+    database = Database(settings.database_url)
+    yield database
+    await database.close()
+
+
+def usd(minor: int) -> Money:
+    return Money(minor, "USD")
+
+
+async def deposit(db: Database, user: uuid.UUID, minor: int, currency: str = "USD") -> None:
+    async with SqlWalletUnitOfWork(db) as uow:
+        wallet = await uow.ledger.account(AccountKind.WALLET, currency, user)
+        cash = await uow.ledger.account(AccountKind.CASH_IN, currency)
+        await uow.ledger.post(
+            Journal(
+                new_id(),
+                JournalKind.DEPOSIT,
+                (Posting(wallet, Money(minor, currency)), Posting(cash, Money(-minor, currency))),
+                datetime.now(UTC),
+                user_id=user,
+            )
+        )
+        await uow.commit()
+
+
+async def balance(db: Database, user: uuid.UUID) -> dict[str, tuple[int, int]]:
+    async with SqlWalletUnitOfWork(db) as uow:
+        return {
+            w.currency: (w.balance.minor, w.locked.minor) for w in await uow.ledger.balances(user)
+        }
+
+
+async def withdraw(db: Database, user: uuid.UUID, minor: int) -> None:
+    """A debit of the wallet into payout suspense: enough to exercise the overdraft guard."""
+    async with SqlWalletUnitOfWork(db) as uow:
+        wallet = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        suspense = await uow.ledger.account(AccountKind.PAYOUT_SUSPENSE, "USD")
+        await uow.ledger.post(
+            Journal(
+                new_id(),
+                JournalKind.CAPTURE,
+                (Posting(wallet, usd(-minor)), Posting(suspense, usd(minor))),
+                datetime.now(UTC),
+            )
+        )
+        await uow.commit()
+
+
+async def problems(db: Database) -> list[str]:
+    async with SqlWalletUnitOfWork(db) as uow:
+        return [p.check for p in await uow.ledger.verify()]
+
+
+async def test_opening_an_account_twice_gives_the_same_account(db):
+    user = uuid.uuid4()
+    async with SqlWalletUnitOfWork(db) as uow:
+        first = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        second = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        await uow.commit()
+    assert first == second
+
+
+async def test_deposit_moves_the_wallet_cache_with_its_entries(db):
+    user = uuid.uuid4()
+    await deposit(db, user, 100_000)
+    await deposit(db, user, 50)
+    assert await balance(db, user) == {"USD": (100_050, 0)}
+    assert await problems(db) == []
+
+
+def test_a_journal_that_does_not_balance_cannot_be_built():
+    wallet = AccountKind.WALLET
+    from currencyex.wallet.domain import Account
+
+    a = Account(uuid.uuid4(), wallet, "USD", uuid.uuid4())
+    b = Account(uuid.uuid4(), AccountKind.CASH_IN, "USD", None)
+    with pytest.raises(UnbalancedJournal):
+        Journal(
+            new_id(),
+            JournalKind.DEPOSIT,
+            (Posting(a, usd(5)), Posting(b, usd(-4))),
+            datetime.now(UTC),
+        )
+    with pytest.raises(UnbalancedJournal):
+        Journal(new_id(), JournalKind.DEPOSIT, (Posting(a, usd(5)),), datetime.now(UTC))
+
+
+async def test_overdraft_is_refused_with_1001_and_nothing_is_written(db):
+    user = uuid.uuid4()
+    await deposit(db, user, 1_000)
+    async with db.connect() as conn:
+        before = await conn.scalar(sa.select(sa.func.count()).select_from(entries))
+    with pytest.raises(InsufficientFunds):
+        await withdraw(db, user, 1_001)
+    async with db.connect() as conn:
+        after = await conn.scalar(sa.select(sa.func.count()).select_from(entries))
+    assert after == before
+    assert await balance(db, user) == {"USD": (1_000, 0)}
+    await withdraw(db, user, 1_000)
+    assert await balance(db, user) == {"USD": (0, 0)}
+    assert await problems(db) == []
+
+
+async def test_hold_locks_available_and_capture_or_release_settle_it_once(db):
+    user = uuid.uuid4()
+    await deposit(db, user, 10_000)
+    async with SqlWalletUnitOfWork(db) as uow:
+        wallet = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        first = Hold(new_id(), wallet, usd(6_000), HoldStatus.HELD, "send-1")
+        await uow.ledger.hold(first)
+        await uow.commit()
+    assert await balance(db, user) == {"USD": (10_000, 6_000)}
+    async with SqlWalletUnitOfWork(db) as uow:
+        with pytest.raises(InsufficientFunds):
+            await uow.ledger.hold(Hold(new_id(), wallet, usd(4_001), HoldStatus.HELD, "send-2"))
+    async with SqlWalletUnitOfWork(db) as uow:
+        released = await uow.ledger.settle_hold(first.id, HoldStatus.RELEASED)
+        again = await uow.ledger.settle_hold(first.id, HoldStatus.CAPTURED)
+        await uow.commit()
+    assert released is not None
+    assert released.status is HoldStatus.RELEASED
+    assert again is None
+    assert await balance(db, user) == {"USD": (10_000, 0)}
+    assert await problems(db) == []
+
+
+async def test_verify_reports_a_wallet_cache_that_disagrees_with_its_entries(db):
+    user = uuid.uuid4()
+    await deposit(db, user, 500)
+    async with db.connect() as conn, conn.begin():
+        await conn.execute(
+            accounts.update()
+            .where(accounts.c.user_id == user)
+            .values(balance=accounts.c.balance + 1)
+        )
+    assert "wallet-balance" in await problems(db)
+
+
+async def _unbalance_a_journal(db: Database) -> None:
+    async with db.connect() as conn, conn.begin():
+        row = (await conn.execute(sa.select(entries.c.journal_id, entries.c.account_id))).first()
+        await conn.execute(
+            entries.insert().values(
+                journal_id=row.journal_id,
+                account_id=row.account_id,
+                currency="USD",
+                amount=7,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+async def test_verify_reports_a_journal_that_does_not_balance(make_settings):
+    # SQLite has no deferred triggers, so a broken journal can be written there: verify finds it.
+    db = Database((await make_settings("embedded")).database_url)
+    try:
+        await deposit(db, uuid.uuid4(), 500)
+        await _unbalance_a_journal(db)
+        checks = await problems(db)
+    finally:
+        await db.close()
+    assert "journal-balances" in checks
+    assert "wallet-balance" in checks
+
+
+@pytest_asyncio.fixture
+async def pg(make_settings) -> AsyncIterator[Database]:
+    database = Database((await make_settings("real")).database_url)
+    yield database
+    await database.close()
+
+
+@pytest.mark.integration
+async def test_postgres_refuses_to_commit_a_journal_that_does_not_balance(pg):
+    await deposit(pg, uuid.uuid4(), 500)
+    with pytest.raises(DBAPIError, match="does not sum to zero"):
+        await _unbalance_a_journal(pg)
+    assert await problems(pg) == []
+
+
+@pytest.mark.integration
+async def test_postgres_keeps_entries_append_only(pg):
+    await deposit(pg, uuid.uuid4(), 500)
+    for statement in (entries.update().values(amount=1), entries.delete()):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with pg.connect() as conn, conn.begin():
+                await conn.execute(statement)
+    assert await problems(pg) == []
+
+
+@pytest.mark.integration
+async def test_postgres_refuses_a_negative_available_balance(pg):
+    user = uuid.uuid4()
+    await deposit(pg, user, 500)
+    with pytest.raises(IntegrityError, match="ck_wallet_accounts_available"):
+        async with pg.connect() as conn, conn.begin():
+            await conn.execute(
+                accounts.update().where(accounts.c.user_id == user).values(locked_balance=501)
+            )
+
+
+@pytest.mark.integration
+async def test_concurrent_debits_never_overdraw_a_wallet(pg):
+    user = uuid.uuid4()
+    await deposit(pg, user, 20 * 100)
+    results = await asyncio.gather(
+        *(withdraw(pg, user, 100) for _ in range(50)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 20
+    assert all(r is None or isinstance(r, InsufficientFunds) for r in results)
+    assert await balance(pg, user) == {"USD": (0, 0)}
+    assert await problems(pg) == []

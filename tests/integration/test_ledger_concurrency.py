@@ -1,0 +1,156 @@
+"""Many concurrent exchanges, holds and settlements against the same few wallets on PostgreSQL.
+
+Afterwards: no negative available balance, `ledger verify` clean, and per currency the money in
+customers' wallets plus the house's accounts equals what was deposited, to the minor unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+
+from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.money import Money
+from currencyex.wallet.repository import accounts, entries
+
+from conftest import running_app
+
+pytestmark = pytest.mark.integration
+
+CUSTOMERS = 4
+OPERATIONS = 240
+
+
+async def _approved(api, admin_headers) -> tuple[str, dict[str, str]]:
+    user_id, token = await api.user_token()
+    response = await api.http.post(
+        f"/v1/admin/kyc/{user_id}/decision",
+        json={"decision": "APPROVED", "reason": "ok"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 200
+    return user_id, api.bearer(token)
+
+
+async def test_concurrent_money_movements_keep_the_books_exact(make_settings):
+    settings = await make_settings("real")
+    async with running_app(settings) as api:
+        _, admin = await api.user_token("ADMIN")
+        admin_headers = api.bearer(admin)
+        customers = [await _approved(api, admin_headers) for _ in range(CUSTOMERS)]
+        deposited = Counter[str]()
+        for user_id, _ in customers:
+            for currency, amount in (("USD", "100.00"), ("EUR", "50.00")):
+                response = await api.http.post(
+                    "/v1/wallet/deposit",
+                    json={
+                        "user_id": user_id,
+                        "amount": amount,
+                        "currency": currency,
+                        "reference": "seed",
+                    },
+                    headers={**admin_headers, "Idempotency-Key": uuid.uuid4().hex},
+                )
+                assert response.status_code == 201, response.text
+                deposited[currency] += Money.parse(amount, currency).minor
+
+        rng = random.Random(7)
+        holds: list[uuid.UUID] = []
+        outcomes = Counter[str]()
+
+        async def exchange(headers: dict[str, str], source: str, target: str) -> None:
+            quote = await api.http.post(
+                "/v1/remit/quote",
+                json={
+                    "source_currency": source,
+                    "target_currency": target,
+                    "source_amount": f"{rng.randint(2, 40)}.{rng.randint(0, 99):02d}",
+                },
+                headers=headers,
+            )
+            assert quote.status_code == 201, quote.text
+            done = await api.http.post(
+                "/v1/wallet/exchange",
+                json={"quote_id": quote.json()["quote_id"]},
+                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert done.status_code in (201, 400), done.text
+            outcomes["exchange" if done.status_code == 201 else "exchange_short_1001"] += 1
+            if done.status_code == 400:
+                assert done.json()["code"] == 1001
+
+        async def hold(user_id: str) -> None:
+            try:
+                placed = await api.container.wallet_client.hold(
+                    uuid.UUID(user_id), Money(rng.randint(100, 3000), "USD"), "concurrency"
+                )
+            except InsufficientFunds:
+                outcomes["hold_short_1001"] += 1
+                return
+            holds.append(placed.id)
+            outcomes["hold"] += 1
+
+        async def settle() -> None:
+            if not holds:
+                return
+            hold_id = rng.choice(holds)
+            if rng.random() < 0.5:
+                await api.container.wallet_client.capture(hold_id)
+            else:
+                await api.container.wallet_client.release(hold_id)
+            outcomes["settle"] += 1
+
+        async def one() -> None:
+            user_id, headers = rng.choice(customers)
+            kind = rng.random()
+            if kind < 0.45:
+                await exchange(headers, "USD", "EUR")
+            elif kind < 0.65:
+                await exchange(headers, "EUR", "USD")
+            elif kind < 0.85:
+                await hold(user_id)
+            else:
+                await settle()
+
+        await asyncio.gather(*(one() for _ in range(OPERATIONS)))
+        # Settle twice more what may still be open: capture/release must act once only.
+        await asyncio.gather(*(api.container.wallet_client.release(h) for h in holds))
+        await asyncio.gather(*(api.container.wallet_client.capture(h) for h in holds))
+
+        assert outcomes["exchange"] > 50, outcomes
+        assert await api.container.wallet.verify() == []
+        async with api.container.db.connect() as conn:
+            negative = await conn.scalar(
+                sa.select(sa.func.count()).where(
+                    accounts.c.kind == "WALLET",
+                    accounts.c.balance - accounts.c.locked_balance < 0,
+                )
+            )
+            assert negative == 0
+            # Customers' wallets plus every house account except cash-in hold exactly what was
+            # deposited: exchanges, fees and captures only move money between them.
+            rows = await conn.execute(
+                sa.select(entries.c.currency, sa.func.sum(entries.c.amount))
+                .join(accounts, accounts.c.id == entries.c.account_id)
+                .where(accounts.c.kind != "CASH_IN")
+                .group_by(entries.c.currency)
+            )
+            assert dict(rows.all()) == dict(deposited)
+            wallet_rows = await conn.execute(
+                sa.select(accounts.c.currency, sa.func.sum(accounts.c.balance))
+                .where(accounts.c.kind == "WALLET")
+                .group_by(accounts.c.currency)
+            )
+            cash_in = await conn.execute(
+                sa.select(entries.c.currency, sa.func.sum(entries.c.amount))
+                .join(accounts, accounts.c.id == entries.c.account_id)
+                .where(accounts.c.kind == "CASH_IN")
+                .group_by(entries.c.currency)
+            )
+            assert {c: -t for c, t in cash_in.all()} == dict(deposited)
+            assert all(total >= 0 for _, total in wallet_rows.all())
