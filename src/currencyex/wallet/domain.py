@@ -47,6 +47,10 @@ def account_key(kind: AccountKind, currency: str, user_id: uuid.UUID | None = No
     return f"{kind.value}:{currency}"
 
 
+AccountSpec = tuple[AccountKind, str] | tuple[AccountKind, str, uuid.UUID]
+"""An account by its natural key: (kind, currency) for the house, (WALLET, currency, user)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     id: uuid.UUID
@@ -144,6 +148,11 @@ class LedgerRepository(Protocol):
         self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
     ) -> Account:
         """The account with this natural key, opened if it does not exist yet."""
+        ...
+
+    async def accounts(self, *specs: AccountSpec) -> list[Account]:
+        """The accounts named, in one round trip when they all exist; missing ones are opened
+        in key order (so two transactions opening the same new accounts cannot deadlock)."""
         ...
 
     async def post(self, journal: Journal) -> None:

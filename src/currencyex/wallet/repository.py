@@ -24,6 +24,7 @@ from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
     AccountKind,
+    AccountSpec,
     Hold,
     HoldStatus,
     Journal,
@@ -117,6 +118,20 @@ class SqlLedgerRepository:
             ).on_conflict_do_nothing(index_elements=["key"])
         )
         return _account((await self._conn.execute(query.where(accounts.c.key == key))).one())
+
+    async def accounts(self, *specs: AccountSpec) -> list[Account]:
+        """Several accounts in one query; the missing ones are opened, in key order."""
+        keys = [account_key(*spec) for spec in specs]
+        columns = (accounts.c.key, accounts.c.id, accounts.c.kind, accounts.c.currency)
+        query = sa.select(*columns, accounts.c.user_id)
+        found = {
+            row.key: _account(row)
+            for row in (await self._conn.execute(query.where(accounts.c.key.in_(keys)))).all()
+        }
+        for key, spec in sorted(zip(keys, specs, strict=True), key=lambda pair: pair[0]):
+            if key not in found:
+                found[key] = await self.account(*spec)
+        return [found[key] for key in keys]
 
     async def post(self, journal: Journal) -> None:
         await self._conn.execute(

@@ -34,7 +34,6 @@ from currencyex.wallet.domain import (
     StatementQuery,
     WalletBalance,
     WalletUnitOfWork,
-    account_key,
 )
 
 WALLET_DEPOSITED = "full.wallet.deposited"
@@ -143,8 +142,7 @@ class WalletService:
             )
             if saved is not None:
                 return Movement.from_json(saved.body)
-            wallet, cash_in = await _open(
-                uow,
+            wallet, cash_in = await uow.ledger.accounts(
                 (AccountKind.WALLET, amount.currency, user_id),
                 (AccountKind.CASH_IN, amount.currency),
             )
@@ -194,8 +192,7 @@ class WalletService:
                     source_position,
                     target_position,
                     fees,
-                ) = await _open(
-                    uow,
+                ) = await uow.ledger.accounts(
                     (AccountKind.WALLET, source, customer.user_id),
                     (AccountKind.WALLET, target, customer.user_id),
                     (AccountKind.FX_POSITION, source),
@@ -304,22 +301,6 @@ class WalletService:
     def _check_currency(self, code: str) -> None:
         if not self._supported(code):
             raise UnsupportedCurrency(f"{code} is not a supported currency")
-
-
-AccountSpec = tuple[AccountKind, str] | tuple[AccountKind, str, uuid.UUID]
-
-
-async def _open(uow: WalletUnitOfWork, *specs: AccountSpec) -> list[Account]:
-    """The accounts named by (kind, currency[, user]), opened if need be, in key order.
-
-    Every transaction opens accounts in that one order, so two that each open new accounts
-    the other also needs (USD->EUR against EUR->USD) wait on each other instead of deadlocking.
-    """
-    opened = {
-        spec: await uow.ledger.account(*spec)
-        for spec in sorted(set(specs), key=lambda spec: account_key(*spec))
-    }
-    return [opened[spec] for spec in specs]
 
 
 def _positive(amount: Money, field: str) -> None:
