@@ -45,7 +45,7 @@ async def test_concurrent_money_movements_keep_the_books_exact(make_settings):
         customers = [await _approved(api, admin_headers) for _ in range(CUSTOMERS)]
         deposited = Counter[str]()
         for user_id, _ in customers:
-            for currency, amount in (("USD", "100.00"), ("EUR", "50.00")):
+            for currency, amount in (("USD", "1000.00"), ("EUR", "500.00")):
                 response = await api.http.post(
                     "/v1/wallet/deposit",
                     json={
@@ -122,7 +122,8 @@ async def test_concurrent_money_movements_keep_the_books_exact(make_settings):
         await asyncio.gather(*(api.container.wallet_client.release(h) for h in holds))
         await asyncio.gather(*(api.container.wallet_client.capture(h) for h in holds))
 
-        assert outcomes["exchange"] > 50, outcomes
+        # Enough money that most movements go through: the race is between successes.
+        assert outcomes["exchange"] >= 100, outcomes
         assert await api.container.wallet.verify() == []
         async with api.container.db.connect() as conn:
             negative = await conn.scalar(
