@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field
 
 from currencyex.auth.domain import KycStatus, Role, Tier, TokenPair, User, UserFilter
 from currencyex.auth.service import AuthService, UserChanges
+from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.limits import Limit, RateLimit
 from currencyex.kernel.errors import ValidationFailed
@@ -29,10 +30,6 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 LOGIN_PER_EMAIL = Limit.per_minute("login_email", 5)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 Password = Annotated[str, Field(min_length=1, max_length=1024)]

@@ -8,7 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from currencyex.kernel.errors import (
@@ -21,6 +21,12 @@ from currencyex.kernel.errors import (
 )
 
 log = structlog.get_logger(__name__)
+
+
+class Strict(BaseModel):
+    """The base of every request body: unknown fields are refused (1000), strings trimmed."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class ErrorOut(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -103,6 +104,12 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def insert_or_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An INSERT that can take `.on_conflict_do_nothing()`, for this connection's dialect."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table)
 
 
 def is_unique_violation(exc: DBAPIError) -> bool:

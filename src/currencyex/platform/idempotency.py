@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.db import UtcDateTime, insert_or_ignore, metadata
 
 idempotency_table = sa.Table(
     "idempotency_keys",
@@ -46,10 +45,7 @@ class SqlIdempotency:
 
         The same key with a different request is 422/1007.
         """
-        dialect = self._conn.dialect.name
-        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(
-            idempotency_table
-        )
+        insert = insert_or_ignore(self._conn, idempotency_table)
         claimed = await self._conn.execute(
             insert.values(
                 scope=scope,

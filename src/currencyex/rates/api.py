@@ -6,8 +6,9 @@ from datetime import date, datetime
 from typing import Annotated, Self
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.limits import RateLimit
 from currencyex.kernel.money import Money
@@ -64,10 +65,8 @@ class LiveRatesOut(BaseModel):
         )
 
 
-class QuoteIn(BaseModel):
+class QuoteIn(Strict):
     """Exactly one of `source_amount` (what is sent) and `target_amount` (what arrives)."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     source_currency: CurrencyCode
     target_currency: CurrencyCode

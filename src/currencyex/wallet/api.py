@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
+from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import RateLimit
@@ -28,10 +29,6 @@ Wallets = Annotated[WalletService, Depends(wallet_service)]
 router = APIRouter(prefix="/v1/wallet", tags=["wallet"])
 
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class MoneyOut(BaseModel):

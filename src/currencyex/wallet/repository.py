@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
-from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.db import UtcDateTime, insert_or_ignore, metadata
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
@@ -102,9 +101,7 @@ class SqlLedgerRepository:
         row = (await self._conn.execute(query.where(accounts.c.key == key))).first()
         if row is not None:
             return _account(row)
-        insert = (postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert)(
-            accounts
-        )
+        insert = insert_or_ignore(self._conn, accounts)
         await self._conn.execute(
             insert.values(
                 id=uuid.uuid4(),
