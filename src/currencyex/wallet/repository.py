@@ -206,7 +206,7 @@ class SqlLedgerRepository:
                 holds.update()
                 .where(holds.c.id == hold_id, holds.c.status == HoldStatus.HELD.value)
                 .values(status=status.value, settled_at=datetime.now(UTC), journal_id=journal_id)
-                .returning(holds.c.account_id, holds.c.amount, holds.c.reference)
+                .returning(holds.c.account_id, holds.c.amount)
             )
         ).first()
         if row is None:
@@ -216,16 +216,7 @@ class SqlLedgerRepository:
             .where(accounts.c.id == row.account_id)
             .values(locked_balance=accounts.c.locked_balance - row.amount)
         )
-        account = _account(
-            (
-                await self._conn.execute(
-                    sa.select(
-                        accounts.c.id, accounts.c.kind, accounts.c.currency, accounts.c.user_id
-                    ).where(accounts.c.id == row.account_id)
-                )
-            ).one()
-        )
-        return Hold(hold_id, account, Money(row.amount, account.currency), status, row.reference)
+        return await self.find_hold(hold_id)
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
         row = (

@@ -164,10 +164,9 @@ class WalletService:
                 reference=reference,
                 credited=amount,
             )
-            await uow.idempotency.save(
-                scope, str(teller.user_id), request.key, 201, movement.to_json()
-            )
-            await uow.outbox.add(Event(WALLET_DEPOSITED, movement.to_json()))
+            body = movement.to_json()
+            await uow.idempotency.save(scope, str(teller.user_id), request.key, 201, body)
+            await uow.outbox.add(Event(WALLET_DEPOSITED, body))
             await uow.commit()
         return movement
 
@@ -229,8 +228,9 @@ class WalletService:
                     credited=quote.target_amount,
                     fee=quote.fee,
                 )
-                await uow.idempotency.save(scope, owner, request.key, 201, movement.to_json())
-                await uow.outbox.add(Event(WALLET_EXCHANGED, movement.to_json()))
+                body = movement.to_json()
+                await uow.idempotency.save(scope, owner, request.key, 201, body)
+                await uow.outbox.add(Event(WALLET_EXCHANGED, body))
                 await uow.commit()
             except BaseException:
                 # Nothing moved: the quote stays usable for a retry (after a top-up, say).
