@@ -1,7 +1,8 @@
 """Shared fixtures: settings for the embedded default and for the real services, and apps on them.
 
 The real services are PostgreSQL, Redis and NATS JetStream on loopback (bin/test starts any that
-is down). Each test session migrates its own PostgreSQL database and drops it at the end.
+is down) and an S3-compatible server (moto's, started here on a free loopback port when a test
+first needs it). Each test session migrates its own PostgreSQL database and drops it at the end.
 """
 
 from __future__ import annotations
@@ -9,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
+import struct
+import subprocess
 import sys
+import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +39,13 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
+S3_BUCKET = "cx-test-documents"
+S3_CREDENTIALS: dict[str, Any] = {
+    "s3_access_key_id": "testing",
+    "s3_secret_access_key": "testing",
+    "s3_region": "us-east-1",
+    "s3_path_style": True,
+}
 
 BACKENDS = ["embedded", pytest.param("real", marks=pytest.mark.integration)]
 
@@ -83,6 +96,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 USER_TABLES = (
     "auth_refresh_tokens",
     "auth_users",
+    "docs_documents",
+    "audit_log",
     "outbox",
     "processed_events",
     "idempotency_keys",
@@ -102,6 +117,49 @@ async def _truncate(url: str) -> None:
         await engine.dispose()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server for this test session: moto's, on a free loopback port, stopped
+    at the end. moto does not check presigned signatures, so the refusal of altered and expired
+    links is tested on the local folder store."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"moto's S3 server exited at start:\n{log.read_text()}")
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:  # lists the buckets
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto's S3 server did not answer on {url}:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """Runs a test once on the embedded default and once on the real services."""
@@ -110,9 +168,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture
 async def make_settings(
-    pg_url: str, tmp_path: Path, sqlite_template: Path
+    request: pytest.FixtureRequest, pg_url: str, tmp_path: Path, sqlite_template: Path
 ) -> Callable[..., Settings]:
-    """Settings for a backend ("embedded" or "real") with overrides, on an empty database."""
+    """Settings for a backend ("embedded" or "real") with overrides, on an empty database.
+
+    The embedded backend keeps documents in a local folder under the test's data dir; the real
+    one in a bucket of the S3-compatible server, with server-side encryption on.
+    """
 
     async def factory(backend: str, **overrides: Any) -> Settings:
         base: dict[str, Any] = {
@@ -128,13 +190,44 @@ async def make_settings(
             base["database_url"] = f"sqlite+aiosqlite:///{db}"
         elif backend == "real":
             await _truncate(pg_url)
-            base.update(database_url=pg_url, redis_url=REDIS_URL, nats_url=NATS_URL)
+            base.update(
+                database_url=pg_url,
+                redis_url=REDIS_URL,
+                nats_url=NATS_URL,
+                s3_endpoint=request.getfixturevalue("s3_url"),
+                s3_bucket=S3_BUCKET,
+                s3_server_side_encryption="AES256",
+                **S3_CREDENTIALS,
+            )
         else:
             raise ValueError(backend)
         base.update(overrides)
         return Settings(**base)
 
     return factory
+
+
+def _png(width: int = 1, height: int = 1) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height)))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+# Small files that begin as each accepted format does (the service judges by the first bytes).
+SAMPLE_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
+SAMPLE_PNG = _png()
+SAMPLE_PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+KYC_SET = (
+    ("passport_front", SAMPLE_JPEG, "image/jpeg", "passport.jpg"),
+    ("utility_bill", SAMPLE_PDF, "application/pdf", "bill.pdf"),
+    ("selfie", SAMPLE_PNG, "image/png", "me.png"),
+)
 
 
 class Api:
@@ -179,6 +272,63 @@ class Api:
     @staticmethod
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
+
+    async def upload(
+        self,
+        token: str,
+        doc_type: str = "passport_front",
+        content: bytes = SAMPLE_JPEG,
+        *,
+        filename: str = "document",
+        content_type: str | None = None,
+    ) -> httpx.Response:
+        """POST /v1/docs/upload; without a content type httpx sends the one the file name
+        suggests (application/octet-stream for the default name)."""
+        part = (filename, content, content_type) if content_type else (filename, content)
+        return await self.http.post(
+            "/v1/docs/upload",
+            data={"doc_type": doc_type},
+            files={"file": part},
+            headers=self.bearer(token),
+        )
+
+    async def kyc_status(self, token: str) -> str:
+        response = await self.http.get("/v1/auth/me", headers=self.bearer(token))
+        assert response.status_code == 200, response.text
+        return str(response.json()["kyc_status"])
+
+    async def wait_for_kyc(self, token: str, status: str) -> None:
+        """Until /auth/me shows `status` (the compliance check runs on the bus, after commit)."""
+        deadline = time.monotonic() + 15
+        while (current := await self.kyc_status(token)) != status:
+            assert time.monotonic() < deadline, f"KYC stayed {current}, never became {status}"
+            await asyncio.sleep(0.02)
+
+    async def submit_kyc(self, token: str) -> list[str]:
+        """Upload a complete document set and wait until the KYC is IN_REVIEW; the ids."""
+        ids = []
+        for doc_type, content, content_type, filename in KYC_SET:
+            response = await self.upload(
+                token, doc_type, content, filename=filename, content_type=content_type
+            )
+            assert response.status_code == 201, response.text
+            ids.append(str(response.json()["document_id"]))
+        await self.wait_for_kyc(token, "IN_REVIEW")
+        return ids
+
+    async def approved_customer(self, reviewer: str | None = None) -> tuple[str, str]:
+        """A customer who uploaded their documents and whose KYC was approved: (id, token)."""
+        user_id, token = await self.user_token()
+        await self.submit_kyc(token)
+        if reviewer is None:
+            _, reviewer = await self.user_token("COMPLIANCE")
+        decided = await self.http.post(
+            f"/v1/admin/kyc/{user_id}/decision",
+            json={"decision": "APPROVED", "reason": "documents match"},
+            headers=self.bearer(reviewer),
+        )
+        assert decided.status_code == 200, decided.text
+        return user_id, token
 
 
 @asynccontextmanager

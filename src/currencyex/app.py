@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 from currencyex import __version__
 from currencyex.auth import api as auth_api
 from currencyex.bootstrap import Container
+from currencyex.documents import api as documents_api
 from currencyex.gateway import ops
 from currencyex.gateway.errors import ERROR_RESPONSES, install_error_handlers
 from currencyex.gateway.guard import guard
@@ -50,6 +51,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         RequestContextMiddleware,
         metrics=container.metrics,
         max_body_bytes=container.settings.max_body_bytes,
+        path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
     )
     app.include_router(ops.router)
     app.include_router(auth_api.router)
@@ -57,4 +59,6 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     app.include_router(rates_api.router)
     app.include_router(rates_api.quotes)
     app.include_router(wallet_api.router)
+    app.include_router(documents_api.router)
+    app.include_router(documents_api.admin)
     return app

@@ -16,10 +16,14 @@ from currencyex.auth.client import AuthClient, InProcessAuthClient
 from currencyex.auth.repository import SqlAuthUnitOfWork
 from currencyex.auth.service import AuthService
 from currencyex.config import Settings
+from currencyex.documents.api import SIGNED_FILES_PATH
+from currencyex.documents.client import DocumentsClient, InProcessDocumentsClient
+from currencyex.documents.repository import SqlDocumentsUnitOfWork
+from currencyex.documents.service import DocumentService
 from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
 from currencyex.kernel.clock import Clock, SystemClock
-from currencyex.kernel.ports import Cache, EmailSender, EventBus, RateLimitStore
+from currencyex.kernel.ports import Cache, EmailSender, EventBus, ObjectStorage, RateLimitStore
 from currencyex.platform.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
 from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.cache import MemoryCache, RedisCache
@@ -29,6 +33,7 @@ from currencyex.platform.metrics import Metrics
 from currencyex.platform.outbox import OutboxRelay
 from currencyex.platform.passwords import PasswordHasher
 from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.storage import LocalFolderStorage, S3Storage, load_signing_key
 from currencyex.platform.tokens import TokenIssuer, load_keys
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.rates.client import InProcessRatesClient, RatesClient
@@ -38,7 +43,7 @@ from currencyex.rates.service import RateService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
 from currencyex.wallet.repository import SqlWalletUnitOfWork
 from currencyex.wallet.service import WalletService
-from currencyex.workers import wallets, welcome
+from currencyex.workers import compliance, wallets, welcome
 
 log = structlog.get_logger(__name__)
 
@@ -65,13 +70,23 @@ class Container:
     rates_client: RatesClient
     wallet: WalletService
     wallet_client: WalletClient
+    storage: ObjectStorage
+    # The same store when it is the local folder, whose signed links the app itself serves.
+    local_files: LocalFolderStorage | None
+    documents: DocumentService
+    documents_client: DocumentsClient
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.db)
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        return {"database": self.db.ping, "cache": self.cache.ping, "bus": self.bus.ping}
+        return {
+            "database": self.db.ping,
+            "cache": self.cache.ping,
+            "bus": self.bus.ping,
+            "storage": self.storage.ping,
+        }
 
     async def start(self, *, run_workers: bool | None = None) -> None:
         """Connect the bus, subscribe the consumers (if this process runs them), start the relay.
@@ -81,7 +96,26 @@ class Container:
         """
         workers = self.settings.workers_in_process if run_workers is None else run_workers
         self._background.append(asyncio.create_task(self._connect(workers), name="bus-connect"))
+        if isinstance(self.storage, S3Storage):
+            # Usually done in a moment; a store that is down is retried in the background
+            # (and /readyz says so) rather than holding the API back.
+            bucket = asyncio.create_task(self._ensure_bucket(self.storage), name="s3-bucket")
+            self._background.append(bucket)
+            await asyncio.wait({bucket}, timeout=5.0)
         await self.rates.start()
+
+    @staticmethod
+    async def _ensure_bucket(storage: S3Storage) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await storage.ensure_bucket()
+            except Exception as exc:
+                log.warning("storage.bucket_not_ready", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                return
 
     async def _connect(self, workers: bool) -> None:
         if isinstance(self.bus, NatsJetStreamBus):
@@ -110,6 +144,7 @@ class Container:
             ("bus", self.bus.close),
             ("cache", self.cache.close),
             ("rate_store", self.rate_store.close),
+            ("storage", self.storage.close),
             ("database", self.db.close),
         ]
         for name, step in steps:
@@ -123,6 +158,7 @@ class Container:
 async def subscribe_consumers(container: Container) -> None:
     await welcome.subscribe(container.bus, container.uow, container.email)
     await wallets.subscribe(container.bus, container.wallet_client)
+    await compliance.subscribe(container.bus, container.documents_client)
 
 
 def build(settings: Settings, *, clock: Clock | None = None) -> Container:
@@ -182,6 +218,14 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         default_currency=settings.default_wallet_currency,
         supported=supported.__contains__,
     )
+    storage, local_files = _build_storage(settings, clock=clock, breakers=breaker_metrics)
+    documents = DocumentService(
+        lambda: SqlDocumentsUnitOfWork(db),
+        storage=storage,
+        auth=auth_client,
+        clock=clock,
+        link_seconds=settings.docs_link_seconds,
+    )
     limiter = RateLimiter(
         rate_store,
         metrics=metrics,
@@ -212,7 +256,41 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         rates_client=rates_client,
         wallet=wallet,
         wallet_client=InProcessWalletClient(wallet),
+        storage=storage,
+        local_files=local_files,
+        documents=documents,
+        documents_client=InProcessDocumentsClient(documents),
     )
+
+
+def _build_storage(
+    settings: Settings, *, clock: Clock, breakers: BreakerMetrics
+) -> tuple[ObjectStorage, LocalFolderStorage | None]:
+    if settings.s3_bucket:
+        breaker_settings = BreakerSettings(name="object-storage")
+        breakers.declare(breaker_settings.name)
+        s3 = S3Storage(
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            breaker=CircuitBreaker(breaker_settings, clock=clock, on_state_change=breakers),
+            endpoint_url=settings.s3_endpoint or None,
+            access_key_id=settings.s3_access_key_id or None,
+            secret_access_key=settings.s3_secret_access_key.get_secret_value() or None,
+            path_style=settings.s3_path_style,
+            server_side_encryption=settings.s3_server_side_encryption or None,
+            kms_key_id=settings.s3_kms_key_id or None,
+            timeout_seconds=settings.s3_timeout_seconds,
+        )
+        return s3, None
+    configured = settings.storage_signing_key.get_secret_value()
+    key_file = settings.data_dir / "storage.key"
+    local = LocalFolderStorage(
+        settings.objects_dir,
+        key=configured.encode() if configured else load_signing_key(key_file),
+        base_url=settings.api_url + SIGNED_FILES_PATH,
+        clock=clock,
+    )
+    return local, local
 
 
 def _build_rates(

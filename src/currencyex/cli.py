@@ -25,13 +25,17 @@ from currencyex.platform.tokens import generate_key
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from currencyex.app import create_app
 
+    # The address given on the command line is the one the local store's links point at too.
+    settings = settings.model_copy(
+        update={"host": args.host or settings.host, "port": args.port or settings.port}
+    )
     if settings.migrate_on_start:
         upgrade(settings.database_url)
     app = create_app(build(settings))
     uvicorn.run(
         app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_config=None,
         access_log=False,
         workers=1,

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -151,6 +151,36 @@ class Settings(BaseSettings):
     pricing_corridors: dict[str, CorridorOverrideTerms] = Field(default_factory=dict)
     quote_ttl_seconds: float = Field(default=60.0, gt=0)
 
+    # Documents: a local folder (the embedded default), or S3 / an S3-compatible server (MinIO)
+    # when s3_bucket is set. Signed links to a document live docs_link_seconds (15 min at most).
+    docs_link_seconds: int = Field(default=900, gt=0, le=900)
+    # The URL clients reach this API at; the local folder's signed links start with it.
+    # Empty: http://{host}:{port}.
+    public_url: str = ""
+    storage_dir: Path | None = None  # default: <data_dir>/objects
+    # Signs the local folder's links; every process serving them needs the same key.
+    # Empty: a random key kept in <data_dir>/storage.key.
+    storage_signing_key: SecretStr = SecretStr("")
+    s3_bucket: str = ""
+    s3_endpoint: str = ""  # empty: AWS S3 itself; MinIO and others: their URL
+    s3_region: str = "us-east-1"
+    # Empty: the AWS SDK's own lookup (environment, profile, instance role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_path_style: bool = False  # bucket in the path rather than the host name (MinIO wants it)
+    s3_server_side_encryption: Literal["", "AES256", "aws:kms"] = ""
+    s3_kms_key_id: str = ""  # with aws:kms; empty: the bucket's default key
+    s3_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _storage(self) -> Self:
+        if self.s3_endpoint and not self.s3_bucket:
+            raise ValueError("s3_endpoint is set but s3_bucket is not: name the bucket to use S3")
+        key = self.storage_signing_key.get_secret_value()
+        if key and len(key) < 32:
+            raise ValueError("storage_signing_key must be at least 32 characters")
+        return self
+
     @field_validator("pricing_corridors")
     @classmethod
     def _corridor_keys(
@@ -164,6 +194,14 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.jwt_keys_dir or self.data_dir / "keys"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.storage_dir or self.data_dir / "objects"
+
+    @property
+    def api_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def workers_in_process(self) -> bool:

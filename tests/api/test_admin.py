@@ -175,6 +175,7 @@ async def test_bad_user_patch_is_refused(api, path_id, body, status, code):
 async def test_kyc_decision_is_visible_to_the_customer_and_announced(api, reviewer):
     _, staff = await api.user_token(reviewer)
     user_id, token = await api.user_token()
+    await api.submit_kyc(token)
     response = await api.http.post(
         f"/v1/admin/kyc/{user_id}/decision",
         json={"decision": "APPROVED", "reason": "documents match"},
@@ -201,13 +202,14 @@ async def test_kyc_decision_is_visible_to_the_customer_and_announced(api, review
 async def test_bad_kyc_decision_is_422_1000_and_changes_nothing(api, body):
     _, staff = await api.user_token("COMPLIANCE")
     user_id, token = await api.user_token()
+    await api.submit_kyc(token)
     response = await api.http.post(
         f"/v1/admin/kyc/{user_id}/decision", json=body, headers=api.bearer(staff)
     )
     assert response.status_code == 422
     assert response.json()["code"] == 1000
     me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
-    assert me.json()["kyc_status"] == "PENDING"
+    assert me.json()["kyc_status"] == "IN_REVIEW"
 
 
 async def test_kyc_decision_for_an_unknown_user_is_404_4004(api):

@@ -106,7 +106,7 @@ async def test_readyz_is_200_with_every_check_ok(api: Api) -> None:
     assert response.status_code == 200, response.text
     assert response.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "cache": "ok", "bus": "ok"},
+        "checks": {"database": "ok", "cache": "ok", "bus": "ok", "storage": "ok"},
     }
 
 
@@ -133,6 +133,19 @@ async def test_readyz_is_200_with_every_check_ok(api: Api) -> None:
             "database",
             marks=pytest.mark.integration,
             id="real-postgres-down",
+        ),
+        pytest.param(
+            "real",
+            {"s3_endpoint": "http://127.0.0.1:1"},
+            "storage",
+            marks=pytest.mark.integration,
+            id="real-s3-down",
+        ),
+        pytest.param(
+            "embedded",
+            {"storage_dir": "/dev/null/objects"},
+            "storage",
+            id="embedded-storage-folder-unusable",
         ),
         pytest.param(
             "embedded",
@@ -164,7 +177,7 @@ async def test_readyz_is_503_naming_the_unreachable_dependency(
     body = response.json()
     assert body["status"] == "unavailable"
     checks = body["checks"]
-    assert set(checks) == {"database", "cache", "bus"}
+    assert set(checks) == {"database", "cache", "bus", "storage"}
     assert checks[failing].startswith("error")
     assert all(value == "ok" for name, value in checks.items() if name != failing), checks
     assert "x-request-id" in response.headers

@@ -46,6 +46,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/wallet/statement"): SIGNED_IN,
     ("POST", "/v1/wallet/exchange"): frozenset({CUSTOMER}),
     ("POST", "/v1/wallet/deposit"): frozenset({TELLER, ADMIN}),
+    # Documents
+    ("POST", "/v1/docs/upload"): SIGNED_IN,
+    ("GET", "/v1/docs"): SIGNED_IN,
+    ("GET", "/v1/docs/{document_id}/url"): SIGNED_IN,
+    ("GET", "/v1/docs/files/{path:path}"): EVERYONE,  # the signed link is the authorization
+    ("GET", "/v1/admin/kyc/queue"): frozenset({COMPLIANCE, ADMIN}),
     # Staff administration
     ("POST", "/v1/admin/staff"): frozenset({ADMIN}),
     ("GET", "/v1/admin/users"): frozenset({ADMIN}),
@@ -176,6 +182,8 @@ def request_body(method: str, path: str) -> dict[str, Any] | None:
         return {"quote_id": "q-unknown"}
     if path == "/v1/wallet/deposit":
         return {"user_id": SOME_ID, "amount": "1", "currency": "USD", "reference": "rbac"}
+    if path == "/v1/docs/upload":
+        return {"doc_type": "selfie"}  # not multipart: refused past the guard (1000)
     if path == "/v1/remit/quote":
         return {"source_currency": "USD", "target_currency": "EUR", "source_amount": "100"}
     assert method == "GET", f"no body for {method} {path}"
@@ -186,7 +194,7 @@ async def call(api: Any, method: str, path: str, token: str | None) -> Any:
     headers = api.bearer(token) if token else {}
     return await api.http.request(
         method,
-        path.replace("{user_id}", SOME_ID),
+        path.replace("{user_id}", SOME_ID).replace("{document_id}", SOME_ID),
         json=request_body(method, path),
         headers=headers,
     )
@@ -217,6 +225,8 @@ FORBIDDEN = [
     (CUSTOMER, "POST", "/v1/admin/kyc/{user_id}/decision"),
     (TELLER, "POST", "/v1/admin/kyc/{user_id}/decision"),
     (COMPLIANCE, "POST", "/v1/admin/staff"),
+    (CUSTOMER, "GET", "/v1/admin/kyc/queue"),
+    (TELLER, "GET", "/v1/admin/kyc/queue"),
 ]
 
 

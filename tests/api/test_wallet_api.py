@@ -11,15 +11,8 @@ import pytest
 
 
 async def approved_customer(api) -> tuple[str, dict[str, str]]:
-    """A registered customer whose KYC an admin approved: (user_id, auth headers)."""
-    user_id, token = await api.user_token()
-    _, admin = await api.user_token("ADMIN")
-    decided = await api.http.post(
-        f"/v1/admin/kyc/{user_id}/decision",
-        json={"decision": "APPROVED", "reason": "documents match"},
-        headers=api.bearer(admin),
-    )
-    assert decided.status_code == 200
+    """A registered customer who uploaded their documents and was approved: (id, headers)."""
+    user_id, token = await api.approved_customer()
     return user_id, api.bearer(token)
 
 

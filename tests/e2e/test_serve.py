@@ -3,7 +3,10 @@
 The issue's acceptance walk: a customer registers, logs in and calls /me; an admin made with
 `currencyex create-admin` creates a teller and a customer trying the same gets 403/2003; a forged
 token gets 401/2002; a sixth login within a minute gets 429 with Retry-After; the welcome email
-goes out through the outbox and the bus.
+goes out through the outbox and the bus. The documents walk: a customer uploads the three
+required documents, lands in the compliance queue, a COMPLIANCE user opens each through its
+signed URL and approves; on the embedded default (a local folder) and on the real services
+(an S3-compatible server).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FAST_HASHING, NATS_URL, REDIS_URL
+from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, S3_CREDENTIALS
 
 CLI = [sys.executable, "-m", "currencyex.cli"]
 
@@ -110,6 +113,10 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
             CURRENCYEX_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
             CURRENCYEX_REDIS_URL=REDIS_URL,
             CURRENCYEX_NATS_URL=NATS_URL,
+            CURRENCYEX_S3_ENDPOINT=request.getfixturevalue("s3_url"),
+            CURRENCYEX_S3_BUCKET=f"cx-e2e-{uuid.uuid4().hex[:10]}",  # created by the server
+            CURRENCYEX_S3_SERVER_SIDE_ENCRYPTION="AES256",
+            **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in S3_CREDENTIALS.items()},
         )
     srv = Server(env, tmp_path)
     try:
@@ -226,6 +233,81 @@ def _login(client: httpx.Client, email: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def _upload(
+    client: httpx.Client, headers: dict[str, str], doc_type: str, content: bytes, **part: str
+) -> dict:
+    response = client.post(
+        "/v1/docs/upload",
+        data={"doc_type": doc_type},
+        files={"file": (part.get("filename", "doc"), content, part.get("content_type"))},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _wait_for_kyc(client: httpx.Client, headers: dict[str, str], status: str) -> None:
+    """Until /me shows `status`: the compliance check runs on the bus (in the worker)."""
+    deadline = time.monotonic() + 20
+    while (current := client.get("/v1/auth/me", headers=headers).json()["kyc_status"]) != status:
+        assert time.monotonic() < deadline, f"KYC stayed {current}, never became {status}"
+        time.sleep(0.3)
+
+
+def _submit_kyc(client: httpx.Client, headers: dict[str, str]) -> dict[str, bytes]:
+    """Upload the three required documents and wait for IN_REVIEW; {document id: bytes}."""
+    uploaded = {}
+    for doc_type, content, content_type, filename in KYC_SET:
+        document = _upload(
+            client, headers, doc_type, content, filename=filename, content_type=content_type
+        )
+        uploaded[document["document_id"]] = content
+    _wait_for_kyc(client, headers, "IN_REVIEW")
+    return uploaded
+
+
+def test_documents_walk_over_real_http(server: Server) -> None:
+    client = httpx.Client(base_url=server.base, timeout=10)
+    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    made = server.run("create-admin", "--email", admin_email, "--password", "admin-pass-4242")
+    assert made.returncode == 0, made.stderr
+    admin = _login(client, admin_email, "admin-pass-4242")
+    reviewer_email = f"compliance-{uuid.uuid4().hex[:8]}@example.com"
+    staff = {"email": reviewer_email, "password": "review-pass-42", "full_name": "Rita"}
+    created = client.post("/v1/admin/staff", json={**staff, "role": "COMPLIANCE"}, headers=admin)
+    assert created.status_code == 201, created.text
+    reviewer = _login(client, reviewer_email, "review-pass-42")
+
+    email = f"docs-{uuid.uuid4().hex[:8]}@example.com"
+    user = client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": "correct-horse-42", "full_name": "Dora"},
+        headers={"X-Forwarded-For": ip()},
+    ).json()
+    customer = _login(client, email, "correct-horse-42")
+    uploaded = _submit_kyc(client, customer)
+    assert client.get("/v1/docs", headers=customer).json()["missing"] == []
+
+    queue = client.get("/v1/admin/kyc/queue", headers=reviewer).json()["items"]
+    [entry] = [item for item in queue if item["user_id"] == user["id"]]
+    assert {d["document_id"] for d in entry["documents"]} == set(uploaded)
+    with httpx.Client(timeout=10) as anyone:  # a signed URL needs no token
+        for document_id, content in uploaded.items():
+            signed = client.get(f"/v1/docs/{document_id}/url", headers=reviewer).json()
+            served = anyone.get(signed["url"])
+            assert served.status_code == 200, served.text
+            assert served.content == content
+
+    approved = client.post(
+        f"/v1/admin/kyc/{user['id']}/decision",
+        json={"decision": "APPROVED", "reason": "documents match"},
+        headers=reviewer,
+    )
+    assert approved.status_code == 200, approved.text
+    assert client.get("/v1/auth/me", headers=customer).json()["kyc_status"] == "APPROVED"
+    client.close()
+
+
 def test_money_walk_over_real_http(server: Server) -> None:
     """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
     and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
@@ -256,6 +338,7 @@ def test_money_walk_over_real_http(server: Server) -> None:
         headers={"X-Forwarded-For": ip()},
     ).json()
     customer = _login(client, email, "correct-horse-42")
+    _submit_kyc(client, customer)
     approved = client.post(
         f"/v1/admin/kyc/{user['id']}/decision",
         json={"decision": "APPROVED", "reason": "documents match"},

@@ -28,6 +28,7 @@ OPERATIONS = 240
 
 async def _approved(api, admin_headers) -> tuple[str, dict[str, str]]:
     user_id, token = await api.user_token()
+    await api.submit_kyc(token)
     response = await api.http.post(
         f"/v1/admin/kyc/{user_id}/decision",
         json={"decision": "APPROVED", "reason": "ok"},

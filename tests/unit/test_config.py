@@ -38,3 +38,35 @@ def test_unknown_or_mistyped_settings_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CURRENCYEX_PORT", "eighty")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_documents_default_to_a_local_folder_and_a_bucket_switches_to_s3(tmp_path, monkeypatch):
+    from currencyex.bootstrap import build
+    from currencyex.platform.storage import LocalFolderStorage, S3Storage
+
+    monkeypatch.delenv("CURRENCYEX_CONFIG", raising=False)
+    local = Settings(data_dir=tmp_path)
+    assert local.objects_dir == tmp_path / "objects"
+    assert local.api_url == "http://127.0.0.1:8080"
+    container = build(local)
+    assert isinstance(container.storage, LocalFolderStorage)
+    assert container.local_files is container.storage
+    assert (tmp_path / "storage.key").exists()
+    s3 = build(Settings(data_dir=tmp_path, s3_bucket="docs", s3_endpoint="http://127.0.0.1:9000"))
+    assert isinstance(s3.storage, S3Storage)
+    assert s3.local_files is None
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"s3_endpoint": "http://127.0.0.1:9000"},  # an endpoint with no bucket to use there
+        {"storage_signing_key": "too-short"},
+        {"s3_server_side_encryption": "ROT13"},
+        {"docs_link_seconds": 3600},
+    ],
+)
+def test_inconsistent_storage_settings_are_refused(monkeypatch, settings):
+    monkeypatch.delenv("CURRENCYEX_CONFIG", raising=False)
+    with pytest.raises(ValidationError):
+        Settings(**settings)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -13,10 +11,10 @@ from pydantic import BaseModel, EmailStr, Field
 
 from currencyex.auth.domain import KycStatus, Role, Tier, TokenPair, User, UserFilter
 from currencyex.auth.service import AuthService, UserChanges
-from currencyex.gateway.errors import Strict
+from currencyex.gateway.errors import ErrorOut, Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.limits import Limit, RateLimit
-from currencyex.kernel.errors import ValidationFailed
+from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
 
 
 # async: FastAPI would run a plain `def` dependency in a worker thread on every request.
@@ -159,21 +157,6 @@ async def create_staff(body: StaffIn, auth: Auth) -> StaffViewOut:
     return StaffViewOut.of(user)
 
 
-def _decode_cursor(cursor: str | None) -> uuid.UUID | None:
-    if cursor is None:
-        return None
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise ValidationFailed(
-            "Invalid cursor", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
-        ) from exc
-
-
-def _encode_cursor(after: uuid.UUID | None) -> str | None:
-    return base64.urlsafe_b64encode(after.bytes).rstrip(b"=").decode() if after else None
-
-
 @admin.get("/users")
 async def list_users(
     auth: Auth,
@@ -185,11 +168,15 @@ async def list_users(
 ) -> UsersPageOut:
     users, after = await auth.list_users(
         UserFilter(
-            role=role, kyc_status=kyc_status, email=email, after=_decode_cursor(cursor), limit=limit
+            role=role,
+            kyc_status=kyc_status,
+            email=email,
+            after=decode_id_cursor(cursor),
+            limit=limit,
         )
     )
     return UsersPageOut(
-        items=[StaffViewOut.of(user) for user in users], next_cursor=_encode_cursor(after)
+        items=[StaffViewOut.of(user) for user in users], next_cursor=encode_id_cursor(after)
     )
 
 
@@ -201,6 +188,15 @@ async def update_user(user_id: uuid.UUID, body: UserPatchIn, auth: Auth) -> Staf
     return StaffViewOut.of(user)
 
 
-@admin.post("/kyc/{user_id}/decision")
-async def decide_kyc(user_id: uuid.UUID, body: KycDecisionIn, auth: Auth) -> StaffViewOut:
-    return StaffViewOut.of(await auth.decide_kyc(user_id, body.decision, body.reason))
+@admin.post(
+    "/kyc/{user_id}/decision",
+    responses={
+        404: {"model": ErrorOut, "description": "No such user (4004)"},
+        422: {"model": ErrorOut, "description": "Invalid decision, or KYC not IN_REVIEW (1000)"},
+    },
+)
+async def decide_kyc(
+    user_id: uuid.UUID, body: KycDecisionIn, auth: Auth, caller: CurrentPrincipal
+) -> StaffViewOut:
+    user = await auth.decide_kyc(caller, user_id, body.decision, body.reason)
+    return StaffViewOut.of(user)

@@ -1,14 +1,32 @@
-"""How other services and the edge reach the auth service: who is behind a token."""
+"""How other services and the edge reach the auth service: who is behind a token, and the KYC
+status the documents service moves forward."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Protocol
 
-from currencyex.auth.domain import KycStatus, Principal, Role, Tier
+from currencyex.auth.domain import (
+    KycApplicant,
+    KycQueuePosition,
+    KycStatus,
+    Principal,
+    Role,
+    Tier,
+)
 from currencyex.auth.service import AuthService
 
-__all__ = ["AuthClient", "InProcessAuthClient", "KycStatus", "Principal", "Role", "Tier"]
+__all__ = [
+    "AuthClient",
+    "InProcessAuthClient",
+    "KycApplicant",
+    "KycQueuePosition",
+    "KycStatus",
+    "Principal",
+    "Role",
+    "Tier",
+]
 
 
 class AuthClient(Protocol):
@@ -18,6 +36,15 @@ class AuthClient(Protocol):
 
     async def principal(self, user_id: uuid.UUID) -> Principal | None:
         """What the auth service knows of a user (role, tier, KYC), or None if there is none."""
+        ...
+
+    async def start_kyc_review(self, user_id: uuid.UUID, *, submitted_at: datetime) -> bool:
+        """Put the user's KYC IN_REVIEW (from PENDING, or from a REJECTED decided before
+        `submitted_at`); True when it changed. Safe to repeat."""
+        ...
+
+    async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        """Users whose KYC is IN_REVIEW, the longest waiting first."""
         ...
 
 
@@ -30,3 +57,9 @@ class InProcessAuthClient:
 
     async def principal(self, user_id: uuid.UUID) -> Principal | None:
         return await self._service.principal(user_id)
+
+    async def start_kyc_review(self, user_id: uuid.UUID, *, submitted_at: datetime) -> bool:
+        return await self._service.start_kyc_review(user_id, submitted_at=submitted_at)
+
+    async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        return await self._service.kyc_queue(after=after, limit=limit)

@@ -48,6 +48,26 @@ class User:
     disabled: bool
     created_at: datetime
     updated_at: datetime
+    kyc_updated_at: datetime  # when kyc_status last changed
+
+
+@dataclass(frozen=True, slots=True)
+class KycApplicant:
+    """A user whose KYC awaits a decision, as the compliance queue shows them."""
+
+    user_id: uuid.UUID
+    email: str
+    full_name: str
+    kyc_status: KycStatus
+    submitted_at: datetime  # when the user's KYC entered review
+
+
+@dataclass(frozen=True, slots=True)
+class KycQueuePosition:
+    """A place in the compliance queue: the queue continues after this applicant."""
+
+    submitted_at: datetime
+    user_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +150,23 @@ class UserRepository(Protocol):
     async def update(self, user_id: uuid.UUID, **changes: object) -> User | None: ...
 
     async def search(self, query: UserFilter) -> list[User]: ...
+
+    async def start_review(
+        self, user_id: uuid.UUID, *, submitted_at: datetime, now: datetime
+    ) -> bool:
+        """PENDING -> IN_REVIEW, or REJECTED -> IN_REVIEW when the rejection came before
+        `submitted_at`; one conditional update. True when the status changed."""
+        ...
+
+    async def decide(
+        self, user_id: uuid.UUID, decision: KycStatus, reason: str, now: datetime
+    ) -> User | None:
+        """IN_REVIEW -> `decision`, one conditional update; None when the user is not in review."""
+        ...
+
+    async def in_review(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        """Users in review, the longest waiting first."""
+        ...
 
 
 class RefreshTokenRepository(Protocol):

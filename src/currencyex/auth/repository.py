@@ -12,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.auth.domain import (
+    KycApplicant,
+    KycQueuePosition,
     KycStatus,
     RefreshToken,
     Role,
@@ -38,6 +40,7 @@ users = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("kyc_updated_at", UtcDateTime, nullable=False),
 )
 
 refresh_tokens = sa.Table(
@@ -76,6 +79,7 @@ def _user(row: Any) -> User:
         disabled=row.disabled,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        kyc_updated_at=row.kyc_updated_at,
     )
 
 
@@ -110,6 +114,7 @@ class SqlUserRepository:
                         disabled=user.disabled,
                         created_at=user.created_at,
                         updated_at=user.updated_at,
+                        kyc_updated_at=user.kyc_updated_at,
                         version=1,
                     )
                 )
@@ -149,6 +154,83 @@ class SqlUserRepository:
         if query.after is not None:
             stmt = stmt.where(users.c.id > query.after)
         return [_user(row) for row in (await self._conn.execute(stmt)).all()]
+
+    async def start_review(
+        self, user_id: uuid.UUID, *, submitted_at: datetime, now: datetime
+    ) -> bool:
+        result = await self._conn.execute(
+            users.update()
+            .where(
+                users.c.id == user_id,
+                sa.or_(
+                    users.c.kyc_status == KycStatus.PENDING.value,
+                    sa.and_(
+                        users.c.kyc_status == KycStatus.REJECTED.value,
+                        users.c.kyc_updated_at < submitted_at,
+                    ),
+                ),
+            )
+            .values(
+                kyc_status=KycStatus.IN_REVIEW.value,
+                kyc_reason=None,
+                kyc_updated_at=now,
+                updated_at=now,
+                version=users.c.version + 1,
+            )
+        )
+        return bool(result.rowcount)
+
+    async def decide(
+        self, user_id: uuid.UUID, decision: KycStatus, reason: str, now: datetime
+    ) -> User | None:
+        row = (
+            await self._conn.execute(
+                users.update()
+                .where(users.c.id == user_id, users.c.kyc_status == KycStatus.IN_REVIEW.value)
+                .values(
+                    kyc_status=decision.value,
+                    kyc_reason=reason,
+                    kyc_updated_at=now,
+                    updated_at=now,
+                    version=users.c.version + 1,
+                )
+                .returning(*users.c)
+            )
+        ).first()
+        return _user(row) if row else None
+
+    async def in_review(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        stmt = (
+            sa.select(
+                users.c.id,
+                users.c.email,
+                users.c.full_name,
+                users.c.kyc_status,
+                users.c.kyc_updated_at,
+            )
+            .where(users.c.kyc_status == KycStatus.IN_REVIEW.value)
+            .order_by(users.c.kyc_updated_at, users.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(
+                sa.or_(
+                    users.c.kyc_updated_at > after.submitted_at,
+                    sa.and_(
+                        users.c.kyc_updated_at == after.submitted_at, users.c.id > after.user_id
+                    ),
+                )
+            )
+        return [
+            KycApplicant(
+                user_id=row.id,
+                email=row.email,
+                full_name=row.full_name,
+                kyc_status=KycStatus(row.kyc_status),
+                submitted_at=row.kyc_updated_at,
+            )
+            for row in await self._conn.execute(stmt)
+        ]
 
 
 class SqlRefreshTokenRepository:

@@ -8,11 +8,13 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from currencyex.auth.domain import (
     STAFF_ROLES,
     AuthUnitOfWork,
+    KycApplicant,
+    KycQueuePosition,
     KycStatus,
     Principal,
     RefreshToken,
@@ -26,6 +28,7 @@ from currencyex.auth.domain import (
 from currencyex.kernel.clock import Clock
 from currencyex.kernel.errors import (
     AccountDisabled,
+    Forbidden,
     InvalidCredentials,
     InvalidToken,
     NotFound,
@@ -33,13 +36,16 @@ from currencyex.kernel.errors import (
 )
 from currencyex.kernel.events import KYC_DECIDED, USER_REGISTERED, Event
 from currencyex.kernel.ids import new_id
-from currencyex.kernel.ports import Cache
+from currencyex.kernel.ports import AuditEntry, Cache
 from currencyex.platform.passwords import PasswordHasher
 from currencyex.platform.tokens import TokenIssuer
 
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+KYC_DECIDED_ACTION = "kyc.decided"  # the audit log's action for a KYC decision
 
 
 def _digest(refresh_token: str) -> str:
@@ -219,22 +225,78 @@ class AuthService:
         await self._forget(user_id)
         return user
 
-    async def decide_kyc(self, user_id: uuid.UUID, decision: KycStatus, reason: str) -> User:
+    # KYC
+
+    async def start_kyc_review(self, user_id: uuid.UUID, *, submitted_at: datetime) -> bool:
+        """Put a user's KYC in review once their documents are complete: from PENDING, or from
+        REJECTED when the documents were submitted after the rejection (so an old upload event
+        delivered again cannot reopen a decided case). True when the status changed."""
+        async with self._uow() as uow:
+            changed = await uow.users.start_review(
+                user_id, submitted_at=submitted_at, now=self._clock.now()
+            )
+            await uow.commit()
+        if changed:
+            await self._forget(user_id)
+        return changed
+
+    async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        """Users whose KYC is in review, the longest waiting first."""
+        async with self._uow() as uow:
+            return await uow.users.in_review(after=after, limit=limit)
+
+    async def decide_kyc(
+        self, reviewer: Principal, user_id: uuid.UUID, decision: KycStatus, reason: str
+    ) -> User:
+        """APPROVED or REJECTED, for a user in review only (422/1000 otherwise) and never by
+        the user themselves (2003); recorded in the audit log and announced
+        (`full.kyc.decided`) in the same transaction."""
         if decision not in (KycStatus.APPROVED, KycStatus.REJECTED):
             raise ValidationFailed(
                 "Decision must be APPROVED or REJECTED",
                 details=[{"loc": ["body", "decision"], "msg": "must be APPROVED or REJECTED"}],
             )
+        if reviewer.user_id == user_id:
+            raise Forbidden("No one decides their own KYC")
+        now = self._clock.now()
         async with self._uow() as uow:
-            user = await uow.users.update(
-                user_id, kyc_status=decision, kyc_reason=reason, updated_at=self._clock.now()
-            )
+            user = await uow.users.decide(user_id, decision, reason, now)
             if user is None:
-                raise NotFound()
+                current = await uow.users.get(user_id)
+                if current is None:
+                    raise NotFound()
+                raise ValidationFailed(
+                    f"KYC is {current.kyc_status.value}: a decision needs it IN_REVIEW",
+                    details=[
+                        {
+                            "loc": ["path", "user_id"],
+                            "msg": f"KYC is {current.kyc_status.value}, not IN_REVIEW",
+                        }
+                    ],
+                )
+            await uow.audit.record(
+                AuditEntry(
+                    actor_id=reviewer.user_id,
+                    action=KYC_DECIDED_ACTION,
+                    subject_type="user",
+                    subject_id=str(user_id),
+                    at=now,
+                    detail={
+                        "decision": decision.value,
+                        "reason": reason,
+                        "reviewer_role": reviewer.role.value,
+                    },
+                )
+            )
             await uow.outbox.add(
                 Event(
                     KYC_DECIDED,
-                    {"user_id": str(user_id), "kyc_status": decision.value, "reason": reason},
+                    {
+                        "user_id": str(user_id),
+                        "kyc_status": decision.value,
+                        "reason": reason,
+                        "decided_at": now.isoformat().replace("+00:00", "Z"),
+                    },
                 )
             )
             await uow.commit()
@@ -259,6 +321,7 @@ class AuthService:
             disabled=False,
             created_at=now,
             updated_at=now,
+            kyc_updated_at=now,
         )
         async with self._uow() as uow:
             await uow.users.add(user)

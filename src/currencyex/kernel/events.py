@@ -48,4 +48,5 @@ class Event:
 
 
 USER_REGISTERED = "full.user.registered"
+KYC_UPLOADED = "full.kyc.uploaded"
 KYC_DECIDED = "full.kyc.decided"

@@ -6,9 +6,11 @@ both pass the same contract suite in tests/contract.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO, Protocol, Self
 
 from currencyex.kernel.events import Event
 
@@ -126,11 +128,66 @@ class IdempotencyStore(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who did what to which subject, and when: one row of the audit log."""
+
+    actor_id: uuid.UUID
+    action: str  # "kyc.decided", "document.viewed", ...
+    subject_type: str  # "user", "document", ...
+    subject_id: str
+    at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditLog(Protocol):
+    """An append-only record of staff actions, written in the transaction of the action."""
+
+    async def record(self, entry: AuditEntry) -> None: ...
+
+
+class ObjectStorage(Protocol):
+    """Objects (KYC documents, receipts) under relative, slash-separated paths such as
+    `kyc/{user_id}/selfie-{id}.jpg`.
+
+    A path is made of segments of letters, digits, `.`, `_` and `-`, none of them `.` or `..`;
+    an adapter refuses any other path with ValueError, so no path leaves the store. Objects
+    are read by whoever holds a signed URL, never through the API's own credentials.
+    An unreachable store raises DependencyUnavailable (5001).
+    """
+
+    async def upload(self, path: str, content: BinaryIO, *, size: int, content_type: str) -> None:
+        """Store `content`, from its current position to its end, under `path`, replacing what
+        was there; ValueError (nothing stored) when that is not `size` bytes. A reader sees the
+        whole object or none of it."""
+        ...
+
+    async def signed_url(self, path: str, *, expires_in: timedelta) -> str:
+        """A URL that serves the object to a plain GET until `expires_in` has passed
+        (at most 7 days), and that stops working if its path or expiry is altered."""
+        ...
+
+    async def exists(self, path: str) -> bool: ...
+
+    async def delete(self, path: str) -> None:
+        """Remove the object; removing one that is not there is not an error."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the block without `commit()` rolls back."""
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
     @property
     def idempotency(self) -> IdempotencyStore: ...

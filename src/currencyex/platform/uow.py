@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.events import Event
+from currencyex.platform.audit import SqlAuditLog
 from currencyex.platform.db import Database, is_unique_violation
 from currencyex.platform.idempotency import SqlIdempotency
 from currencyex.platform.outbox import outbox_table, processed_events_table
@@ -34,6 +35,7 @@ class SqlUnitOfWork:
 
     connection: AsyncConnection
     outbox: SqlOutbox
+    audit: SqlAuditLog
     idempotency: SqlIdempotency
 
     def __init__(self, db: Database) -> None:
@@ -47,6 +49,7 @@ class SqlUnitOfWork:
         self.connection = await self._db.engine.connect()
         await self.connection.begin()
         self.outbox = SqlOutbox(self.connection)
+        self.audit = SqlAuditLog(self.connection)
         self.idempotency = SqlIdempotency(self.connection)
         self.bind(self.connection)
         return self

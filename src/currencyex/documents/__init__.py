@@ -1,0 +1,1 @@
+"""The documents service: KYC document uploads, signed links, the compliance queue."""

@@ -1,0 +1,46 @@
+"""The audit log: who did what to which subject and when, one row per staff action.
+
+Written through the unit of work, in the transaction of the action it records, so an action
+and its audit row commit or roll back together. On PostgreSQL the table is append-only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.ports import AuditEntry
+from currencyex.platform.db import UtcDateTime, metadata
+
+audit_table = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("actor_id", sa.Uuid, nullable=False),
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("subject_type", sa.String(30), nullable=False),
+    sa.Column("subject_id", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+)
+
+
+class SqlAuditLog:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def record(self, entry: AuditEntry) -> None:
+        await self._conn.execute(
+            audit_table.insert().values(
+                id=new_id(),
+                actor_id=entry.actor_id,
+                action=entry.action,
+                subject_type=entry.subject_type,
+                subject_id=entry.subject_id,
+                detail=json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
+                at=entry.at,
+            )
+        )

@@ -1,0 +1,355 @@
+"""Object storage: a local folder (the embedded default) and S3 or any S3-compatible server.
+
+The local folder's signed URLs point at the app's own file route and carry an expiry and an
+HMAC-SHA256, under a secret key, of the method, the path and the expiry; the app serves a file
+only for an intact, unexpired link. S3's are SigV4 presigned GETs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from currencyex.kernel.clock import Clock
+from currencyex.kernel.errors import DependencyUnavailable
+from currencyex.platform.breaker import CircuitBreaker
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.client import S3Client
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+MAX_LINK_LIFETIME = timedelta(days=7)  # S3's limit for a SigV4 presigned URL
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_CHUNK = 1024 * 1024
+
+
+def checked_path(path: str) -> str:
+    """`path` if it is a relative path of plain segments; ValueError for anything that could
+    leave the store or name a folder (absolute paths, `..`, empty segments, odd characters)."""
+    segments = path.split("/")
+    if len(path) > 1024 or any(
+        segment in (".", "..") or not _SEGMENT.fullmatch(segment) for segment in segments
+    ):
+        raise ValueError(f"invalid object path: {path!r}")
+    return path
+
+
+def _lifetime_seconds(expires_in: timedelta) -> int:
+    if not timedelta(0) < expires_in <= MAX_LINK_LIFETIME:
+        raise ValueError("a signed URL lives more than 0 seconds and at most 7 days")
+    return math.ceil(expires_in.total_seconds())
+
+
+def _check_size(content: BinaryIO, size: int) -> None:
+    """Refuse (ValueError) content whose bytes from here to its end are not `size` long, before
+    anything is sent or written."""
+    start = content.tell()
+    end = content.seek(0, os.SEEK_END)
+    content.seek(start)
+    if end - start != size:
+        raise ValueError(f"content is {end - start} bytes long, not {size}")
+
+
+def _copy_exactly(source: BinaryIO, target: BinaryIO, size: int) -> None:
+    left = size
+    while left > 0:
+        chunk = source.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        target.write(chunk)
+        left -= len(chunk)
+    if left or source.read(1):
+        raise ValueError(f"content is not {size} bytes long")  # it changed while being read
+
+
+def load_signing_key(path: Path) -> bytes:
+    """The local store's link-signing key from `path`, created (32 random bytes) if missing.
+
+    Every process serving links from one data folder must share the key, so it lives there;
+    of two processes creating it at once, one writes it and both read the same key.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path} holds no signing key")
+    return key.encode()
+
+
+class LocalFolderStorage:
+    """Objects as files under `root`; signed URLs under `base_url` (the app's file route)."""
+
+    def __init__(self, root: Path, *, key: bytes, base_url: str, clock: Clock) -> None:
+        if len(key) < 32:
+            raise ValueError("the link-signing key must be at least 32 bytes")
+        self._root = root.resolve()
+        self._key = key
+        self._base_url = base_url.rstrip("/")
+        self._clock = clock
+
+    def _file(self, path: str) -> Path:
+        return self._root.joinpath(*checked_path(path).split("/"))
+
+    async def upload(
+        self,
+        path: str,
+        content: BinaryIO,
+        *,
+        size: int,
+        content_type: str,  # noqa: ARG002 (served by the file's extension instead)
+    ) -> None:
+        target = self._file(path)
+        _check_size(content, size)
+        await asyncio.to_thread(self._write, target, content, size)
+
+    @staticmethod
+    def _write(target: Path, content: BinaryIO, size: int) -> None:
+        # Written beside the target and renamed over it: a reader never sees half a file.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _copy_exactly(content, out, size)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+    async def signed_url(self, path: str, *, expires_in: timedelta) -> str:
+        checked_path(path)
+        expires = math.ceil(self._clock.now().timestamp()) + _lifetime_seconds(expires_in)
+        return (
+            f"{self._base_url}/{quote(path)}?expires={expires}"
+            f"&sig={self._signature('GET', path, expires)}"
+        )
+
+    def _signature(self, method: str, path: str, expires: int) -> str:
+        message = f"{method}\n{path}\n{expires}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def open_signed(self, method: str, path: str, expires: str, signature: str) -> Path | None:
+        """The file a signed link names, or None: for a link that is altered (path, expiry or
+        signature), expired, or names no object. Every refusal looks the same to the caller."""
+        try:
+            checked_path(path)
+            deadline = int(expires)
+        except ValueError:
+            return None
+        expected = self._signature(method, path, deadline)
+        if not hmac.compare_digest(expected, signature):
+            return None
+        if self._clock.now().timestamp() > deadline:
+            return None
+        file = self._file(path)
+        return file if file.is_file() else None
+
+    async def exists(self, path: str) -> bool:
+        return await asyncio.to_thread(self._file(path).is_file)
+
+    async def delete(self, path: str) -> None:
+        await asyncio.to_thread(self._file(path).unlink, missing_ok=True)
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._check_writable)
+
+    def _check_writable(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self._root, os.W_OK):
+            raise PermissionError(f"{self._root} is not writable")
+
+    async def close(self) -> None:
+        return None
+
+
+def _is_missing(error: ClientError) -> bool:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class S3Storage:
+    """Objects in one bucket of AWS S3 or an S3-compatible server (MinIO, ...).
+
+    Every call is bounded in time and goes through a circuit breaker; an unreachable or
+    misbehaving server raises DependencyUnavailable (5001), logged with the real cause.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        region: str,
+        breaker: CircuitBreaker,
+        endpoint_url: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        path_style: bool = False,
+        server_side_encryption: str | None = None,
+        kms_key_id: str | None = None,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self.bucket = bucket
+        self._region = region
+        self._breaker = breaker
+        self._endpoint_url = endpoint_url
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._path_style = path_style
+        self._encryption: dict[str, Any] = {}
+        if server_side_encryption:
+            self._encryption["ServerSideEncryption"] = server_side_encryption
+            if kms_key_id:
+                self._encryption["SSEKMSKeyId"] = kms_key_id
+        self._timeout = timeout_seconds
+        self._client: S3Client | None = None
+        self._opening = asyncio.Lock()
+        self._stack = AsyncExitStack()
+
+    async def _s3(self) -> S3Client:
+        # The client is made on first use, inside the running event loop its sessions need.
+        if self._client is None:
+            async with self._opening:
+                if self._client is None:
+                    config = AioConfig(
+                        signature_version="s3v4",
+                        s3={"addressing_style": "path" if self._path_style else "auto"},
+                        connect_timeout=self._timeout,
+                        read_timeout=self._timeout,
+                        retries={"max_attempts": 2, "mode": "standard"},
+                    )
+                    self._client = await self._stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            region_name=self._region,
+                            endpoint_url=self._endpoint_url,
+                            aws_access_key_id=self._access_key_id,
+                            aws_secret_access_key=self._secret_access_key,
+                            config=config,
+                        )
+                    )
+        return self._client
+
+    async def _call(
+        self, operation: str, path: str | None, fn: Callable[[S3Client], Awaitable[T]]
+    ) -> T:
+        """Run `fn(client)` within the time bound and through the breaker; any failure that
+        `fn` does not handle itself comes out as DependencyUnavailable."""
+
+        async def attempt() -> T:
+            try:
+                async with asyncio.timeout(self._timeout * 3):
+                    return await fn(await self._s3())
+            except ClientError as exc:
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                log.warning("storage.s3_failed", operation=operation, path=path, error=str(exc))
+                kind = "refused the request" if status and status < 500 else "failed"
+                raise DependencyUnavailable(f"Document storage {kind}") from exc
+            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "storage.s3_unreachable", operation=operation, path=path, error=repr(exc)
+                )
+                raise DependencyUnavailable("Document storage unavailable") from exc
+
+        return await self._breaker.call(attempt)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet."""
+
+        async def head_or_create(s3: S3Client) -> None:
+            try:
+                await s3.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if not _is_missing(exc):
+                    raise
+                if self._region == "us-east-1":
+                    await s3.create_bucket(Bucket=self.bucket)
+                else:
+                    await s3.create_bucket(
+                        Bucket=self.bucket,
+                        CreateBucketConfiguration={"LocationConstraint": self._region},  # type: ignore[typeddict-item]
+                    )
+                log.info("storage.bucket_created", bucket=self.bucket)
+
+        await self._call("ensure_bucket", None, head_or_create)
+
+    async def upload(self, path: str, content: BinaryIO, *, size: int, content_type: str) -> None:
+        key = checked_path(path)
+        _check_size(content, size)
+
+        async def put(s3: S3Client) -> None:
+            await s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=content,
+                ContentLength=size,
+                ContentType=content_type,
+                **self._encryption,
+            )
+
+        await self._call("upload", key, put)
+
+    async def signed_url(self, path: str, *, expires_in: timedelta) -> str:
+        key = checked_path(path)
+        seconds = _lifetime_seconds(expires_in)
+        s3 = await self._s3()  # presigning is local: no request, nothing for the breaker
+        return await s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
+        )
+
+    async def exists(self, path: str) -> bool:
+        key = checked_path(path)
+
+        async def head(s3: S3Client) -> bool:
+            try:
+                await s3.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _is_missing(exc):
+                    return False
+                raise
+            return True
+
+        return await self._call("exists", key, head)
+
+    async def delete(self, path: str) -> None:
+        key = checked_path(path)
+
+        async def remove(s3: S3Client) -> None:
+            await s3.delete_object(Bucket=self.bucket, Key=key)
+
+        await self._call("delete", key, remove)
+
+    async def ping(self) -> None:
+        async def head(s3: S3Client) -> None:
+            await s3.head_bucket(Bucket=self.bucket)
+
+        await self._call("ping", None, head)
+
+    async def close(self) -> None:
+        self._client = None
+        await self._stack.aclose()
+        self._stack = AsyncExitStack()
