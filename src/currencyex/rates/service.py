@@ -91,7 +91,7 @@ class RateService:
         self._refresh_seconds = refresh_seconds
         self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
         self._task: asyncio.Task[None] | None = None
-        self._memo: tuple[datetime, RateSnapshot | None] | None = None  # (read at, snapshot)
+        self._memo: tuple[datetime, RateSnapshot] | None = None  # (read at, with pegs)
 
     # Currencies and live rates
 
@@ -115,7 +115,7 @@ class RateService:
         )
         previous = await self._stored_snapshot()
         await self._cache.set(SNAPSHOT_KEY, _encode_snapshot(snapshot))
-        self._remember(snapshot, self._clock.now())
+        self._remember(snapshot)
         if previous is None or (previous.rates, previous.as_of) != (snapshot.rates, snapshot.as_of):
             await self._announce(previous, snapshot)
         log.info("rates.refreshed", source=snapshot.source, as_of=snapshot.as_of.isoformat())
@@ -224,14 +224,14 @@ class RateService:
         read and decode the whole snapshot. Freshness is still judged on every call.
         """
         now = self._clock.now()
-        if self._memo is None or now - self._memo[0] >= SNAPSHOT_REUSE:
-            stored = await self._stored_snapshot()
-            self._remember(stored, now)
-        assert self._memo is not None
-        return ensure_fresh(self._memo[1], now, self._max_age)
+        memo = self._memo
+        if memo is None or now - memo[0] >= SNAPSHOT_REUSE:
+            memo = self._remember(ensure_fresh(await self._stored_snapshot(), now, self._max_age))
+        return ensure_fresh(memo[1], now, self._max_age)
 
-    def _remember(self, snapshot: RateSnapshot | None, now: datetime) -> None:
-        self._memo = (now, None if snapshot is None else snapshot.with_pegs(self._pegs))
+    def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
+        self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
+        return self._memo
 
     async def _stored_snapshot(self) -> RateSnapshot | None:
         try:
