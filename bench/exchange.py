@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rawhttp import Connection, HttpError, Response
 
 PG_HOST = "127.0.0.1"
 PG_PORT = "5432"
@@ -300,15 +301,14 @@ class Stats:
         return self.window_start <= finished <= self.window_end
 
 
-def error_key(stage: str, response: httpx.Response) -> str:
+def error_key(stage: str, response: Response) -> str:
     code: Any = None
     with contextlib.suppress(ValueError, AttributeError):
         code = response.json().get("code")
-    return f"{stage} {response.status_code}" + (f" code {code}" if code is not None else "")
+    return f"{stage} {response.status}" + (f" code {code}" if code is not None else "")
 
 
 async def client_loop(
-    http: httpx.AsyncClient,
     base: str,
     token: str,
     index: int,
@@ -316,48 +316,53 @@ async def client_loop(
     stop_at: float,
     max_requests: int,
 ) -> None:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    http = Connection(host, int(port), timeout=30.0)
     auth = {"Authorization": f"Bearer {token}"}
     forward = index % 2 == 0  # half the clients start USD->EUR, half EUR->USD
-    while time.perf_counter() < stop_at and stats.requests < max_requests:
-        source, target = ("USD", "EUR") if forward else ("EUR", "USD")
-        forward = not forward  # alternate so no wallet drains
-        stats.requests += 2
-        started = time.perf_counter()
-        try:
-            quoted = await http.post(
-                f"{base}/v1/remit/quote",
-                json={
-                    "source_currency": source,
-                    "target_currency": target,
-                    "source_amount": EXCHANGE_AMOUNT,
-                },
-                headers=auth,
-            )
-            if quoted.status_code != 201:
-                stats.errors[error_key("quote", quoted)] += 1
+    try:
+        while time.perf_counter() < stop_at and stats.requests < max_requests:
+            source, target = ("USD", "EUR") if forward else ("EUR", "USD")
+            forward = not forward  # alternate so no wallet drains
+            stats.requests += 2
+            started = time.perf_counter()
+            try:
+                quoted = await http.post(
+                    "/v1/remit/quote",
+                    {
+                        "source_currency": source,
+                        "target_currency": target,
+                        "source_amount": EXCHANGE_AMOUNT,
+                    },
+                    auth,
+                )
+                if quoted.status != 201:
+                    stats.errors[error_key("quote", quoted)] += 1
+                    continue
+                stats.quotes += 1
+                exchange_started = time.perf_counter()
+                exchanged = await http.post(
+                    "/v1/wallet/exchange",
+                    {"quote_id": quoted.json()["quote_id"]},
+                    {**auth, "Idempotency-Key": uuid.uuid4().hex},
+                )
+            except HttpError as exc:
+                stats.errors[f"transport {exc}"] += 1
+                await asyncio.sleep(0.05)
                 continue
-            stats.quotes += 1
-            exchange_started = time.perf_counter()
-            exchanged = await http.post(
-                f"{base}/v1/wallet/exchange",
-                json={"quote_id": quoted.json()["quote_id"]},
-                headers={**auth, "Idempotency-Key": uuid.uuid4().hex},
-            )
-        except httpx.HTTPError as exc:
-            stats.errors[f"transport {type(exc).__name__}"] += 1
-            await asyncio.sleep(0.05)
-            continue
-        finished = time.perf_counter()
-        if exchanged.status_code != 201:
-            stats.errors[error_key("exchange", exchanged)] += 1
-            continue
-        stats.all_exchanges += 1
-        if stats.counted(finished):
-            stats.ok += 1
-            stats.exchange_ms.append((finished - exchange_started) * 1000)
-            stats.pair_ms.append((finished - started) * 1000)
-        elif finished < stats.window_start:
-            stats.warmup_exchanges += 1
+            finished = time.perf_counter()
+            if exchanged.status != 201:
+                stats.errors[error_key("exchange", exchanged)] += 1
+                continue
+            stats.all_exchanges += 1
+            if stats.counted(finished):
+                stats.ok += 1
+                stats.exchange_ms.append((finished - exchange_started) * 1000)
+                stats.pair_ms.append((finished - started) * 1000)
+            elif finished < stats.window_start:
+                stats.warmup_exchanges += 1
+    finally:
+        await http.close()
 
 
 async def load(
@@ -368,26 +373,22 @@ async def load(
     duration: float,
     max_requests: int,
 ) -> Stats:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    timeout = httpx.Timeout(30.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, http2=False) as http:
-        now = time.perf_counter()
-        stats = Stats(window_start=now + warmup, window_end=now + warmup + duration)
-        tasks = [
-            client_loop(
-                http,
-                bases[i % len(bases)],
-                tokens[i % len(tokens)],
-                i,
-                stats,
-                stats.window_end,
-                max_requests,
-            )
-            for i in range(clients)
-        ]
-        # In-flight requests after the deadline finish within the client timeout; the overall
-        # wait_for is the backstop that keeps the run bounded whatever happens.
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + duration + 60)
+    now = time.perf_counter()
+    stats = Stats(window_start=now + warmup, window_end=now + warmup + duration)
+    tasks = [
+        client_loop(
+            bases[i % len(bases)],
+            tokens[i % len(tokens)],
+            i,
+            stats,
+            stats.window_end,
+            max_requests,
+        )
+        for i in range(clients)
+    ]
+    # In-flight requests after the deadline finish within the client timeout; the overall
+    # wait_for is the backstop that keeps the run bounded whatever happens.
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + duration + 60)
     return stats
 
 

@@ -41,7 +41,7 @@ from currencyex.rates.domain import CorridorOverride, Peg, PricingPolicy, Pricin
 from currencyex.rates.providers import EcbBundledProvider, EcbHttpProvider, bundled_ecb_rates
 from currencyex.rates.service import RateService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
-from currencyex.wallet.repository import SqlWalletUnitOfWork
+from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork
 from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, wallets, welcome
 
@@ -210,8 +210,9 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     rates = _build_rates(settings, cache=cache, bus=bus, clock=clock, breakers=breaker_metrics)
     rates_client = InProcessRatesClient(rates)
     supported = frozenset(c.code for c in rates.currencies())
+    known_accounts = AccountDirectory()
     wallet = WalletService(
-        lambda: SqlWalletUnitOfWork(db),
+        lambda: SqlWalletUnitOfWork(db, known_accounts),
         auth=auth_client,
         rates=rates_client,
         clock=clock,

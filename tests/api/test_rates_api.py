@@ -307,6 +307,14 @@ async def test_another_users_quote_is_1003(api: Api) -> None:
     assert caught.value.code == 1003
 
 
+async def test_another_users_attempt_leaves_the_quote_to_its_owner(api: Api) -> None:
+    owner, quote_id = await new_quote(api)
+    client = api.container.rates_client
+    with pytest.raises(QuoteUnavailable):
+        await client.take_quote(quote_id, uuid.uuid4())
+    assert (await client.take_quote(quote_id, owner)).id == quote_id
+
+
 @pytest.mark.parametrize("quote_id", [str(uuid.uuid4()), "not-a-quote-id", ""])
 async def test_unknown_quote_is_1003(api: Api, quote_id: str) -> None:
     with pytest.raises(QuoteUnavailable):
@@ -334,8 +342,8 @@ async def test_of_two_concurrent_takers_exactly_one_wins(api: Api) -> None:
 async def test_released_quote_can_be_taken_again(api: Api) -> None:
     owner, quote_id = await new_quote(api)
     client = api.container.rates_client
-    await client.take_quote(quote_id, owner)
-    await client.release_quote(quote_id)
+    taken = await client.take_quote(quote_id, owner)
+    await client.release_quote(taken)
     again = await client.take_quote(quote_id, owner)
     assert again.id == quote_id
 
@@ -346,10 +354,12 @@ async def test_expired_quote_is_1002(
     async with app_on_clock(await make_settings(backend, quote_ttl_seconds=30), clock) as api:
         owner, quote_id = await new_quote(api)
         clock.advance(29)
-        await api.container.rates_client.take_quote(quote_id, owner)
-        await api.container.rates_client.release_quote(quote_id)
+        taken = await api.container.rates_client.take_quote(quote_id, owner)
+        await api.container.rates_client.release_quote(taken)
         clock.advance(1)
         with pytest.raises(QuoteExpired) as caught:
+            await api.container.rates_client.take_quote(quote_id, owner)
+        with pytest.raises(QuoteExpired):  # still "expired" the second time, not "unknown"
             await api.container.rates_client.take_quote(quote_id, owner)
     assert caught.value.code == 1002
 

@@ -102,6 +102,26 @@ async def test_of_concurrent_deletes_exactly_one_wins(cache: Cache) -> None:
     assert results.count(True) == 1
 
 
+async def test_pop_returns_the_value_and_removes_it(cache: Cache) -> None:
+    await cache.set("k", b"v", ttl_seconds=30)
+    assert await cache.pop("k") == b"v"
+    assert await cache.get("k") is None
+    assert await cache.pop("k") is None
+
+
+async def test_an_expired_value_is_not_popped(cache: Cache) -> None:
+    await cache.set("k", b"v", ttl_seconds=0.2)
+    await asyncio.sleep(0.3)
+    assert await cache.pop("k") is None
+
+
+async def test_of_concurrent_pops_exactly_one_gets_the_value(cache: Cache) -> None:
+    await cache.set("k", b"v")
+    results = await asyncio.gather(*(cache.pop("k") for _ in range(10)))
+    assert results.count(b"v") == 1
+    assert results.count(None) == 9
+
+
 async def test_of_concurrent_adds_exactly_one_wins(cache: Cache) -> None:
     results = await asyncio.gather(*(cache.add("k", str(i).encode()) for i in range(10)))
     assert results.count(True) == 1

@@ -24,8 +24,9 @@ from currencyex.wallet.domain import (
     JournalKind,
     Posting,
     UnbalancedJournal,
+    account_key,
 )
-from currencyex.wallet.repository import SqlWalletUnitOfWork, accounts, entries
+from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork, accounts, entries
 
 
 @pytest_asyncio.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
@@ -243,3 +244,32 @@ async def test_concurrent_debits_never_overdraw_a_wallet(pg):
     assert all(r is None or isinstance(r, InsufficientFunds) for r in results)
     assert await balance(pg, user) == {"USD": (0, 0)}
     assert await problems(pg) == []
+
+
+async def test_remembered_accounts_are_only_those_a_commit_kept(db: Database) -> None:
+    directory = AccountDirectory()
+    user = uuid.uuid4()
+    async with SqlWalletUnitOfWork(db, directory) as uow:
+        opened = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        # no commit: the account opened here rolls back and must not be remembered
+    assert directory.get(account_key(AccountKind.WALLET, "USD", user)) is None
+    async with SqlWalletUnitOfWork(db, directory) as uow:
+        reopened = await uow.ledger.account(AccountKind.WALLET, "USD", user)
+        await uow.commit()
+    assert reopened.id != opened.id
+    assert directory.get(account_key(AccountKind.WALLET, "USD", user)) == reopened
+    async with SqlWalletUnitOfWork(db, directory) as uow:
+        assert await uow.ledger.account(AccountKind.WALLET, "USD", user) == reopened
+    async with SqlWalletUnitOfWork(db, directory) as uow:  # the remembered id is a real row
+        cash = await uow.ledger.account(AccountKind.CASH_IN, "USD")
+        await uow.ledger.post(
+            Journal(
+                new_id(),
+                JournalKind.DEPOSIT,
+                (Posting(reopened, usd(500)), Posting(cash, usd(-500))),
+                datetime.now(UTC),
+                user_id=user,
+            )
+        )
+        await uow.commit()
+    assert await balance(db, user) == {"USD": (500, 0)}

@@ -309,6 +309,32 @@ async def test_a_failed_refresh_keeps_the_old_snapshot_until_it_ages_out() -> No
     await service.live("EUR", ["USD"])
 
 
+async def test_a_refresh_by_another_process_prices_quotes_within_a_second() -> None:
+    clock = FakeClock()
+    shared = MemoryCache(clock)
+    provider = FixedProvider({"USD": "1.1"})
+    refresher = rate_service(provider, clock, cache=shared)
+    quoting = rate_service(FixedProvider({"USD": "9.9"}), clock, cache=shared)
+    await refresher.refresh()
+    assert (await quoting.live("EUR", ["USD"])).rates == {"USD": Decimal("1.10000000000")}
+    provider.published = FixedProvider({"USD": "1.2"}).published  # new rates are published
+    await refresher.refresh()
+    clock.advance(0.5)
+    assert (await quoting.live("EUR", ["USD"])).rates == {"USD": Decimal("1.10000000000")}
+    clock.advance(0.5)
+    assert (await quoting.live("EUR", ["USD"])).rates == {"USD": Decimal("1.20000000000")}
+
+
+async def test_rates_stored_after_a_miss_are_used_at_once() -> None:
+    clock = FakeClock()
+    shared = MemoryCache(clock)
+    quoting = rate_service(FixedProvider({"USD": "1.1"}), clock, cache=shared)
+    with pytest.raises(RatesUnavailable):
+        await quote_usd_eur(quoting)
+    await rate_service(FixedProvider({"USD": "1.1"}), clock, cache=shared).refresh()
+    await quote_usd_eur(quoting)
+
+
 async def test_quotes_before_any_refresh_are_1008() -> None:
     service = rate_service(FixedProvider({"USD": "1.1"}), FakeClock())
     with pytest.raises(RatesUnavailable):

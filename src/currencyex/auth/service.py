@@ -59,6 +59,12 @@ class UserChanges:
     disabled: bool | None = None
 
 
+# Principals are reused from this process's memory this long: every authenticated request
+# needs one, and the shared cache is a network round trip away.
+LOCAL_PRINCIPAL_SECONDS = 1.0
+LOCAL_PRINCIPALS_MAX = 100_000
+
+
 class AuthService:
     def __init__(
         self,
@@ -78,6 +84,8 @@ class AuthService:
         self._clock = clock
         self._refresh_ttl = timedelta(seconds=refresh_ttl_seconds)
         self._principal_ttl = principal_cache_seconds
+        # user id -> (monotonic expiry, principal): see `principal`
+        self._local: dict[uuid.UUID, tuple[float, Principal]] = {}
 
     # Customers and sessions
 
@@ -148,6 +156,24 @@ class AuthService:
         return principal
 
     async def principal(self, user_id: uuid.UUID) -> Principal | None:
+        """Who `user_id` is now: role, tier, KYC status, disabled.
+
+        Read through two caches: this process's memory for LOCAL_PRINCIPAL_SECONDS, then the
+        shared cache, then the database. A change made by this process is seen at once; one
+        made by another process within LOCAL_PRINCIPAL_SECONDS.
+        """
+        now = self._clock.monotonic()
+        known = self._local.get(user_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        principal = await self._shared_principal(user_id)
+        if principal is not None:
+            if len(self._local) >= LOCAL_PRINCIPALS_MAX:
+                self._local.clear()
+            self._local[user_id] = (now + LOCAL_PRINCIPAL_SECONDS, principal)
+        return principal
+
+    async def _shared_principal(self, user_id: uuid.UUID) -> Principal | None:
         key = f"principal:{user_id}"
         cached = await self._cache.get(key)
         if cached is not None:
@@ -358,4 +384,5 @@ class AuthService:
         return TokenPair(access, refresh, self._tokens.ttl_seconds)
 
     async def _forget(self, user_id: uuid.UUID) -> None:
+        self._local.pop(user_id, None)
         await self._cache.delete(f"principal:{user_id}")

@@ -30,6 +30,11 @@ class Cache(Protocol):
         """Remove the key; True when it existed. Atomic: of two concurrent deletes one wins."""
         ...
 
+    async def pop(self, key: str) -> bytes | None:
+        """Remove the key and return its value (None when absent). Atomic: of two concurrent
+        pops of one key, one gets the value."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the cache cannot be reached."""
         ...
@@ -124,8 +129,18 @@ class IdempotencyStore(Protocol):
         ...
 
     async def save(
-        self, scope: str, owner: str, key: str, status_code: int, body: dict[str, Any]
-    ) -> None: ...
+        self,
+        scope: str,
+        owner: str,
+        key: str,
+        status_code: int,
+        body: dict[str, Any],
+        *,
+        announce: Event | None = None,
+    ) -> None:
+        """Keep the response for repeats of the key; with `announce`, also add that event to the
+        outbox (in the same statement where the database allows)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

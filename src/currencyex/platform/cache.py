@@ -73,6 +73,11 @@ class MemoryCache:
         self._entries.pop(key, None)
         return existed
 
+    async def pop(self, key: str) -> bytes | None:
+        entry = self._live_entry(key)
+        self._entries.pop(key, None)
+        return None if entry is None else entry[0]
+
     async def ping(self) -> None:
         return None
 
@@ -130,6 +135,9 @@ class RedisCache:
     async def delete(self, key: str) -> bool:
         removed: int = await self._redis.delete(self._key(key))
         return removed > 0
+
+    async def pop(self, key: str) -> bytes | None:
+        return cast("bytes | None", await self._redis.getdel(self._key(key)))
 
     async def ping(self) -> None:
         await self._redis.ping()

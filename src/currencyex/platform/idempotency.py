@@ -8,16 +8,20 @@ retry runs again.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import IdempotencyKeyReused
+from currencyex.kernel.events import Event
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import UtcDateTime, insert_or_ignore, metadata
+from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.outbox import outbox_row, outbox_table
 
 idempotency_table = sa.Table(
     "idempotency_keys",
@@ -34,6 +38,34 @@ idempotency_table = sa.Table(
 _PENDING = -1  # status of a claimed record whose response is not written yet
 
 
+@functools.cache
+def _claim(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(idempotency_table).on_conflict_do_nothing().returning(idempotency_table.c.key)
+
+
+_THIS_KEY = (
+    idempotency_table.c.scope == sa.bindparam("w_scope"),
+    idempotency_table.c.owner == sa.bindparam("w_owner"),
+    idempotency_table.c.key == sa.bindparam("w_key"),
+)
+_FIND = sa.select(
+    idempotency_table.c.request_hash,
+    idempotency_table.c.status_code,
+    idempotency_table.c.response,
+).where(*_THIS_KEY)
+# Explicit SET values, so the outbox row's parameters (created_at) cannot leak into the UPDATE.
+_SAVE = (
+    idempotency_table.update()
+    .where(*_THIS_KEY)
+    .values(status_code=sa.bindparam("w_status"), response=sa.bindparam("w_response"))
+)
+_ANNOUNCE = outbox_table.insert().values(
+    {column: sa.bindparam(f"o_{column}") for column in ("id", "subject", "payload", "created_at")}
+)
+_SAVE_AND_ANNOUNCE = _ANNOUNCE.add_cte(_SAVE.cte("saved"))
+
+
 class SqlIdempotency:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -45,48 +77,50 @@ class SqlIdempotency:
 
         The same key with a different request is 422/1007.
         """
-        insert = insert_or_ignore(self._conn, idempotency_table)
         claimed = await self._conn.execute(
-            insert.values(
-                scope=scope,
-                owner=owner,
-                key=key,
-                request_hash=request_hash,
-                status_code=_PENDING,
-                response="",
-                created_at=datetime.now(UTC),
-            )
-            .on_conflict_do_nothing()
-            .returning(idempotency_table.c.key)
+            _claim(self._conn.dialect.name),
+            {
+                "scope": scope,
+                "owner": owner,
+                "key": key,
+                "request_hash": request_hash,
+                "status_code": _PENDING,
+                "response": "",
+                "created_at": datetime.now(UTC),
+            },
         )
         if claimed.first() is not None:
             return None
-        row = (
-            await self._conn.execute(
-                sa.select(
-                    idempotency_table.c.request_hash,
-                    idempotency_table.c.status_code,
-                    idempotency_table.c.response,
-                ).where(
-                    idempotency_table.c.scope == scope,
-                    idempotency_table.c.owner == owner,
-                    idempotency_table.c.key == key,
-                )
-            )
-        ).one()
+        this_key = {"w_scope": scope, "w_owner": owner, "w_key": key}
+        row = (await self._conn.execute(_FIND, this_key)).one()
         if row.request_hash != request_hash:
             raise IdempotencyKeyReused()
         return SavedResponse(row.status_code, json.loads(row.response))
 
     async def save(
-        self, scope: str, owner: str, key: str, status_code: int, body: dict[str, Any]
+        self,
+        scope: str,
+        owner: str,
+        key: str,
+        status_code: int,
+        body: dict[str, Any],
+        *,
+        announce: Event | None = None,
     ) -> None:
-        await self._conn.execute(
-            idempotency_table.update()
-            .where(
-                idempotency_table.c.scope == scope,
-                idempotency_table.c.owner == owner,
-                idempotency_table.c.key == key,
-            )
-            .values(status_code=status_code, response=json.dumps(body))
-        )
+        saved = {
+            "w_scope": scope,
+            "w_owner": owner,
+            "w_key": key,
+            "w_status": status_code,
+            "w_response": json.dumps(body),
+        }
+        if announce is None:
+            await self._conn.execute(_SAVE, saved)
+            return
+        event = {f"o_{column}": value for column, value in outbox_row(announce).items()}
+        if self._conn.dialect.name == "postgresql":
+            # Both writes in one round trip: the money-moving requests end this way.
+            await self._conn.execute(_SAVE_AND_ANNOUNCE, {**saved, **event})
+        else:
+            await self._conn.execute(_SAVE, saved)
+            await self._conn.execute(_ANNOUNCE, event)

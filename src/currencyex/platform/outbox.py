@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -36,6 +37,16 @@ processed_events_table = sa.Table(
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("processed_at", UtcDateTime, nullable=False),
 )
+
+
+def outbox_row(event: Event) -> dict[str, Any]:
+    """The outbox row that carries `event`."""
+    return {
+        "id": event.id,
+        "subject": event.subject,
+        "payload": event.to_json().decode(),
+        "created_at": event.occurred_at,
+    }
 
 
 class OutboxRelay:

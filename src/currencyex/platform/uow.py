@@ -12,7 +12,9 @@ from currencyex.kernel.events import Event
 from currencyex.platform.audit import SqlAuditLog
 from currencyex.platform.db import Database, is_unique_violation
 from currencyex.platform.idempotency import SqlIdempotency
-from currencyex.platform.outbox import outbox_table, processed_events_table
+from currencyex.platform.outbox import outbox_row, outbox_table, processed_events_table
+
+_ADD_EVENT = outbox_table.insert()
 
 
 class SqlOutbox:
@@ -20,14 +22,7 @@ class SqlOutbox:
         self._conn = conn
 
     async def add(self, event: Event) -> None:
-        await self._conn.execute(
-            outbox_table.insert().values(
-                id=event.id,
-                subject=event.subject,
-                payload=event.to_json().decode(),
-                created_at=event.occurred_at,
-            )
-        )
+        await self._conn.execute(_ADD_EVENT, outbox_row(event))
 
 
 class SqlUnitOfWork:

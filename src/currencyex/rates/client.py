@@ -20,7 +20,7 @@ class RatesClient(Protocol):
         """
         ...
 
-    async def release_quote(self, quote_id: str) -> None:
+    async def release_quote(self, quote: Quote) -> None:
         """Give back a taken quote whose money movement failed, so it can be taken again."""
         ...
 
@@ -32,5 +32,5 @@ class InProcessRatesClient:
     async def take_quote(self, quote_id: str, owner: uuid.UUID) -> Quote:
         return await self._service.take_quote(quote_id, owner)
 
-    async def release_quote(self, quote_id: str) -> None:
-        await self._service.release_quote(quote_id)
+    async def release_quote(self, quote: Quote) -> None:
+        await self._service.release_quote(quote)

@@ -49,6 +49,9 @@ log = structlog.get_logger(__name__)
 SNAPSHOT_KEY = "rates:live"
 # An expired quote stays readable this long, so taking it says "expired" rather than "unknown".
 QUOTE_RETENTION = timedelta(hours=1)
+# How long rates read from the cache are reused before reading them again: a refresh made by
+# another process reaches this one's quotes within this delay.
+SNAPSHOT_REUSE = timedelta(seconds=1)
 # After a failed refresh, try again sooner than the regular interval.
 RETRY_AFTER_FAILURE_SECONDS = 30.0
 # Names the rate.updated events, so replicas announcing the same change publish one event id.
@@ -57,10 +60,6 @@ _EVENT_NAMESPACE = uuid.UUID("6f0d3c1e-2b7a-4e55-9c1d-8a4f5e6b7c20")
 
 def quote_key(quote_id: str) -> str:
     return f"quote:{quote_id}"
-
-
-def used_key(quote_id: str) -> str:
-    return f"quote-used:{quote_id}"
 
 
 class RateService:
@@ -92,6 +91,7 @@ class RateService:
         self._refresh_seconds = refresh_seconds
         self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
         self._task: asyncio.Task[None] | None = None
+        self._memo: tuple[datetime, RateSnapshot] | None = None  # (read at, with pegs)
 
     # Currencies and live rates
 
@@ -115,6 +115,7 @@ class RateService:
         )
         previous = await self._stored_snapshot()
         await self._cache.set(SNAPSHOT_KEY, _encode_snapshot(snapshot))
+        self._remember(snapshot)
         if previous is None or (previous.rates, previous.as_of) != (snapshot.rates, snapshot.as_of):
             await self._announce(previous, snapshot)
         log.info("rates.refreshed", source=snapshot.source, as_of=snapshot.as_of.isoformat())
@@ -184,27 +185,30 @@ class RateService:
         return quote
 
     async def take_quote(self, quote_id: str, owner: uuid.UUID) -> Quote:
-        """Use the quote once: 1003 if unknown, not `owner`'s or already taken; 1002 if expired."""
-        quote = await self._stored_quote(quote_id)
-        if quote is None or quote.user_id != owner:
+        """Use the quote once: 1003 if unknown, not `owner`'s or already taken; 1002 if expired.
+
+        Taking removes the quote from the store in one atomic step (of two concurrent takers
+        exactly one gets it); a quote taken but not usable by this caller is put back.
+        """
+        canonical = _canonical_id(quote_id)
+        if canonical is None:
             raise QuoteUnavailable()
-        now = self._clock.now()
-        if quote.is_expired(now):
-            raise QuoteExpired()
-        # SET NX: of two concurrent takers exactly one stores the marker.
-        keep_for = (quote.expires_at + QUOTE_RETENTION - now).total_seconds()
         with _cache_unavailable_is_503():
-            taken = await self._cache.add(used_key(quote.id), b"1", ttl_seconds=keep_for)
-        if not taken:
+            raw = await self._cache.pop(quote_key(canonical))
+        if raw is None:
             raise QuoteUnavailable()
+        quote = _decode_quote(raw)
+        if quote.user_id != owner:
+            await self._put_back(quote)
+            raise QuoteUnavailable()
+        if quote.is_expired(self._clock.now()):
+            await self._put_back(quote)  # so it keeps answering "expired", not "unknown"
+            raise QuoteExpired()
         return quote
 
-    async def release_quote(self, quote_id: str) -> None:
+    async def release_quote(self, quote: Quote) -> None:
         """Undo a take whose money movement failed, so the customer can try again."""
-        canonical = _canonical_id(quote_id)
-        if canonical is not None:
-            with _cache_unavailable_is_503():
-                await self._cache.delete(used_key(canonical))
+        await self._put_back(quote)
 
     # Internals
 
@@ -214,8 +218,20 @@ class RateService:
                 raise UnsupportedCurrency(f"Currency {code!r} is not supported")
 
     async def _fresh_snapshot(self) -> RateSnapshot:
-        snapshot = ensure_fresh(await self._stored_snapshot(), self._clock.now(), self._max_age)
-        return snapshot.with_pegs(self._pegs)
+        """The stored rates with the pegs applied, if young enough to price on (else 1008).
+
+        What was read from the cache is reused for SNAPSHOT_REUSE: every quote would otherwise
+        read and decode the whole snapshot. Freshness is still judged on every call.
+        """
+        now = self._clock.now()
+        memo = self._memo
+        if memo is None or now - memo[0] >= SNAPSHOT_REUSE:
+            memo = self._remember(ensure_fresh(await self._stored_snapshot(), now, self._max_age))
+        return ensure_fresh(memo[1], now, self._max_age)
+
+    def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
+        self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
+        return self._memo
 
     async def _stored_snapshot(self) -> RateSnapshot | None:
         try:
@@ -224,13 +240,13 @@ class RateService:
             raise RatesUnavailable("The rates store is unreachable") from exc
         return None if raw is None else _decode_snapshot(raw)
 
-    async def _stored_quote(self, quote_id: str) -> Quote | None:
-        canonical = _canonical_id(quote_id)
-        if canonical is None:
-            return None
-        with _cache_unavailable_is_503():
-            raw = await self._cache.get(quote_key(canonical))
-        return None if raw is None else _decode_quote(raw)
+    async def _put_back(self, quote: Quote) -> None:
+        keep_for = (quote.expires_at + QUOTE_RETENTION - self._clock.now()).total_seconds()
+        if keep_for > 0:
+            with _cache_unavailable_is_503():
+                await self._cache.set(
+                    quote_key(quote.id), _encode_quote(quote), ttl_seconds=keep_for
+                )
 
     async def _announce(self, previous: RateSnapshot | None, snapshot: RateSnapshot) -> None:
         shown = snapshot.with_pegs(self._pegs)

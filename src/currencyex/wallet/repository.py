@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
-from currencyex.platform.db import UtcDateTime, insert_or_ignore, metadata
+from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
@@ -89,18 +89,87 @@ def _account(row: Any) -> Account:
     return Account(row.id, AccountKind(row.kind), row.currency, row.user_id)
 
 
+# The hot path's statements, built once: building `.values(...)` per call costs more CPU than
+# the round trip. SQLAlchemy compiles each of them once per dialect and caches the result.
+_ACCOUNTS_BY_KEY = sa.select(
+    accounts.c.key, accounts.c.id, accounts.c.kind, accounts.c.currency, accounts.c.user_id
+).where(accounts.c.key.in_(sa.bindparam("keys", expanding=True)))
+_INSERT_JOURNAL = journals.insert()
+_INSERT_ENTRY = entries.insert()
+_MOVE_WALLET = (
+    accounts.update()
+    .where(
+        accounts.c.id == sa.bindparam("account_id"),
+        accounts.c.balance + sa.bindparam("amount") >= accounts.c.locked_balance,
+    )
+    .values(balance=accounts.c.balance + sa.bindparam("amount"))
+)
+
+
+_LEDGER_POST = sa.text(
+    "SELECT ledger_post(:id, :kind, :user_id, :quote_id, :reference, :details, :created_at,"
+    " :entry_accounts, :entry_currencies, :entry_amounts, :wallets, :wallet_moves)"
+)
+
+
+class AccountDirectory:
+    """Account ids by natural key, remembered across units of work.
+
+    An account is never deleted and its key, kind, currency and owner never change, so what was
+    read once stays true (a posting still locks and checks the wallet rows it moves). Bounded:
+    past `limit` entries it starts afresh.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._known: dict[str, Account] = {}
+
+    def get(self, key: str) -> Account | None:
+        return self._known.get(key)
+
+    def remember(self, key: str, account: Account) -> None:
+        if len(self._known) >= self._limit:
+            self._known.clear()
+        self._known[key] = account
+
+
 class SqlLedgerRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, directory: AccountDirectory | None = None) -> None:
         self._conn = conn
+        self._directory = directory or AccountDirectory()
+        self._learned: dict[str, Account] = {}
+
+    def committed(self) -> None:
+        """The unit of work committed: what it read or opened is now known for good."""
+        for key, account in self._learned.items():
+            self._directory.remember(key, account)
+        self._learned.clear()
 
     async def account(
         self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
     ) -> Account:
-        key = account_key(kind, currency, user_id)
-        query = sa.select(accounts.c.id, accounts.c.kind, accounts.c.currency, accounts.c.user_id)
-        row = (await self._conn.execute(query.where(accounts.c.key == key))).first()
-        if row is not None:
-            return _account(row)
+        spec: AccountSpec = (kind, currency) if user_id is None else (kind, currency, user_id)
+        return (await self.accounts(spec))[0]
+
+    async def accounts(self, *specs: AccountSpec) -> list[Account]:
+        """Several accounts, read in one query at most; the missing ones are opened, in key
+        order."""
+        keys = [account_key(*spec) for spec in specs]
+        found = {key: known for key in keys if (known := self._directory.get(key)) is not None}
+        if len(found) < len(keys):
+            missing = [key for key in keys if key not in found]
+            for row in await self._conn.execute(_ACCOUNTS_BY_KEY, {"keys": missing}):
+                found[row.key] = _account(row)
+            for key, spec in sorted(zip(keys, specs, strict=True), key=lambda pair: pair[0]):
+                if key not in found:
+                    found[key] = await self._open(key, *spec)
+            # Remembered once this unit of work commits: an account opened here may roll back.
+            self._learned.update((key, found[key]) for key in missing)
+        return [found[key] for key in keys]
+
+    async def _open(
+        self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
+    ) -> Account:
         insert = insert_or_ignore(self._conn, accounts)
         await self._conn.execute(
             insert.values(
@@ -114,36 +183,47 @@ class SqlLedgerRepository:
                 created_at=datetime.now(UTC),
             ).on_conflict_do_nothing(index_elements=["key"])
         )
-        return _account((await self._conn.execute(query.where(accounts.c.key == key))).one())
-
-    async def accounts(self, *specs: AccountSpec) -> list[Account]:
-        """Several accounts in one query; the missing ones are opened, in key order."""
-        keys = [account_key(*spec) for spec in specs]
-        columns = (accounts.c.key, accounts.c.id, accounts.c.kind, accounts.c.currency)
-        query = sa.select(*columns, accounts.c.user_id)
-        found = {
-            row.key: _account(row)
-            for row in (await self._conn.execute(query.where(accounts.c.key.in_(keys)))).all()
-        }
-        for key, spec in sorted(zip(keys, specs, strict=True), key=lambda pair: pair[0]):
-            if key not in found:
-                found[key] = await self.account(*spec)
-        return [found[key] for key in keys]
+        row = (await self._conn.execute(_ACCOUNTS_BY_KEY, {"keys": [key]})).one()
+        return _account(row)
 
     async def post(self, journal: Journal) -> None:
-        await self._conn.execute(
-            journals.insert().values(
-                id=journal.id,
-                kind=journal.kind.value,
-                user_id=journal.user_id,
-                quote_id=journal.quote_id,
-                reference=journal.reference,
-                details=json.dumps(journal.details) if journal.details else None,
-                created_at=journal.created_at,
+        """Write the journal and its entries and move the wallet caches; 1001 (with nothing
+        kept once the unit of work rolls back) when a wallet would drop below its locked
+        balance."""
+        moves: dict[uuid.UUID, int] = {}
+        for posting in journal.postings:
+            if posting.account.kind is AccountKind.WALLET:
+                moves[posting.account.id] = moves.get(posting.account.id, 0) + posting.amount.minor
+        # A fixed lock order (account id) keeps two journals over the same wallets deadlock-free.
+        wallets = sorted(moves)
+        row = {
+            "id": journal.id,
+            "kind": journal.kind.value,
+            "user_id": journal.user_id,
+            "quote_id": journal.quote_id,
+            "reference": journal.reference,
+            "details": json.dumps(journal.details) if journal.details else None,
+            "created_at": journal.created_at,
+        }
+        if self._conn.dialect.name == "postgresql":
+            # One round trip (migration 0003) instead of one per statement below.
+            posted = await self._conn.scalar(
+                _LEDGER_POST,
+                {
+                    **row,
+                    "entry_accounts": [p.account.id for p in journal.postings],
+                    "entry_currencies": [p.amount.currency for p in journal.postings],
+                    "entry_amounts": [p.amount.minor for p in journal.postings],
+                    "wallets": wallets,
+                    "wallet_moves": [moves[w] for w in wallets],
+                },
             )
-        )
+            if not posted:
+                raise InsufficientFunds()
+            return
+        await self._conn.execute(_INSERT_JOURNAL, row)
         await self._conn.execute(
-            entries.insert(),
+            _INSERT_ENTRY,
             [
                 {
                     "journal_id": journal.id,
@@ -155,22 +235,9 @@ class SqlLedgerRepository:
                 for posting in journal.postings
             ],
         )
-        wallet_moves: dict[uuid.UUID, int] = {}
-        for posting in journal.postings:
-            if posting.account.kind is AccountKind.WALLET:
-                wallet_moves[posting.account.id] = (
-                    wallet_moves.get(posting.account.id, 0) + posting.amount.minor
-                )
-        # A fixed lock order (account id) keeps two journals over the same wallets deadlock-free.
-        for account_id in sorted(wallet_moves):
-            amount = wallet_moves[account_id]
+        for account_id in wallets:
             moved = await self._conn.execute(
-                accounts.update()
-                .where(
-                    accounts.c.id == account_id,
-                    accounts.c.balance + amount >= accounts.c.locked_balance,
-                )
-                .values(balance=accounts.c.balance + amount)
+                _MOVE_WALLET, {"account_id": account_id, "amount": moves[account_id]}
             )
             if moved.rowcount != 1:
                 raise InsufficientFunds()
@@ -364,5 +431,13 @@ class SqlLedgerRepository:
 class SqlWalletUnitOfWork(SqlUnitOfWork):
     ledger: SqlLedgerRepository
 
+    def __init__(self, db: Database, directory: AccountDirectory | None = None) -> None:
+        super().__init__(db)
+        self._directory = directory
+
     def bind(self, conn: AsyncConnection) -> None:
-        self.ledger = SqlLedgerRepository(conn)
+        self.ledger = SqlLedgerRepository(conn, self._directory)
+
+    async def commit(self) -> None:
+        await super().commit()
+        self.ledger.committed()

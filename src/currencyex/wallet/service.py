@@ -165,8 +165,14 @@ class WalletService:
                 credited=amount,
             )
             body = movement.to_json()
-            await uow.idempotency.save(scope, str(teller.user_id), request.key, 201, body)
-            await uow.outbox.add(Event(WALLET_DEPOSITED, body))
+            await uow.idempotency.save(
+                scope,
+                str(teller.user_id),
+                request.key,
+                201,
+                body,
+                announce=Event(WALLET_DEPOSITED, body),
+            )
             await uow.commit()
         return movement
 
@@ -229,12 +235,13 @@ class WalletService:
                     fee=quote.fee,
                 )
                 body = movement.to_json()
-                await uow.idempotency.save(scope, owner, request.key, 201, body)
-                await uow.outbox.add(Event(WALLET_EXCHANGED, body))
+                await uow.idempotency.save(
+                    scope, owner, request.key, 201, body, announce=Event(WALLET_EXCHANGED, body)
+                )
                 await uow.commit()
             except BaseException:
                 # Nothing moved: the quote stays usable for a retry (after a top-up, say).
-                await self._rates.release_quote(quote.id)
+                await self._rates.release_quote(quote)
                 raise
         return movement
 
