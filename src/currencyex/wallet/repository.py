@@ -206,7 +206,7 @@ class SqlLedgerRepository:
             "created_at": journal.created_at,
         }
         if self._conn.dialect.name == "postgresql":
-            # One round trip (migration 0003) instead of one per statement below.
+            # One round trip (migration 0004) instead of one per statement below.
             posted = await self._conn.scalar(
                 _LEDGER_POST,
                 {

@@ -6,16 +6,16 @@ lock in the same order). It returns false, having moved nothing the caller keeps
 would go below its locked balance: the caller rolls the transaction back. SQLite runs the same
 steps as separate statements (wallet/repository.py).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
