@@ -86,6 +86,8 @@ USER_TABLES = (
     "outbox",
     "processed_events",
     "idempotency_keys",
+    "remit_status_history",
+    "remit_transactions",
     "wallet_entries",
     "wallet_holds",
     "wallet_journals",

@@ -20,12 +20,9 @@ from typing import Any, Protocol
 import structlog
 
 from currencyex.kernel.errors import DependencyUnavailable, RateLimited
-from currencyex.kernel.events import KYC_DECIDED, Event
+from currencyex.kernel.events import KYC_DECIDED, TXN_STATUS_CHANGED, Event
 
 log = structlog.get_logger(__name__)
-
-# Not yet named in kernel/events.py; the remittance service will publish it.
-TXN_STATUS_CHANGED = "full.txn.status_changed"
 
 TRANSACTION_UPDATE = "transaction_update"
 KYC_UPDATE = "kyc_update"

@@ -28,6 +28,7 @@ import httpx
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.money import Money
 from currencyex.platform.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
+from currencyex.remit.domain import Beneficiary
 
 T = TypeVar("T")
 
@@ -39,14 +40,6 @@ PAYOUT_BREAKER_SETTINGS = BreakerSettings(name="payout-partner")
 class PayoutOutcome(enum.StrEnum):
     PAID = "PAID"
     REJECTED = "REJECTED"
-
-
-@dataclass(frozen=True, slots=True)
-class Beneficiary:
-    name: str
-    account_number: str
-    bank_code: str
-    country: str  # ISO 3166-1 alpha-2
 
 
 @dataclass(frozen=True, slots=True)

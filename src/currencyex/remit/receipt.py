@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from currencyex.kernel.money import Money
-from currencyex.remit.partner import Beneficiary
+from currencyex.remit.domain import Beneficiary
 
 
 @dataclass(frozen=True, slots=True)
