@@ -184,8 +184,9 @@ class Api:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[Api]:
-    container = build(settings)
+async def running_app(settings: Settings, **build_options: Any) -> AsyncIterator[Api]:
+    """The app on `settings`, started; `build_options` go to bootstrap.build (a partner, say)."""
+    container = build(settings, **build_options)
     app = create_app(container)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
