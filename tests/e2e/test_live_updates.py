@@ -18,10 +18,11 @@ import pytest
 import uvicorn
 import websockets
 
-from conftest import Api
 from currencyex.app import create_app
 from currencyex.bootstrap import build
 from currencyex.config import Settings
+
+from conftest import Api
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
 
 
