@@ -56,9 +56,11 @@ async def served(settings: Settings) -> AsyncIterator[tuple[Api, str]]:
 
 
 async def next_update(ws: Any) -> dict[str, Any]:
+    """The next transaction_update (pings, and the kyc_update of the approval that may still be
+    on its way through the outbox, are skipped)."""
     while True:
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if message["event"] != "ping":
+        if message["event"] == "transaction_update":
             return dict(message)
 
 
@@ -85,7 +87,6 @@ async def test_sender_sees_processing_then_completed_live(
             updates = [await next_update(ws)]
             while updates[-1]["data"]["status"] != "COMPLETED":
                 updates.append(await next_update(ws))
-        assert {u["event"] for u in updates} == {"transaction_update"}
         # Every status change is pushed, in order: CREATED, then PROCESSING, then COMPLETED.
         assert [u["data"]["status"] for u in updates] == ["CREATED", "PROCESSING", "COMPLETED"]
         assert {u["data"]["txn_id"] for u in updates} == {txn_id}
