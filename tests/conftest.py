@@ -101,6 +101,8 @@ USER_TABLES = (
     "outbox",
     "processed_events",
     "idempotency_keys",
+    "remit_status_history",
+    "remit_transactions",
     "wallet_entries",
     "wallet_holds",
     "wallet_journals",
@@ -332,8 +334,9 @@ class Api:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[Api]:
-    container = build(settings)
+async def running_app(settings: Settings, **build_options: Any) -> AsyncIterator[Api]:
+    """The app on `settings`, started; `build_options` go to bootstrap.build (a partner, say)."""
+    container = build(settings, **build_options)
     app = create_app(container)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (

@@ -6,17 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.routing import WebSocketRoute
 
 from currencyex import __version__
 from currencyex.auth import api as auth_api
 from currencyex.bootstrap import Container
 from currencyex.documents import api as documents_api
-from currencyex.gateway import ops
+from currencyex.gateway import ops, ws
 from currencyex.gateway.errors import ERROR_RESPONSES, install_error_handlers
 from currencyex.gateway.guard import guard
 from currencyex.gateway.middleware import RequestContextMiddleware
 from currencyex.kernel.errors import CATALOG
 from currencyex.rates import api as rates_api
+from currencyex.remit import api as remit_api
 from currencyex.wallet import api as wallet_api
 
 DESCRIPTION = "CurrencyEx HTTP API v1.\n\nError codes:\n\n" + "\n".join(
@@ -61,4 +63,8 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     app.include_router(wallet_api.router)
     app.include_router(documents_api.router)
     app.include_router(documents_api.admin)
+    app.include_router(remit_api.router)
+    # A plain Starlette route: the HTTP guard (a FastAPI dependency on every APIRoute) reads
+    # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
+    app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
     return app

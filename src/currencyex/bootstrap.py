@@ -22,6 +22,7 @@ from currencyex.documents.repository import SqlDocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
 from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
+from currencyex.gateway.ws_hub import Hub, HubSettings
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import Cache, EmailSender, EventBus, ObjectStorage, RateLimitStore
 from currencyex.platform.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
@@ -40,10 +41,20 @@ from currencyex.rates.client import InProcessRatesClient, RatesClient
 from currencyex.rates.domain import CorridorOverride, Peg, PricingPolicy, PricingTerms, RateProvider
 from currencyex.rates.providers import EcbBundledProvider, EcbHttpProvider, bundled_ecb_rates
 from currencyex.rates.service import RateService
+from currencyex.remit.partner import (
+    PAYOUT_BREAKER_SETTINGS,
+    GuardedPartner,
+    HttpPartner,
+    PayoutPartner,
+    SimulatedPartner,
+)
+from currencyex.remit.repository import SqlRemitUnitOfWork
+from currencyex.remit.service import PayoutPolicy, RemitService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
 from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork
 from currencyex.wallet.service import WalletService
-from currencyex.workers import compliance, wallets, welcome
+from currencyex.workers import compliance, live_updates, payouts, wallets, welcome
+from currencyex.workers.payouts import PayoutWorker
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +86,11 @@ class Container:
     local_files: LocalFolderStorage | None
     documents: DocumentService
     documents_client: DocumentsClient
+    remit: RemitService
+    payout_partner: PayoutPartner
+    payout_worker: PayoutWorker
+    # The live WebSocket connections of this process.
+    hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> SqlUnitOfWork:
@@ -130,6 +146,8 @@ class Container:
                     delay = min(delay * 2, 10.0)
         if workers:
             await subscribe_consumers(self)
+            self.payout_worker.start()
+        await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
     async def stop(self) -> None:
@@ -140,8 +158,11 @@ class Container:
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("rates", self.rates.stop),
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
+            ("payouts", lambda: self.payout_worker.stop(grace=3.0)),
+            ("websockets", self.hub.close),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
+            ("payout_partner", self._close_partner),
             ("cache", self.cache.close),
             ("rate_store", self.rate_store.close),
             ("storage", self.storage.close),
@@ -154,14 +175,22 @@ class Container:
                 log.warning("shutdown.step_failed", step=name, error=repr(exc))
         self._background.clear()
 
+    async def _close_partner(self) -> None:
+        if isinstance(self.payout_partner, HttpPartner):
+            await self.payout_partner.aclose()
+
 
 async def subscribe_consumers(container: Container) -> None:
     await welcome.subscribe(container.bus, container.uow, container.email)
     await wallets.subscribe(container.bus, container.wallet_client)
     await compliance.subscribe(container.bus, container.documents_client)
+    await payouts.subscribe(container.bus, container.payout_worker)
 
 
-def build(settings: Settings, *, clock: Clock | None = None) -> Container:
+def build(
+    settings: Settings, *, clock: Clock | None = None, partner: PayoutPartner | None = None
+) -> Container:
+    """The container for `settings`; `partner` replaces the payout partner they name (tests)."""
     clock = clock or SystemClock()
     db = Database(settings.database_url)
     cache: Cache
@@ -227,6 +256,26 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         clock=clock,
         link_seconds=settings.docs_link_seconds,
     )
+    wallet_client = InProcessWalletClient(wallet)
+    payout_partner = partner or _build_partner(settings)
+    remit = RemitService(
+        lambda: SqlRemitUnitOfWork(db, resume_after_seconds=settings.remit_resume_after_seconds),
+        rates=rates_client,
+        wallets=wallet_client,
+        partner=GuardedPartner(
+            payout_partner,
+            CircuitBreaker(PAYOUT_BREAKER_SETTINGS, clock=clock, on_state_change=breaker_metrics),
+        ),
+        clock=clock,
+        policy=PayoutPolicy(
+            deadline_seconds=settings.payout_deadline_seconds,
+            retry_base_seconds=settings.payout_retry_base_seconds,
+            retry_max_seconds=settings.payout_retry_max_seconds,
+            lease_seconds=settings.payout_lease_seconds,
+            batch=settings.payout_batch,
+        ),
+    )
+    breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
     limiter = RateLimiter(
         rate_store,
         metrics=metrics,
@@ -256,11 +305,36 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         rates=rates,
         rates_client=rates_client,
         wallet=wallet,
-        wallet_client=InProcessWalletClient(wallet),
         storage=storage,
         local_files=local_files,
         documents=documents,
         documents_client=InProcessDocumentsClient(documents),
+        wallet_client=wallet_client,
+        remit=remit,
+        payout_partner=payout_partner,
+        payout_worker=PayoutWorker(
+            remit, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
+        ),
+        hub=Hub(
+            HubSettings(
+                max_connections_per_user=settings.ws_max_connections_per_user,
+                max_queued_messages=settings.ws_max_queued_messages,
+                ping_interval=settings.ws_ping_interval_seconds,
+                pong_timeout=settings.ws_pong_timeout_seconds,
+            )
+        ),
+    )
+
+
+def _build_partner(settings: Settings) -> PayoutPartner:
+    if settings.payout_partner == "http":
+        return HttpPartner(
+            settings.payout_partner_url, timeout_seconds=settings.payout_partner_timeout_seconds
+        )
+    return SimulatedPartner(
+        latency_seconds=settings.payout_simulated_latency_seconds,
+        failure_rate=settings.payout_simulated_failure_rate,
+        reject_rate=settings.payout_simulated_reject_rate,
     )
 
 

@@ -181,6 +181,33 @@ class Settings(BaseSettings):
             raise ValueError("storage_signing_key must be at least 32 characters")
         return self
 
+    # Remittances: the payout partner ("core banking" in the seed) and the payout workers.
+    # "simulated" pays in memory (the embedded default); "http" calls payout_partner_url.
+    payout_partner: Literal["simulated", "http"] = "simulated"
+    payout_partner_url: str = "http://127.0.0.1:9090"
+    payout_partner_timeout_seconds: float = Field(default=10.0, gt=0)
+    payout_simulated_latency_seconds: float = Field(default=0.2, ge=0)
+    payout_simulated_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    payout_simulated_reject_rate: float = Field(default=0.0, ge=0, le=1)
+    # A payout without a definitive answer by this long after the send fails and is released.
+    payout_deadline_seconds: float = Field(default=3600.0, gt=0)
+    # Retries after "partner unavailable": base * 2^(attempt - 1), capped at the maximum.
+    payout_retry_base_seconds: float = Field(default=1.0, gt=0)
+    payout_retry_max_seconds: float = Field(default=60.0, gt=0)
+    payout_poll_seconds: float = Field(default=0.5, gt=0)
+    # How long a worker owns a transaction it took up; a worker that dies loses it after this.
+    # Keep it above payout_partner_timeout_seconds.
+    payout_lease_seconds: float = Field(default=60.0, gt=0)
+    payout_batch: int = Field(default=20, ge=1)
+    # A send found still CREATED this long after it began (its request died midway) is resumed.
+    remit_resume_after_seconds: float = Field(default=30.0, gt=0)
+
+    # WebSocket gateway (per process)
+    ws_max_connections_per_user: int = Field(default=5, ge=1)
+    ws_max_queued_messages: int = Field(default=100, ge=1)
+    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_pong_timeout_seconds: float = Field(default=20.0, gt=0)
+
     @field_validator("pricing_corridors")
     @classmethod
     def _corridor_keys(

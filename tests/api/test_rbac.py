@@ -41,6 +41,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/rates/currencies"): EVERYONE,
     ("GET", "/v1/rates/live"): SIGNED_IN,
     ("POST", "/v1/remit/quote"): SIGNED_IN,
+    # Remittances
+    ("POST", "/v1/remit/send"): frozenset({CUSTOMER}),
+    ("GET", "/v1/remit/transactions"): SIGNED_IN,
+    ("GET", "/v1/remit/transactions/{reference_id}"): SIGNED_IN,
     # Wallets
     ("GET", "/v1/wallet/balance"): SIGNED_IN,
     ("GET", "/v1/wallet/statement"): SIGNED_IN,
@@ -184,6 +188,16 @@ def request_body(method: str, path: str) -> dict[str, Any] | None:
         return {"user_id": SOME_ID, "amount": "1", "currency": "USD", "reference": "rbac"}
     if path == "/v1/docs/upload":
         return {"doc_type": "selfie"}  # not multipart: refused past the guard (1000)
+    if path == "/v1/remit/send":
+        return {
+            "quote_id": "q-unknown",
+            "beneficiary": {
+                "name": "Ada Lovelace",
+                "account_number": "GB29NWBK60161331926819",
+                "bank_code": "NWBKGB2L",
+                "country": "GB",
+            },
+        }
     if path == "/v1/remit/quote":
         return {"source_currency": "USD", "target_currency": "EUR", "source_amount": "100"}
     assert method == "GET", f"no body for {method} {path}"
@@ -194,7 +208,9 @@ async def call(api: Any, method: str, path: str, token: str | None) -> Any:
     headers = api.bearer(token) if token else {}
     return await api.http.request(
         method,
-        path.replace("{user_id}", SOME_ID).replace("{document_id}", SOME_ID),
+        path.replace("{user_id}", SOME_ID)
+        .replace("{document_id}", SOME_ID)
+        .replace("{reference_id}", "TXN-NOTHING"),
         json=request_body(method, path),
         headers=headers,
     )
@@ -227,6 +243,8 @@ FORBIDDEN = [
     (COMPLIANCE, "POST", "/v1/admin/staff"),
     (CUSTOMER, "GET", "/v1/admin/kyc/queue"),
     (TELLER, "GET", "/v1/admin/kyc/queue"),
+    (TELLER, "POST", "/v1/remit/send"),
+    (ADMIN, "POST", "/v1/remit/send"),
 ]
 
 

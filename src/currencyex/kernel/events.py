@@ -50,3 +50,4 @@ class Event:
 USER_REGISTERED = "full.user.registered"
 KYC_UPLOADED = "full.kyc.uploaded"
 KYC_DECIDED = "full.kyc.decided"
+TXN_STATUS_CHANGED = "full.txn.status_changed"

@@ -81,8 +81,14 @@ class EventBus(Protocol):
 
     async def publish(self, event: Event) -> None: ...
 
-    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
-        """Start delivering events matching `subject` (NATS wildcards allowed) to `handler`."""
+    async def subscribe(
+        self, subject: str, durable: str, handler: EventHandler, *, transient: bool = False
+    ) -> None:
+        """Start delivering events matching `subject` (NATS wildcards allowed) to `handler`.
+
+        `transient`: the consumer belongs to this process alone (say, its WebSocket clients);
+        the bus may forget it, and what it missed, once the process has been gone a while.
+        """
         ...
 
     async def ping(self) -> None: ...

@@ -91,7 +91,14 @@ class InProcessBus:
                 self._idle.clear()
                 consumer.queue.put_nowait((payload, 1))
 
-    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
+    async def subscribe(
+        self,
+        subject: str,
+        durable: str,
+        handler: EventHandler,
+        *,
+        transient: bool = False,  # noqa: ARG002 (every consumer here lives with the process)
+    ) -> None:
         self._check_open()
         if durable in self._consumers:
             # One durable is one consumer: a second subscribe must not deliver everything twice.
@@ -179,6 +186,8 @@ _FETCH_WAIT_SECONDS = 2.0
 # Pause after a failed fetch (NATS down, consumer missing), doubling up to the maximum.
 _FETCH_BACKOFF_SECONDS = 0.5
 _FETCH_BACKOFF_MAX_SECONDS = 5.0
+# How long NATS keeps a transient consumer whose process is gone.
+_TRANSIENT_INACTIVE_SECONDS = 300.0
 # JetStream's "stream name already in use" (same name, different configuration).
 _STREAM_NAME_IN_USE = 10058
 
@@ -267,7 +276,9 @@ class NatsJetStreamBus:
         if ack.duplicate:
             log.debug("bus.duplicate_dropped", event_id=event.id, subject=event.subject)
 
-    async def subscribe(self, subject: str, durable: str, handler: EventHandler) -> None:
+    async def subscribe(
+        self, subject: str, durable: str, handler: EventHandler, *, transient: bool = False
+    ) -> None:
         js = self._jetstream()
         if durable in self._consumers:
             # Pull consumers share a durable's messages, so this would not deliver twice, but a
@@ -282,6 +293,8 @@ class NatsJetStreamBus:
             ack_wait=self._ack_wait,
             max_deliver=self._max_deliver,
             filter_subject=subject,
+            # A transient durable is deleted by the server once unused for this long.
+            inactive_threshold=_TRANSIENT_INACTIVE_SECONDS if transient else None,
         )
         subscription = await js.pull_subscribe(
             subject, durable=durable, stream=self._stream, config=config

@@ -15,9 +15,21 @@ __all__ = ["Hold", "HoldStatus", "InProcessWalletClient", "WalletClient"]
 class WalletClient(Protocol):
     async def open_default_wallet(self, user_id: uuid.UUID, role: str) -> None: ...
 
-    async def hold(self, user_id: uuid.UUID, amount: Money, reference: str) -> Hold: ...
+    async def hold(
+        self,
+        user_id: uuid.UUID,
+        amount: Money,
+        reference: str,
+        *,
+        hold_id: uuid.UUID | None = None,
+    ) -> Hold:
+        """Lock `amount` of the user's available balance; 1001 when short. Idempotent by
+        `hold_id`: a hold already placed with that id is returned as it is."""
+        ...
 
-    async def capture(self, hold_id: uuid.UUID) -> Hold: ...
+    async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
+        """Settle the hold as paid out, `fee` of it going to fee revenue. Idempotent."""
+        ...
 
     async def release(self, hold_id: uuid.UUID) -> Hold: ...
 
@@ -29,11 +41,18 @@ class InProcessWalletClient:
     async def open_default_wallet(self, user_id: uuid.UUID, role: str) -> None:
         await self._service.open_default_wallet(user_id, role)
 
-    async def hold(self, user_id: uuid.UUID, amount: Money, reference: str) -> Hold:
-        return await self._service.hold(user_id, amount, reference)
+    async def hold(
+        self,
+        user_id: uuid.UUID,
+        amount: Money,
+        reference: str,
+        *,
+        hold_id: uuid.UUID | None = None,
+    ) -> Hold:
+        return await self._service.hold(user_id, amount, reference, hold_id=hold_id)
 
-    async def capture(self, hold_id: uuid.UUID) -> Hold:
-        return await self._service.capture(hold_id)
+    async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
+        return await self._service.capture(hold_id, fee=fee)
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         return await self._service.release(hold_id)

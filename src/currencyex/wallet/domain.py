@@ -159,8 +159,9 @@ class LedgerRepository(Protocol):
         """Write the journal and move the wallets' cached balances; 1001 if one would go short."""
         ...
 
-    async def hold(self, hold: Hold) -> None:
-        """Lock `hold.amount` of the wallet's available balance; 1001 when short."""
+    async def hold(self, hold: Hold) -> bool:
+        """Lock `hold.amount` of the wallet's available balance; 1001 when short. False, doing
+        nothing, when a hold with this id exists already."""
         ...
 
     async def settle_hold(

@@ -242,7 +242,24 @@ class SqlLedgerRepository:
             if moved.rowcount != 1:
                 raise InsufficientFunds()
 
-    async def hold(self, hold: Hold) -> None:
+    async def hold(self, hold: Hold) -> bool:
+        # The hold row first: a concurrent hold with the same id waits on it (PostgreSQL) or
+        # is serialised (SQLite), then finds it and locks nothing.
+        placed = await self._conn.execute(
+            insert_or_ignore(self._conn, holds)
+            .values(
+                id=hold.id,
+                account_id=hold.account.id,
+                amount=hold.amount.minor,
+                status=HoldStatus.HELD.value,
+                reference=hold.reference,
+                created_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(holds.c.id)
+        )
+        if placed.first() is None:
+            return False
         locked = await self._conn.execute(
             accounts.update()
             .where(
@@ -253,16 +270,7 @@ class SqlLedgerRepository:
         )
         if locked.rowcount != 1:
             raise InsufficientFunds()
-        await self._conn.execute(
-            holds.insert().values(
-                id=hold.id,
-                account_id=hold.account.id,
-                amount=hold.amount.minor,
-                status=HoldStatus.HELD.value,
-                reference=hold.reference,
-                created_at=datetime.now(UTC),
-            )
-        )
+        return True
 
     async def settle_hold(
         self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None

@@ -245,29 +245,58 @@ class WalletService:
                 raise
         return movement
 
-    async def hold(self, user_id: uuid.UUID, amount: Money, reference: str) -> Hold:
-        """Lock part of a wallet's available balance (a send waiting for its payout)."""
+    async def hold(
+        self,
+        user_id: uuid.UUID,
+        amount: Money,
+        reference: str,
+        *,
+        hold_id: uuid.UUID | None = None,
+    ) -> Hold:
+        """Lock part of a wallet's available balance (a send waiting for its payout); 1001 when
+        short. With `hold_id`, idempotent: a hold with that id already placed is returned."""
         _positive(amount, "amount")
         async with self._uow() as uow:
+            if hold_id is not None:
+                placed = await uow.ledger.find_hold(hold_id)
+                if placed is not None:
+                    return placed
             wallet = await uow.ledger.account(AccountKind.WALLET, amount.currency, user_id)
-            hold = Hold(new_id(), wallet, amount, HoldStatus.HELD, reference)
-            await uow.ledger.hold(hold)
+            hold = Hold(hold_id or new_id(), wallet, amount, HoldStatus.HELD, reference)
+            if not await uow.ledger.hold(hold):
+                # Placed by a concurrent call with the same id, which has committed by now.
+                placed = await uow.ledger.find_hold(hold.id)
+                assert placed is not None
+                return placed
             await uow.commit()
         return hold
 
-    async def capture(self, hold_id: uuid.UUID) -> Hold:
-        """The payout went out: the held money leaves the wallet for payout suspense. Once."""
+    async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
+        """The payout went out: the held money leaves the wallet, `fee` of it to fee revenue and
+        the rest to payout suspense. Once: capturing a settled hold changes nothing."""
         async with self._uow() as uow:
             held = await uow.ledger.find_hold(hold_id)
             if held is None:
                 raise NotFound("No such hold")
             if held.status is not HoldStatus.HELD:
                 return held
-            suspense = await uow.ledger.account(AccountKind.PAYOUT_SUSPENSE, held.amount.currency)
+            currency = held.amount.currency
+            fee = fee or Money.zero(currency)
+            if fee.currency != currency or not 0 <= fee.minor < held.amount.minor:
+                raise ValueError(f"fee {fee} does not fit in hold {held.amount}")
+            suspense, revenue = await uow.ledger.accounts(
+                (AccountKind.PAYOUT_SUSPENSE, currency), (AccountKind.FEE_REVENUE, currency)
+            )
+            postings = [
+                Posting(held.account, -held.amount),
+                Posting(suspense, held.amount - fee),
+            ]
+            if fee.minor:
+                postings.append(Posting(revenue, fee))
             journal = Journal(
                 id=new_id(),
                 kind=JournalKind.CAPTURE,
-                postings=(Posting(held.account, -held.amount), Posting(suspense, held.amount)),
+                postings=tuple(postings),
                 created_at=self._clock.now(),
                 user_id=held.account.user_id,
                 reference=held.reference,

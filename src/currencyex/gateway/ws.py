@@ -1,0 +1,85 @@
+"""The WebSocket gateway at /v1/ws: live transaction, KYC and (on request) rate updates.
+
+The token comes in `?token=` or as `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot
+set headers on a WebSocket); the connection is then accepted with the `bearer` subprotocol.
+A missing or bad token, or a role the policy does not let in, is closed with 1008.
+Client messages: {"action": "subscribe" | "unsubscribe", "topic": "rates"} and {"event":
+"pong"} (any message counts as a sign of life against the server's pings).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, TooManyConnections
+from currencyex.kernel.errors import AppError
+
+if TYPE_CHECKING:
+    from currencyex.bootstrap import Container
+
+log = structlog.get_logger(__name__)
+
+PATH = "/v1/ws"
+BEARER = "bearer"
+TOPICS = frozenset({RATES_TOPIC})
+
+
+def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """The token and the subprotocol to accept with (None when it came in the query)."""
+    token = websocket.query_params.get("token")
+    if token:
+        return token, None
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    if len(offered) == 2 and offered[0].lower() == BEARER and offered[1]:
+        return offered[1], offered[0]
+    return None, None
+
+
+async def live_updates(websocket: WebSocket) -> None:
+    services: Container = websocket.app.state.container
+    token, subprotocol = _credentials(websocket)
+    principal = None
+    if token is not None:
+        try:
+            principal = await services.auth_client.authenticate(token)
+        except AppError:
+            principal = None
+    # Accepted before closing, so the client gets the close code rather than a failed handshake.
+    await websocket.accept(subprotocol=subprotocol)
+    if principal is None or not services.enforcer.enforce(principal.role.value, PATH, "GET"):
+        await websocket.close(CloseCode.POLICY_VIOLATION, "invalid or missing token")
+        return
+    try:
+        subscription = services.hub.register(principal.user_id, websocket)
+    except TooManyConnections as exc:
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, exc.message)
+        return
+    except AppError as exc:  # shutting down
+        await websocket.close(CloseCode.GOING_AWAY, exc.message)
+        return
+    try:
+        while True:
+            text = await websocket.receive_text()
+            subscription.heard_from_client()
+            message = _parse(text)
+            action, topic = message.get("action"), message.get("topic")
+            if topic in TOPICS and action == "subscribe":
+                subscription.subscribe(str(topic))
+            elif topic in TOPICS and action == "unsubscribe":
+                subscription.unsubscribe(str(topic))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await services.hub.unregister(subscription)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}

@@ -1,0 +1,1 @@
+"""The remittance service: sending money abroad, paying it out through a partner, receipts."""

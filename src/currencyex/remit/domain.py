@@ -1,0 +1,221 @@
+"""Remittances: a transaction's states and the moves between them, its public reference, its ports.
+
+Pure: the standard library and the kernel only.
+
+    CREATED -> PROCESSING -> COMPLETED
+        \\            \\-----> FAILED
+         \\-----------------> FAILED   (the hold could not be placed: 1001)
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
+from currencyex.kernel.money import Money
+from currencyex.kernel.ports import UnitOfWork
+
+
+class TxnStatus(enum.StrEnum):
+    CREATED = "CREATED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def final(self) -> bool:
+        return self in (TxnStatus.COMPLETED, TxnStatus.FAILED)
+
+    def can_become(self, new: TxnStatus) -> bool:
+        return new in _ALLOWED[self]
+
+
+_ALLOWED: dict[TxnStatus, frozenset[TxnStatus]] = {
+    TxnStatus.CREATED: frozenset({TxnStatus.PROCESSING, TxnStatus.FAILED}),
+    TxnStatus.PROCESSING: frozenset({TxnStatus.COMPLETED, TxnStatus.FAILED}),
+    TxnStatus.COMPLETED: frozenset(),
+    TxnStatus.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+# Digits and upper-case letters without the look-alikes a customer misreads on the phone.
+_REFERENCE_ALPHABET = "".join(c for c in string.digits + string.ascii_uppercase if c not in "O0I1")
+REFERENCE_LENGTH = 10
+
+
+def new_reference_id() -> str:
+    """A public reference like TXN-7KQ2M9XHC4: random, so one customer's reference says nothing
+    about anyone else's (about 2.6e14 of them; the unique index catches a collision)."""
+    return "TXN-" + "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
+
+
+@dataclass(frozen=True, slots=True)
+class Beneficiary:
+    name: str
+    account_number: str
+    bank_code: str
+    country: str  # ISO 3166-1 alpha-2
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "account_number": self.account_number,
+            "bank_code": self.bank_code,
+            "country": self.country,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Beneficiary:
+        return cls(doc["name"], doc["account_number"], doc["bank_code"], doc["country"])
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    id: uuid.UUID
+    reference_id: str
+    user_id: uuid.UUID
+    status: TxnStatus
+    quote_id: str
+    source_amount: Money
+    target_amount: Money
+    fee: Money
+    total_debit: Money
+    rate: Decimal
+    beneficiary: Beneficiary
+    purpose: str | None
+    idempotency_key: str
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None = None
+    attempts: int = 0  # how many times a payout worker has taken the transaction up
+    failure_code: int | None = None
+    failure_reason: str | None = None
+    partner_reference: str | None = None
+
+    @property
+    def hold_id(self) -> uuid.UUID:
+        """The wallet hold of a send carries the transaction's id: placing it is idempotent."""
+        return self.id
+
+    def status_changed(self, status: TxnStatus, at: datetime) -> Event:
+        """The event announcing that this transaction is now in `status`."""
+        return Event(
+            TXN_STATUS_CHANGED,
+            {
+                "txn_id": str(self.id),
+                "reference_id": self.reference_id,
+                "user_id": str(self.user_id),
+                "status": status.value,
+                "timestamp": rfc3339(at),
+            },
+            occurred_at=at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The transaction as clients see it (the 201 of a send, and the transaction routes)."""
+
+        def money(value: Money) -> dict[str, str]:
+            return {"amount": value.format(), "currency": value.currency}
+
+        return {
+            "txn_id": str(self.id),
+            "reference_id": self.reference_id,
+            "status": self.status.value,
+            "quote_id": self.quote_id,
+            "source_amount": self.source_amount.format(),
+            "source_currency": self.source_amount.currency,
+            "target_amount": self.target_amount.format(),
+            "target_currency": self.target_amount.currency,
+            "rate": format(self.rate, "f"),
+            "fee": money(self.fee),
+            "total_debit": money(self.total_debit),
+            "beneficiary": self.beneficiary.to_json(),
+            "purpose": self.purpose,
+            "failure_code": self.failure_code,
+            "failure_reason": self.failure_reason,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    status: TxnStatus
+    at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnQuery:
+    user_id: uuid.UUID
+    status: TxnStatus | None = None
+    before: uuid.UUID | None = None  # the cursor: newest first, ids are time-ordered
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a status change leads: the new status and what is recorded with it."""
+
+    status: TxnStatus
+    reason: str | None = None
+    failure_code: int | None = None
+    partner_reference: str | None = None
+
+
+class RemitRepository(Protocol):
+    async def add(self, txn: Transaction, request_hash: str) -> Transaction:
+        """Insert a CREATED transaction with its first history row; a reference that collides
+        is drawn again (the returned transaction carries the one stored)."""
+        ...
+
+    async def find(self, txn_id: uuid.UUID) -> Transaction | None: ...
+
+    async def find_by_reference(self, reference_id: str) -> Transaction | None: ...
+
+    async def history(self, txn_id: uuid.UUID) -> list[StatusChange]: ...
+
+    async def page(self, query: TxnQuery) -> list[Transaction]: ...
+
+    async def move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+    ) -> Transaction | None:
+        """`txn` from its stored status to `outcome.status`, with a history row; an unfinished
+        one is next due at `next_attempt_at`, leased until `lease_until` (None: not leased).
+        None (nothing changed) when the stored status is no longer `txn.status`."""
+        ...
+
+    async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
+        """Take up to `limit` unfinished transactions whose next attempt is due and whose lease
+        (if any) has run out: lease them until `until` and count the attempt."""
+        ...
+
+    async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
+        """Release the lease and make the next attempt due at `at`."""
+        ...
+
+
+class RemitUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def transactions(self) -> RemitRepository: ...
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

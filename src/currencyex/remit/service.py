@@ -1,0 +1,354 @@
+"""Remittance use cases: send money at a locked quote, pay it out through the partner, look it up.
+
+A send spans three services without a shared transaction, so it is a saga of idempotent steps,
+each resumable after a crash:
+
+1. claim the Idempotency-Key, take the quote, write the transaction CREATED (one commit);
+2. hold the total debit on the sender's wallet, the hold id being the transaction id;
+3. PROCESSING (or FAILED with 1001 when the wallet is short), with the response saved for
+   repeats of the key;
+4. a payout worker pays through the partner, then captures the hold (COMPLETED) or releases it
+   (FAILED). A send that died between steps is resumed by the workers.
+
+Every status change writes a history row and a `full.txn.status_changed` event in the same
+database transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from currencyex.auth.client import KycStatus, Principal, Role
+from currencyex.kernel.clock import Clock
+from currencyex.kernel.errors import InsufficientFunds, KycNotApproved, NotFound
+from currencyex.kernel.ids import new_id
+from currencyex.kernel.ports import IdempotentRequest
+from currencyex.rates.client import RatesClient
+from currencyex.remit.domain import (
+    Beneficiary,
+    Outcome,
+    RemitUnitOfWork,
+    StatusChange,
+    Transaction,
+    TxnQuery,
+    TxnStatus,
+    new_reference_id,
+)
+from currencyex.remit.partner import (
+    PartnerUnavailable,
+    PayoutOutcome,
+    PayoutPartner,
+    PayoutRequest,
+    PayoutResult,
+)
+from currencyex.wallet.client import WalletClient
+
+log = structlog.get_logger(__name__)
+
+SEND_SCOPE = "remit.send"
+# The saved status of a send whose outcome is not known yet; its body names the transaction.
+_IN_PROGRESS = 202
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutPolicy:
+    deadline_seconds: float = 3600.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    lease_seconds: float = 60.0
+    batch: int = 20
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after the `attempt`-th try found the partner unavailable."""
+        return float(
+            min(self.retry_base_seconds * 2 ** max(attempt - 1, 0), self.retry_max_seconds)
+        )
+
+
+class RemitService:
+    def __init__(
+        self,
+        uow: Callable[[], RemitUnitOfWork],
+        *,
+        rates: RatesClient,
+        wallets: WalletClient,
+        partner: PayoutPartner,
+        clock: Clock,
+        policy: PayoutPolicy,
+    ) -> None:
+        self._uow = uow
+        self._rates = rates
+        self._wallets = wallets
+        self._partner = partner
+        self._clock = clock
+        self._policy = policy
+
+    @property
+    def policy(self) -> PayoutPolicy:
+        return self._policy
+
+    # Sending
+
+    async def send(
+        self,
+        customer: Principal,
+        quote_id: str,
+        beneficiary: Beneficiary,
+        purpose: str | None,
+        request: IdempotentRequest,
+    ) -> dict[str, Any]:
+        """Accept a send at the customer's quote; the 201 body, the same for repeats of the key.
+
+        1005 without approved KYC, 1002/1003 for the quote, 1001 when the wallet is short (the
+        quote is then spent: the customer asks for a new one), 1007 for a key reused with
+        another request.
+        """
+        if customer.kyc_status is not KycStatus.APPROVED:
+            raise KycNotApproved()
+        owner = str(customer.user_id)
+        async with self._uow() as uow:
+            # Claimed first: a concurrent repeat of the key waits here for this one to commit.
+            saved = await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
+            if saved is None:
+                txn = await self._create(uow, customer, quote_id, beneficiary, purpose, request)
+            elif saved.status_code == _IN_PROGRESS:
+                found = await uow.transactions.find(uuid.UUID(saved.body["txn_id"]))
+                assert found is not None, "a claimed send always has its transaction"
+                txn = found
+            else:
+                return _replayed(saved.status_code, saved.body)
+        if txn.status is TxnStatus.CREATED:
+            await self._place_hold(txn, lease=False)
+        async with self._uow() as uow:
+            saved = await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
+        assert saved is not None, "the send's claim was committed above"
+        return _replayed(saved.status_code, saved.body)
+
+    async def _create(
+        self,
+        uow: RemitUnitOfWork,
+        customer: Principal,
+        quote_id: str,
+        beneficiary: Beneficiary,
+        purpose: str | None,
+        request: IdempotentRequest,
+    ) -> Transaction:
+        quote = await self._rates.take_quote(quote_id, customer.user_id)
+        now = self._clock.now()
+        try:
+            txn = await uow.transactions.add(
+                Transaction(
+                    id=new_id(),
+                    reference_id=new_reference_id(),
+                    user_id=customer.user_id,
+                    status=TxnStatus.CREATED,
+                    quote_id=quote.id,
+                    source_amount=quote.source_amount,
+                    target_amount=quote.target_amount,
+                    fee=quote.fee,
+                    total_debit=quote.total_debit,
+                    rate=quote.rate,
+                    beneficiary=beneficiary,
+                    purpose=purpose,
+                    idempotency_key=request.key,
+                    created_at=now,
+                    updated_at=now,
+                    deadline_at=now + timedelta(seconds=self._policy.deadline_seconds),
+                ),
+                request.fingerprint,
+            )
+            await uow.outbox.add(txn.status_changed(TxnStatus.CREATED, now))
+            await uow.idempotency.save(
+                SEND_SCOPE,
+                str(customer.user_id),
+                request.key,
+                _IN_PROGRESS,
+                {"txn_id": str(txn.id)},
+            )
+            await uow.commit()
+        except BaseException:
+            # Nothing was written: the quote stays usable for a retry.
+            await self._rates.release_quote(quote)
+            raise
+        return txn
+
+    async def _place_hold(self, txn: Transaction, *, lease: bool) -> Transaction | None:
+        """Hold the total debit (idempotent by the transaction id), then PROCESSING; FAILED with
+        1001 when the wallet is short. The move saves the response for repeats of the key.
+
+        The moved transaction, or None when someone else moved it first. With `lease`, the
+        caller (a payout worker) keeps its lease on the transaction to pay it right away.
+        """
+        try:
+            await self._wallets.hold(
+                txn.user_id, txn.total_debit, txn.reference_id, hold_id=txn.hold_id
+            )
+        except InsufficientFunds as short:
+            return await self._move(
+                txn,
+                Outcome(TxnStatus.FAILED, "insufficient funds", failure_code=short.code),
+                respond=(short.status, _error_body(short)),
+            )
+        return await self._move(
+            txn, Outcome(TxnStatus.PROCESSING), respond=(201, None), keep_lease=lease
+        )
+
+    async def _move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        *,
+        respond: tuple[int, dict[str, Any] | None] | None = None,
+        keep_lease: bool = False,
+    ) -> Transaction | None:
+        """Record a status change with its history row and event; with `respond`, also save the
+        send's response (a None body: the moved transaction's)."""
+        if not txn.status.can_become(outcome.status):
+            raise ValueError(f"{txn.reference_id}: {txn.status} cannot become {outcome.status}")
+        now = self._clock.now()
+        async with self._uow() as uow:
+            moved = await uow.transactions.move(
+                txn,
+                outcome,
+                now,
+                next_attempt_at=now,
+                lease_until=now + timedelta(seconds=self._policy.lease_seconds)
+                if keep_lease
+                else None,
+            )
+            if moved is None:
+                return None
+            await uow.outbox.add(moved.status_changed(outcome.status, now))
+            if respond is not None:
+                status, body = respond
+                await uow.idempotency.save(
+                    SEND_SCOPE,
+                    str(moved.user_id),
+                    moved.idempotency_key,
+                    status,
+                    body if body is not None else moved.to_json(),
+                )
+            await uow.commit()
+        log.info(
+            "remit.status_changed",
+            txn_id=str(moved.id),
+            reference_id=moved.reference_id,
+            status=moved.status.value,
+            reason=outcome.reason,
+        )
+        return moved
+
+    # Paying out
+
+    async def run_payouts_once(self) -> int:
+        """Take up the transactions that are due (new PROCESSING ones, retries, sends that died
+        midway) and move each as far as it goes; how many were taken."""
+        now = self._clock.now()
+        async with self._uow() as uow:
+            leased = await uow.transactions.lease_due(
+                now, now + timedelta(seconds=self._policy.lease_seconds), self._policy.batch
+            )
+            await uow.commit()
+        results = await asyncio.gather(
+            *(self._advance(txn) for txn in leased), return_exceptions=True
+        )
+        for txn, result in zip(leased, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                # Left leased: another try comes once the lease runs out.
+                log.error("remit.payout_step_failed", txn_id=str(txn.id), exc_info=result)
+        return len(leased)
+
+    async def _advance(self, txn: Transaction) -> None:
+        # A transaction taken up before may have reached the partner: ask before paying.
+        ask_first = txn.attempts > 1
+        if txn.status is TxnStatus.CREATED:
+            moved = await self._place_hold(txn, lease=True)
+            if moved is None or moved.status is not TxnStatus.PROCESSING:
+                return
+            txn, ask_first = moved, False  # never sent to the partner while CREATED
+        if txn.status is TxnStatus.PROCESSING:
+            await self._pay(txn, ask_first=ask_first)
+
+    async def _pay(self, txn: Transaction, *, ask_first: bool) -> None:
+        try:
+            result: PayoutResult | None = await self._partner.lookup(txn.id) if ask_first else None
+            if result is None:
+                result = await self._partner.pay(
+                    PayoutRequest(txn.id, txn.target_amount, txn.beneficiary)
+                )
+        except PartnerUnavailable as exc:
+            await self._unanswered(txn, exc)
+            return
+        if result.outcome is PayoutOutcome.PAID:
+            await self._wallets.capture(txn.hold_id, fee=txn.fee)
+            await self._move(
+                txn,
+                Outcome(TxnStatus.COMPLETED, partner_reference=result.partner_reference),
+            )
+        else:
+            await self._wallets.release(txn.hold_id)
+            await self._move(txn, Outcome(TxnStatus.FAILED, result.reason or "rejected"))
+
+    async def _unanswered(self, txn: Transaction, exc: PartnerUnavailable) -> None:
+        now = self._clock.now()
+        deadline = txn.deadline_at
+        if deadline is not None and now >= deadline:
+            await self._wallets.release(txn.hold_id)
+            await self._move(
+                txn,
+                Outcome(
+                    TxnStatus.FAILED,
+                    f"no answer from the payout partner by the deadline: {exc.message}",
+                    failure_code=exc.code,
+                ),
+            )
+            return
+        at = now + timedelta(seconds=self._policy.backoff(txn.attempts))
+        if deadline is not None:
+            at = min(at, deadline)
+        log.info(
+            "remit.payout_retry",
+            txn_id=str(txn.id),
+            attempt=txn.attempts,
+            circuit_open=exc.circuit_open,
+            retry_at=at.isoformat(),
+        )
+        async with self._uow() as uow:
+            await uow.transactions.retry_later(txn.id, at)
+            await uow.commit()
+
+    # Reading
+
+    async def transactions(self, query: TxnQuery) -> list[Transaction]:
+        async with self._uow() as uow:
+            return await uow.transactions.page(query)
+
+    async def transaction(
+        self, viewer: Principal, reference_id: str
+    ) -> tuple[Transaction, list[StatusChange]]:
+        """A transaction and its history, for its owner or staff; 4004 for anyone else."""
+        async with self._uow() as uow:
+            txn = await uow.transactions.find_by_reference(reference_id)
+            if txn is None or (viewer.role is Role.CUSTOMER and txn.user_id != viewer.user_id):
+                raise NotFound("No such transaction")
+            return txn, await uow.transactions.history(txn.id)
+
+
+def _error_body(error: InsufficientFunds) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message}
+
+
+def _replayed(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The saved response of a send: its 201 body, or its error raised again."""
+    if status == InsufficientFunds.status and body.get("code") == InsufficientFunds.code:
+        raise InsufficientFunds()
+    return body

@@ -1,0 +1,233 @@
+"""The remittance routes on both backends: sending at a locked quote, the payout's outcome on the
+wallet, idempotency, and reading transactions back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from conftest import Api, running_app
+from remit_support import (
+    ADA,
+    FAST_PAYOUTS,
+    approved_customer,
+    funded_customer,
+    key,
+    quote,
+    send,
+    settled,
+    usd,
+)
+
+
+@pytest_asyncio.fixture
+async def api(backend: str, make_settings: Callable[..., Any]) -> AsyncIterator[Api]:
+    async with running_app(await make_settings(backend, **FAST_PAYOUTS)) as started:
+        yield started
+
+
+async def test_send_holds_the_debit_then_completes_and_captures_it(api):
+    _, headers = await funded_customer(api)
+    q = await quote(api, headers)
+    response = await send(api, headers, q["quote_id"])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "PROCESSING"
+    assert re.fullmatch(r"TXN-[A-Z2-9]{10}", body["reference_id"])
+    assert body["total_debit"] == {"amount": q["total_debit"], "currency": "USD"}
+    assert (body["target_amount"], body["target_currency"]) == (q["target_amount"], "EUR")
+    assert body["beneficiary"] == ADA
+    done = await settled(api, headers, body["reference_id"])
+    assert done["status"] == "COMPLETED"
+    assert [h["status"] for h in done["history"]] == ["CREATED", "PROCESSING", "COMPLETED"]
+    wallet = await usd(api, headers)
+    assert Decimal(wallet["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+    assert wallet["locked_balance"] == "0.00"
+    assert await api.container.wallet.verify() == []
+
+
+async def test_send_needs_approved_kyc_with_1005(api):
+    _, token = await api.user_token()
+    headers = api.bearer(token)
+    response = await send(api, headers, (await quote(api, headers))["quote_id"])
+    assert response.status_code == 403
+    assert response.json()["code"] == 1005
+
+
+async def test_send_with_a_used_or_foreign_quote_is_1003(api):
+    _, headers = await funded_customer(api)
+    q = await quote(api, headers, "10")
+    assert (await send(api, headers, q["quote_id"])).status_code == 201
+    reused = await send(api, headers, q["quote_id"])
+    assert reused.status_code == 409
+    assert reused.json()["code"] == 1003
+    _, other = await funded_customer(api)
+    foreign = await send(api, other, (await quote(api, headers, "10"))["quote_id"])
+    assert foreign.status_code == 409
+    assert foreign.json()["code"] == 1003
+
+
+async def test_send_with_an_expired_quote_is_1002(backend, make_settings):
+    settings = await make_settings(backend, quote_ttl_seconds=0.3, **FAST_PAYOUTS)
+    async with running_app(settings) as api:
+        _, headers = await funded_customer(api)
+        q = await quote(api, headers)
+        await asyncio.sleep(0.4)
+        response = await send(api, headers, q["quote_id"])
+        assert response.status_code == 409
+        assert response.json()["code"] == 1002
+        assert (await usd(api, headers))["locked_balance"] == "0.00"
+
+
+async def test_send_short_of_funds_is_1001_holds_nothing_and_replays_1001(api):
+    _, headers = await funded_customer(api, "5.00")
+    q = await quote(api, headers)
+    idem = key()
+    short = await send(api, headers, q["quote_id"], idem)
+    assert short.status_code == 400
+    assert short.json()["code"] == 1001
+    assert await usd(api, headers) == {
+        "currency": "USD",
+        "balance": "5.00",
+        "locked_balance": "0.00",
+        "available": "5.00",
+    }
+    again = await send(api, headers, q["quote_id"], idem)
+    assert again.status_code == 400
+    assert again.json()["code"] == 1001
+    listed = (await api.http.get("/v1/remit/transactions", headers=headers)).json()["items"]
+    assert [(t["status"], t["failure_code"]) for t in listed] == [("FAILED", 1001)]
+    assert await api.container.wallet.verify() == []
+
+
+async def test_same_key_replays_the_first_response_and_another_body_is_1007(api):
+    _, headers = await funded_customer(api)
+    q = await quote(api, headers)
+    idem = key()
+    first = await send(api, headers, q["quote_id"], idem)
+    assert first.status_code == 201
+    await settled(api, headers, first.json()["reference_id"])
+    again = await send(api, headers, q["quote_id"], idem)
+    assert again.status_code == 201
+    assert again.json() == first.json()
+    other = await send(api, headers, q["quote_id"], idem, {**ADA, "name": "Someone Else"})
+    assert other.status_code == 422
+    assert other.json()["code"] == 1007
+    listed = (await api.http.get("/v1/remit/transactions", headers=headers)).json()["items"]
+    assert len(listed) == 1
+
+
+async def test_one_key_sent_concurrently_makes_one_transaction(api):
+    _, headers = await funded_customer(api)
+    q = await quote(api, headers)
+    idem = key()
+    responses = await asyncio.gather(*(send(api, headers, q["quote_id"], idem) for _ in range(8)))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["txn_id"] for r in responses}) == 1
+    await settled(api, headers, responses[0].json()["reference_id"])
+    wallet = await usd(api, headers)
+    assert Decimal(wallet["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+
+
+@pytest.mark.parametrize(
+    "beneficiary",
+    [
+        {**ADA, "country": "gb"},
+        {**ADA, "account_number": "1"},
+        {**ADA, "bank_code": "NW BK"},
+        {**ADA, "name": ""},
+        {k: v for k, v in ADA.items() if k != "account_number"},
+        {**ADA, "extra": "field"},
+    ],
+)
+async def test_send_with_a_bad_beneficiary_is_1000_and_spends_no_quote(api, beneficiary):
+    _, headers = await funded_customer(api)
+    q = await quote(api, headers)
+    response = await send(api, headers, q["quote_id"], beneficiary=beneficiary)
+    assert response.status_code == 422
+    assert response.json()["code"] == 1000
+    assert (await send(api, headers, q["quote_id"])).status_code == 201
+
+
+async def test_rejected_payout_fails_and_gives_the_money_back(backend, make_settings):
+    settings = await make_settings(backend, payout_simulated_reject_rate=1.0, **FAST_PAYOUTS)
+    async with running_app(settings) as api:
+        _, headers = await funded_customer(api)
+        sent = await send(api, headers, (await quote(api, headers))["quote_id"])
+        assert sent.status_code == 201
+        done = await settled(api, headers, sent.json()["reference_id"])
+        assert done["status"] == "FAILED"
+        assert done["failure_reason"] == "simulated rejection"
+        assert await usd(api, headers) == {
+            "currency": "USD",
+            "balance": "1000.00",
+            "locked_balance": "0.00",
+            "available": "1000.00",
+        }
+        assert await api.container.wallet.verify() == []
+
+
+async def test_transactions_list_newest_first_filter_by_status_and_page(api):
+    _, headers = await funded_customer(api)
+    references = []
+    for _ in range(3):
+        sent = await send(api, headers, (await quote(api, headers, "10"))["quote_id"])
+        references.append(sent.json()["reference_id"])
+        await settled(api, headers, references[-1])
+    short = await send(api, headers, (await quote(api, headers, "5000"))["quote_id"])
+    assert short.status_code == 400
+    first = (
+        await api.http.get("/v1/remit/transactions", params={"limit": 2}, headers=headers)
+    ).json()
+    second = (
+        await api.http.get(
+            "/v1/remit/transactions",
+            params={"limit": 2, "cursor": first["next_cursor"]},
+            headers=headers,
+        )
+    ).json()
+    listed = [t["reference_id"] for t in first["items"] + second["items"]]
+    assert listed[1:] == references[::-1]
+    last = (
+        await api.http.get(
+            "/v1/remit/transactions",
+            params={"limit": 2, "cursor": second["next_cursor"]},
+            headers=headers,
+        )
+    ).json()
+    assert last == {"items": [], "next_cursor": None}
+    completed = (
+        await api.http.get(
+            "/v1/remit/transactions", params={"status": "COMPLETED"}, headers=headers
+        )
+    ).json()["items"]
+    assert [t["reference_id"] for t in completed] == references[::-1]
+    for bad in ({"status": "DONE"}, {"limit": 0}, {"cursor": "!!"}):
+        response = await api.http.get("/v1/remit/transactions", params=bad, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["code"] == 1000
+
+
+async def test_a_transaction_is_seen_by_its_owner_and_staff_only(api):
+    _, headers = await funded_customer(api)
+    reference = (await send(api, headers, (await quote(api, headers))["quote_id"])).json()[
+        "reference_id"
+    ]
+    _, stranger = await approved_customer(api)
+    hidden = await api.http.get(f"/v1/remit/transactions/{reference}", headers=stranger)
+    assert hidden.status_code == 404
+    assert hidden.json()["code"] == 4004
+    assert (await api.http.get("/v1/remit/transactions", headers=stranger)).json()["items"] == []
+    for role in ("COMPLIANCE", "ADMIN", "TELLER"):
+        _, token = await api.user_token(role)
+        seen = await api.http.get(f"/v1/remit/transactions/{reference}", headers=api.bearer(token))
+        assert seen.status_code == 200, role
+        assert seen.json()["reference_id"] == reference
+    missing = await api.http.get("/v1/remit/transactions/TXN-NOSUCHONE", headers=headers)
+    assert missing.status_code == 404
