@@ -53,7 +53,7 @@ from currencyex.remit.service import PayoutPolicy, RemitService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
 from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork
 from currencyex.wallet.service import WalletService
-from currencyex.workers import compliance, live_updates, payouts, wallets, welcome
+from currencyex.workers import compliance, live_updates, payouts, receipts, wallets, welcome
 from currencyex.workers.payouts import PayoutWorker
 
 log = structlog.get_logger(__name__)
@@ -185,6 +185,7 @@ async def subscribe_consumers(container: Container) -> None:
     await wallets.subscribe(container.bus, container.wallet_client)
     await compliance.subscribe(container.bus, container.documents_client)
     await payouts.subscribe(container.bus, container.payout_worker)
+    await receipts.subscribe(container.bus, container.remit, container.uow)
 
 
 def build(
@@ -274,6 +275,8 @@ def build(
             lease_seconds=settings.payout_lease_seconds,
             batch=settings.payout_batch,
         ),
+        storage=storage,
+        receipt_link_seconds=settings.docs_link_seconds,
     )
     breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
     limiter = RateLimiter(

@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from aiobotocore.session import get_session
 
 from currencyex.documents.repository import SqlDocumentsUnitOfWork, documents
 from currencyex.kernel.clock import FakeClock
@@ -21,10 +20,10 @@ from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.platform.audit import audit_table
 from currencyex.platform.outbox import outbox_table
 from currencyex.platform.storage import LocalFolderStorage
+from storage_support import fetch, stored_objects
 
 from conftest import (
     KYC_SET,
-    S3_CREDENTIALS,
     SAMPLE_JPEG,
     SAMPLE_PDF,
     SAMPLE_PNG,
@@ -36,32 +35,6 @@ MiB = 1024 * 1024
 
 
 # What the store and the database hold
-
-
-async def stored_objects(api: Api, prefix: str) -> dict[str, bytes]:
-    """Every object under `prefix`, read straight from the store (not through the adapter)."""
-    settings = api.container.settings
-    if isinstance(api.container.storage, LocalFolderStorage):
-        root = settings.objects_dir
-        return {
-            str(path.relative_to(root)): path.read_bytes()
-            for path in (root / prefix).rglob("*")
-            if path.is_file()
-        }
-    async with get_session().create_client(
-        "s3",
-        region_name=S3_CREDENTIALS["s3_region"],
-        endpoint_url=settings.s3_endpoint,
-        aws_access_key_id=S3_CREDENTIALS["s3_access_key_id"],
-        aws_secret_access_key=S3_CREDENTIALS["s3_secret_access_key"],
-    ) as s3:
-        listed = await s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
-        found = {}
-        for item in listed.get("Contents", []):
-            body = await s3.get_object(Bucket=settings.s3_bucket, Key=item["Key"])
-            async with body["Body"] as stream:
-                found[item["Key"]] = await stream.read()
-        return found
 
 
 async def document_rows(api: Api, user_id: str) -> list[sa.Row]:
@@ -91,14 +64,6 @@ async def assert_nothing_stored(api: Api, user_id: str) -> None:
     assert await stored_objects(api, f"kyc/{user_id}/") == {}
     assert await document_rows(api, user_id) == []
     assert await events(api, "full.kyc.uploaded", user_id) == []
-
-
-async def fetch(api: Api, url: str) -> httpx.Response:
-    """GET a signed URL as any client would: the local store's links are the app's own."""
-    if isinstance(api.container.storage, LocalFolderStorage):
-        return await api.http.get(url)
-    async with httpx.AsyncClient() as client:
-        return await client.get(url)
 
 
 async def link(api: Api, token: str, document_id: str) -> dict:

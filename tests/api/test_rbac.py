@@ -45,6 +45,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/remit/send"): frozenset({CUSTOMER}),
     ("GET", "/v1/remit/transactions"): SIGNED_IN,
     ("GET", "/v1/remit/transactions/{reference_id}"): SIGNED_IN,
+    ("GET", "/v1/remit/transactions/{reference_id}/receipt"): SIGNED_IN,
     # Wallets
     ("GET", "/v1/wallet/balance"): SIGNED_IN,
     ("GET", "/v1/wallet/statement"): SIGNED_IN,

@@ -4,13 +4,19 @@ wallet, idempotency, and reading transactions back."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
+
+from currencyex.platform.audit import audit_table
+from storage_support import fetch, stored_objects
 
 from conftest import Api, running_app
 from remit_support import (
@@ -231,3 +237,70 @@ async def test_a_transaction_is_seen_by_its_owner_and_staff_only(api):
         assert seen.json()["reference_id"] == reference
     missing = await api.http.get("/v1/remit/transactions/TXN-NOSUCHONE", headers=headers)
     assert missing.status_code == 404
+
+
+# Receipts and the audit trail
+
+
+async def test_a_completed_send_has_its_pdf_receipt_behind_a_signed_url(api):
+    _, headers = await funded_customer(api)
+    sent = await send(api, headers, (await quote(api, headers))["quote_id"])
+    reference, txn_id = sent.json()["reference_id"], sent.json()["txn_id"]
+    done = await settled(api, headers, reference)
+    assert done["status"] == "COMPLETED"
+    response = await api.http.get(f"/v1/remit/transactions/{reference}/receipt", headers=headers)
+    assert response.status_code == 200, response.text
+    link = response.json()
+    completed_on = done["history"][-1]["at"][:10]
+    assert f"receipts/{completed_on}/{txn_id}.pdf" in link["url"]
+    pdf = await fetch(api, link["url"])
+    assert pdf.status_code == 200
+    assert pdf.content.startswith(b"%PDF-1.4")
+    assert pdf.content.rstrip().endswith(b"%%EOF")
+    assert reference.encode() in pdf.content
+    assert b"Ada Lovelace" in pdf.content
+
+
+async def test_no_receipt_for_another_customer_or_before_completion(api):
+    _, headers = await funded_customer(api, "50.00")
+    refused = await send(api, headers, (await quote(api, headers))["quote_id"])  # 100 > 50
+    assert refused.json()["code"] == 1001
+    listed = await api.http.get("/v1/remit/transactions", headers=headers)
+    failed = listed.json()["items"][0]
+    assert failed["status"] == "FAILED"
+    no_receipt = await api.http.get(
+        f"/v1/remit/transactions/{failed['reference_id']}/receipt", headers=headers
+    )
+    assert (no_receipt.status_code, no_receipt.json()["code"]) == (404, 4004)
+
+    sent = await send(api, headers, (await quote(api, headers, "10.00"))["quote_id"])
+    reference = sent.json()["reference_id"]
+    assert (await settled(api, headers, reference))["status"] == "COMPLETED"
+    _, stranger = await approved_customer(api)
+    foreign = await api.http.get(f"/v1/remit/transactions/{reference}/receipt", headers=stranger)
+    assert (foreign.status_code, foreign.json()["code"]) == (404, 4004)
+    receipts = list(await stored_objects(api, "receipts/"))
+    assert any(sent.json()["txn_id"] in path for path in receipts)
+    assert not any(failed["txn_id"] in path for path in receipts)
+
+
+async def test_every_status_change_is_in_the_audit_log(api):
+    user_id, headers = await funded_customer(api)
+    sent = await send(api, headers, (await quote(api, headers))["quote_id"])
+    txn_id = sent.json()["txn_id"]
+    await settled(api, headers, sent.json()["reference_id"])
+    rows: list[Any] = []
+    for _ in range(200):  # the audit consumer runs on the bus, after each commit
+        async with api.container.db.connect() as conn:
+            rows = list(
+                await conn.execute(
+                    sa.select(audit_table.c.actor_id, audit_table.c.detail)
+                    .where(audit_table.c.subject_id == txn_id)
+                    .order_by(audit_table.c.at)
+                )
+            )
+        if len(rows) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert [json.loads(r.detail)["status"] for r in rows] == ["CREATED", "PROCESSING", "COMPLETED"]
+    assert [str(r.actor_id) for r in rows] == [user_id, user_id, str(uuid.UUID(int=0))]

@@ -139,6 +139,19 @@ async def transaction(
     )
 
 
+class ReceiptOut(BaseModel):
+    url: str
+    expires_at: datetime
+
+
+@router.get("/transactions/{reference_id}/receipt")
+async def receipt(
+    reference_id: Annotated[str, Path(max_length=20)], remit: Remit, caller: CurrentPrincipal
+) -> ReceiptOut:
+    url, expires_at = await remit.receipt_url(caller, reference_id)
+    return ReceiptOut(url=url, expires_at=expires_at)
+
+
 def _decode_cursor(cursor: str | None) -> uuid.UUID | None:
     if cursor is None:
         return None

@@ -17,10 +17,11 @@ database transaction.
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -29,7 +30,7 @@ from currencyex.auth.client import KycStatus, Principal, Role
 from currencyex.kernel.clock import Clock
 from currencyex.kernel.errors import InsufficientFunds, KycNotApproved, NotFound
 from currencyex.kernel.ids import new_id
-from currencyex.kernel.ports import IdempotentRequest
+from currencyex.kernel.ports import IdempotentRequest, ObjectStorage
 from currencyex.rates.client import RatesClient
 from currencyex.remit.domain import (
     Beneficiary,
@@ -48,6 +49,7 @@ from currencyex.remit.partner import (
     PayoutRequest,
     PayoutResult,
 )
+from currencyex.remit.receipt import Receipt, receipt_path, render_receipt
 from currencyex.wallet.client import WalletClient
 
 log = structlog.get_logger(__name__)
@@ -82,6 +84,8 @@ class RemitService:
         partner: PayoutPartner,
         clock: Clock,
         policy: PayoutPolicy,
+        storage: ObjectStorage,
+        receipt_link_seconds: int,
     ) -> None:
         self._uow = uow
         self._rates = rates
@@ -89,6 +93,8 @@ class RemitService:
         self._partner = partner
         self._clock = clock
         self._policy = policy
+        self._storage = storage
+        self._receipt_link = timedelta(seconds=receipt_link_seconds)
 
     @property
     def policy(self) -> PayoutPolicy:
@@ -341,6 +347,59 @@ class RemitService:
             if txn is None or (viewer.role is Role.CUSTOMER and txn.user_id != viewer.user_id):
                 raise NotFound("No such transaction")
             return txn, await uow.transactions.history(txn.id)
+
+    # Receipts
+
+    async def write_receipt(self, txn_id: uuid.UUID) -> str | None:
+        """Store the PDF receipt of a COMPLETED transaction (again: the same bytes each time);
+        its path, or None for a transaction that is not COMPLETED."""
+        async with self._uow() as uow:
+            txn = await uow.transactions.find(txn_id)
+            history = [] if txn is None else await uow.transactions.history(txn.id)
+        if txn is None:
+            return None
+        return await self._store_receipt(txn, history)
+
+    async def receipt_url(self, viewer: Principal, reference_id: str) -> tuple[str, datetime]:
+        """A signed link to the receipt, for the owner or staff, once the payout COMPLETED
+        (4004 before, and for anyone else); a receipt the consumer has not written yet is
+        written now."""
+        txn, history = await self.transaction(viewer, reference_id)
+        path = await self._store_receipt(txn, history, only_if_missing=True)
+        if path is None:
+            raise NotFound("No receipt: the transaction has not completed")
+        return (
+            await self._storage.signed_url(path, expires_in=self._receipt_link),
+            self._clock.now() + self._receipt_link,
+        )
+
+    async def _store_receipt(
+        self, txn: Transaction, history: list[StatusChange], *, only_if_missing: bool = False
+    ) -> str | None:
+        completed_at = next((c.at for c in history if c.status is TxnStatus.COMPLETED), None)
+        if txn.status is not TxnStatus.COMPLETED or completed_at is None:
+            return None
+        path = receipt_path(txn.id, completed_at)
+        if only_if_missing and await self._storage.exists(path):
+            return path
+        pdf = render_receipt(
+            Receipt(
+                reference_id=txn.reference_id,
+                txn_id=txn.id,
+                source=txn.source_amount,
+                target=txn.target_amount,
+                rate=txn.rate,
+                fee=txn.fee,
+                total_debit=txn.total_debit,
+                beneficiary=txn.beneficiary,
+                created_at=txn.created_at,
+                completed_at=completed_at,
+            )
+        )
+        await self._storage.upload(
+            path, io.BytesIO(pdf), size=len(pdf), content_type="application/pdf"
+        )
+        return path
 
 
 def _error_body(error: InsufficientFunds) -> dict[str, Any]:

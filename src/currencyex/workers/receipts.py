@@ -1,0 +1,56 @@
+"""After a transaction's status changes (`full.txn.status_changed`): its PDF receipt once it is
+COMPLETED, and a row in the audit log for every change."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
+from currencyex.kernel.ports import AuditEntry, EventBus, EventHandler, UnitOfWork
+from currencyex.remit.client import RemitClient
+
+RECEIPTS = "txn-receipts"
+AUDIT = "txn-audit"
+AUDIT_ACTION = "txn.status_changed"
+# The actor of changes no person made: the payout worker completing or failing a payout.
+SYSTEM_ACTOR = uuid.UUID(int=0)
+_BY_SENDER = frozenset({"CREATED", "PROCESSING"})
+
+
+def receipt_writer(remit: RemitClient) -> EventHandler:
+    async def handle(event: Event) -> None:
+        # Idempotent by nature: the same transaction renders the same PDF at the same path.
+        if event.data["status"] == "COMPLETED":
+            await remit.write_receipt(uuid.UUID(event.data["txn_id"]))
+
+    return handle
+
+
+def audit_writer(uow: Callable[[], UnitOfWork]) -> EventHandler:
+    async def handle(event: Event) -> None:
+        status = str(event.data["status"])
+        async with uow() as tx:
+            if not await tx.mark_processed(AUDIT, event.id):
+                return  # a redelivery: recorded already
+            await tx.audit.record(
+                AuditEntry(
+                    actor_id=(
+                        uuid.UUID(event.data["user_id"]) if status in _BY_SENDER else SYSTEM_ACTOR
+                    ),
+                    action=AUDIT_ACTION,
+                    subject_type="transaction",
+                    subject_id=str(event.data["txn_id"]),
+                    at=datetime.fromisoformat(event.data["timestamp"].replace("Z", "+00:00")),
+                    detail={"status": status, "reference_id": event.data.get("reference_id")},
+                )
+            )
+            await tx.commit()
+
+    return handle
+
+
+async def subscribe(bus: EventBus, remit: RemitClient, uow: Callable[[], UnitOfWork]) -> None:
+    await bus.subscribe(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit))
+    await bus.subscribe(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow))
