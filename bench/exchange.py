@@ -1,10 +1,12 @@
-"""Load benchmark: POST /v1/wallet/exchange on PostgreSQL against pgbench's TPC-B, same server.
+"""Load benchmark: POST /v1/wallet/exchange (or /v1/remit/send) on PostgreSQL against pgbench's
+TPC-B, same server.
 
 Loopback only, bounded (a deadline and a hard cap on requests), stops by itself, and cleans up
 what it made: two fresh databases (dropped), one `currencyex serve` process (stopped), a temporary
 data directory (removed). See bench/README.md for how to read the output.
 
-    .venv/bin/python bench/exchange.py [--clients 32] [--duration 20] [--users 32] [--workers 1]
+    .venv/bin/python bench/exchange.py [--scenario exchange|send] [--clients 32] [--duration 20]
+                                       [--users 32] [--workers 1]
 """
 
 from __future__ import annotations
@@ -36,7 +38,25 @@ PG_PORT = "5432"
 PG_USER = "postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLI = [sys.executable, "-m", "currencyex.cli"]
-TARGET_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str  # the measured request, made after a fresh quote
+    noun: str
+    target_ratio: float  # the issue's target for this count per second / pgbench TPS
+
+
+SCENARIOS = {
+    "exchange": Scenario("/v1/wallet/exchange", "exchanges", 0.25),
+    "send": Scenario("/v1/remit/send", "sends", 0.2),
+}
+BENEFICIARY = {
+    "name": "Bench Beneficiary",
+    "account_number": "DE89370400440532013000",
+    "bank_code": "COBADEFFXXX",
+    "country": "DE",
+}
 ADMIN_PASSWORD = "bench-admin-pass-4242"  # noqa: S105 (a throwaway account in a throwaway db)
 CUSTOMER_PASSWORD = "bench-customer-pass-42"  # noqa: S105
 DEPOSIT = "1000000.00"
@@ -315,6 +335,7 @@ async def client_loop(
     stats: Stats,
     stop_at: float,
     max_requests: int,
+    scenario: str,
 ) -> None:
     host, port = base.removeprefix("http://").rsplit(":", 1)
     http = Connection(host, int(port), timeout=30.0)
@@ -323,7 +344,7 @@ async def client_loop(
     try:
         while time.perf_counter() < stop_at and stats.requests < max_requests:
             source, target = ("USD", "EUR") if forward else ("EUR", "USD")
-            forward = not forward  # alternate so no wallet drains
+            forward = not forward  # alternate so no wallet drains (sends spend both floats)
             stats.requests += 2
             started = time.perf_counter()
             try:
@@ -341,10 +362,11 @@ async def client_loop(
                     continue
                 stats.quotes += 1
                 exchange_started = time.perf_counter()
+                doc: dict[str, Any] = {"quote_id": quoted.json()["quote_id"]}
+                if scenario == "send":
+                    doc["beneficiary"] = BENEFICIARY
                 exchanged = await http.post(
-                    "/v1/wallet/exchange",
-                    {"quote_id": quoted.json()["quote_id"]},
-                    {**auth, "Idempotency-Key": uuid.uuid4().hex},
+                    SCENARIOS[scenario].path, doc, {**auth, "Idempotency-Key": uuid.uuid4().hex}
                 )
             except HttpError as exc:
                 stats.errors[f"transport {exc}"] += 1
@@ -352,7 +374,7 @@ async def client_loop(
                 continue
             finished = time.perf_counter()
             if exchanged.status != 201:
-                stats.errors[error_key("exchange", exchanged)] += 1
+                stats.errors[error_key(scenario, exchanged)] += 1
                 continue
             stats.all_exchanges += 1
             if stats.counted(finished):
@@ -372,6 +394,7 @@ async def load(
     warmup: float,
     duration: float,
     max_requests: int,
+    scenario: str,
 ) -> Stats:
     now = time.perf_counter()
     stats = Stats(window_start=now + warmup, window_end=now + warmup + duration)
@@ -383,6 +406,7 @@ async def load(
             stats,
             stats.window_end,
             max_requests,
+            scenario,
         )
         for i in range(clients)
     ]
@@ -439,6 +463,7 @@ def server_env(db: str, data_dir: Path) -> dict[str, str]:
         CURRENCYEX_DATA_DIR=str(data_dir),
         CURRENCYEX_ARGON2_MEMORY_KIB="1024",
         CURRENCYEX_ARGON2_TIME_COST="1",
+        CURRENCYEX_PAYOUT_SIMULATED_LATENCY_SECONDS="0",
     )
     return env
 
@@ -485,6 +510,7 @@ def bench(args: argparse.Namespace) -> int:
                     args.warmup,
                     args.duration,
                     args.max_requests,
+                    args.scenario,
                 )
             )
             server_cpu = server.cpu() - server_cpu
@@ -496,6 +522,7 @@ def bench(args: argparse.Namespace) -> int:
             machine_busy = (busy_after - busy) / max(1, total_after - total) * 100
             elapsed = args.warmup + args.duration
 
+            unsettled = wait_payouts_settled(db) if args.scenario == "send" else 0
             verify = server.run("ledger", "verify")
             verify_line = (verify.stdout.strip() or verify.stderr.strip()).splitlines()
             pending = wait_outbox_drained(db)
@@ -505,19 +532,21 @@ def bench(args: argparse.Namespace) -> int:
         finally:
             server.stop()
 
+    scenario = SCENARIOS[args.scenario]
+    noun, target_ratio = scenario.noun, scenario.target_ratio
     rate = stats.ok / args.duration
     ratio = rate / tps if tps else float("nan")
     errors = dict(sorted(stats.errors.items()))
     print()
     print("=" * 78)
     print(
-        f"exchanges/s: {rate:.1f}   p50: {percentile(stats.exchange_ms, 50):.1f} ms   "
+        f"{noun}/s: {rate:.1f}   p50: {percentile(stats.exchange_ms, 50):.1f} ms   "
         f"p99: {percentile(stats.exchange_ms, 99):.1f} ms   "
-        f"(quote+exchange p50: {percentile(stats.pair_ms, 50):.1f} ms, "
+        f"(quote+{args.scenario} p50: {percentile(stats.pair_ms, 50):.1f} ms, "
         f"p99: {percentile(stats.pair_ms, 99):.1f} ms)"
     )
     print(
-        f"exchanges counted: {stats.ok} in {args.duration:g} s "
+        f"{noun} counted: {stats.ok} in {args.duration:g} s "
         f"(+{stats.warmup_exchanges} in {args.warmup:g} s warm-up), "
         f"{args.clients} clients, {args.users} users, {args.workers} server process(es)"
     )
@@ -526,23 +555,49 @@ def bench(args: argparse.Namespace) -> int:
         f"(clients {args.clients}, scale 1, duration {args.duration:g} s)"
     )
     print(
-        f"ratio exchanges/pgbench: {ratio:.3f}   target >= {TARGET_RATIO}: "
-        f"{'MET' if ratio >= TARGET_RATIO else 'NOT MET'}"
+        f"ratio {noun}/pgbench: {ratio:.3f}   target >= {target_ratio}: "
+        f"{'MET' if ratio >= target_ratio else 'NOT MET'}"
     )
     print(f"errors: {errors}")
     print(
         f"cpu during the {elapsed:g} s load: server {server_cpu:.1f} s, load generator "
         f"{client_cpu:.1f} s, machine {machine_busy:.0f}% busy ({os.cpu_count()} cpus); "
-        f"server cpu per quote+exchange: {server_cpu * 1000 / max(1, stats.all_exchanges):.1f} ms"
+        f"server cpu per quote+{args.scenario}: "
+        f"{server_cpu * 1000 / max(1, stats.all_exchanges):.1f} ms"
     )
     print(f"outbox rows unpublished before pgbench: {pending}")
+    if args.scenario == "send":
+        print(f"transactions not COMPLETED or FAILED after the load: {unsettled}")
     print(verify_line[0] if verify_line else f"ledger verify: exit {verify.returncode}")
     print("=" * 78)
     return 0 if verify.returncode == 0 else 1
 
 
+def wait_payouts_settled(db: str, timeout: float = 60.0) -> int:
+    """Wait for the payout worker to finish the sends; how many are still not final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = int(
+            psql(
+                "SELECT count(*) FROM remit_transactions "
+                "WHERE status NOT IN ('COMPLETED', 'FAILED')",
+                db,
+            )
+        )
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="exchange",
+        help="exchange: quote then POST /v1/wallet/exchange; send: quote then POST "
+        "/v1/remit/send (simulated partner at zero latency)",
+    )
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--duration", type=float, default=20, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3, help="seconds before measuring")
