@@ -279,6 +279,10 @@ def build(
         receipt_link_seconds=settings.docs_link_seconds,
     )
     breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
+    relay = OutboxRelay(
+        db, bus, poll_seconds=settings.outbox_poll_seconds, batch=settings.outbox_batch
+    )
+    db.outbox_listeners.append(relay.notify)  # events go out as soon as they commit
     limiter = RateLimiter(
         rate_store,
         metrics=metrics,
@@ -301,9 +305,7 @@ def build(
         enforcer=load_enforcer(),
         limiter=limiter,
         metrics=metrics,
-        relay=OutboxRelay(
-            db, bus, poll_seconds=settings.outbox_poll_seconds, batch=settings.outbox_batch
-        ),
+        relay=relay,
         breaker_metrics=breaker_metrics,
         rates=rates,
         rates_client=rates_client,

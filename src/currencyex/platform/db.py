@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,12 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
+        # Told when a transaction that added outbox events commits (the relay, to look now).
+        self.outbox_listeners: list[Callable[[], None]] = []
+
+    def outbox_committed(self) -> None:
+        for listener in self.outbox_listeners:
+            listener()
 
     @property
     def dialect(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,8 +68,11 @@ _SAVE_AND_ANNOUNCE = _ANNOUNCE.add_cte(_SAVE.cte("saved"))
 
 
 class SqlIdempotency:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(
+        self, conn: AsyncConnection, on_announce: Callable[[], None] = lambda: None
+    ) -> None:
         self._conn = conn
+        self._on_announce = on_announce
 
     async def claim(
         self, scope: str, owner: str, key: str, request_hash: str
@@ -124,3 +128,4 @@ class SqlIdempotency:
         else:
             await self._conn.execute(_SAVE, saved)
             await self._conn.execute(_ANNOUNCE, event)
+        self._on_announce()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Self
 
@@ -18,11 +19,13 @@ _ADD_EVENT = outbox_table.insert()
 
 
 class SqlOutbox:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, on_add: Callable[[], None]) -> None:
         self._conn = conn
+        self._on_add = on_add
 
     async def add(self, event: Event) -> None:
         await self._conn.execute(_ADD_EVENT, outbox_row(event))
+        self._on_add()
 
 
 class SqlUnitOfWork:
@@ -36,6 +39,7 @@ class SqlUnitOfWork:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._done = False
+        self._announces = False  # this transaction adds events to the outbox
 
     def bind(self, conn: AsyncConnection) -> None:
         """Create this service's repositories on the transaction's connection."""
@@ -43,9 +47,9 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> Self:
         self.connection = await self._db.engine.connect()
         await self.connection.begin()
-        self.outbox = SqlOutbox(self.connection)
+        self.outbox = SqlOutbox(self.connection, self._announcing)
         self.audit = SqlAuditLog(self.connection)
-        self.idempotency = SqlIdempotency(self.connection)
+        self.idempotency = SqlIdempotency(self.connection, self._announcing)
         self.bind(self.connection)
         return self
 
@@ -59,6 +63,11 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         await self.connection.commit()
         self._done = True
+        if self._announces:
+            self._db.outbox_committed()
+
+    def _announcing(self) -> None:
+        self._announces = True
 
     async def rollback(self) -> None:
         await self.connection.rollback()
