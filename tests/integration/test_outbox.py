@@ -537,3 +537,27 @@ async def test_a_relay_only_sees_committed_rows(
         assert list(bus.published) == [committed.id]
     finally:
         await db.close()
+
+
+async def test_a_commit_with_events_wakes_the_relay_long_before_its_next_poll(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    settings = await make_settings(backend)
+    db = Database(settings.database_url)
+    bus = FlakyBus()
+    relay = OutboxRelay(db, bus, poll_seconds=60)
+    db.outbox_listeners.append(relay.notify)  # as bootstrap wires it
+    try:
+        relay.start()
+        await asyncio.sleep(0.1)  # the first pass found nothing: the relay now waits 60 s
+        async with SqlUnitOfWork(db) as uow:  # no events: nothing to wake the relay for
+            await uow.commit()
+        event = Event("full.test.woken", {})
+        await write_events(db, [event])
+        await eventually(
+            lambda: _is_zero(relay.pending()), within=2.0, what="the woken relay to publish"
+        )
+        assert list(bus.published) == [event.id]
+    finally:
+        await relay.stop()
+        await db.close()
