@@ -1,0 +1,38 @@
+"""Principals reused from process memory: a change is seen at once by the process that made it,
+and by another process (sharing PostgreSQL and Redis) within LOCAL_PRINCIPAL_SECONDS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from currencyex.auth.service import LOCAL_PRINCIPAL_SECONDS, UserChanges
+from currencyex.bootstrap import build
+from currencyex.kernel.clock import FakeClock
+
+pytestmark = pytest.mark.integration
+
+
+async def test_another_process_sees_a_disabled_account_within_the_reuse_window(
+    make_settings: Callable[..., Any],
+) -> None:
+    settings = await make_settings("real")
+    clock = FakeClock()
+    # Two processes' worth of services on the same database and Redis; not started (no bus).
+    here, there = build(settings, clock=clock), build(settings, clock=clock)
+    try:
+        user = await here.auth.register("reuse@example.com", "long-enough-pass-42", "Re Use")
+        assert (await there.auth.principal(user.id)) is not None  # now in `there`'s memory
+
+        await here.auth.update_user(user.id, UserChanges(disabled=True))
+        assert (await here.auth.principal(user.id)).disabled  # the same process: at once
+        assert not (await there.auth.principal(user.id)).disabled  # reused from memory
+
+        clock.advance(LOCAL_PRINCIPAL_SECONDS)
+        assert (await there.auth.principal(user.id)).disabled
+    finally:
+        for services in (here, there):
+            await services.cache.close()
+            await services.db.close()
