@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,14 +21,8 @@ from currencyex.app import create_app
 from currencyex.bootstrap import build
 from currencyex.config import Settings
 
-from conftest import Api
+from conftest import Api, free_port
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

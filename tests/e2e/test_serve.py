@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, S3_CREDENTIALS
+from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, S3_CREDENTIALS, free_port
 
 CLI = [sys.executable, "-m", "currencyex.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -25,7 +25,7 @@ from currencyex.auth.domain import (
     UserFilter,
     check_password_policy,
 )
-from currencyex.kernel.clock import Clock
+from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
     AccountDisabled,
     Forbidden,
@@ -321,7 +321,7 @@ class AuthService:
                         "user_id": str(user_id),
                         "kyc_status": decision.value,
                         "reason": reason,
-                        "decided_at": now.isoformat().replace("+00:00", "Z"),
+                        "decided_at": rfc3339(now),
                     },
                 )
             )

@@ -29,7 +29,7 @@ from currencyex.documents.domain import (
     kyc_object_path,
     missing_requirements,
 )
-from currencyex.kernel.clock import Clock
+from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import NotFound
 from currencyex.kernel.events import KYC_UPLOADED, Event
 from currencyex.kernel.ids import new_id
@@ -54,10 +54,6 @@ class OwnDocuments:
 class QueueEntry:
     applicant: KycApplicant
     documents: list[Document]
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 class DocumentService:
@@ -109,7 +105,7 @@ class DocumentService:
                             "document_id": str(document.id),
                             "user_id": str(owner),
                             "doc_type": doc_type.value,
-                            "uploaded_at": _rfc3339(document.created_at),
+                            "uploaded_at": rfc3339(document.created_at),
                         },
                     )
                 )

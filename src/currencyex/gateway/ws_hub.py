@@ -14,11 +14,12 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
 
+from currencyex.kernel.clock import rfc3339
 from currencyex.kernel.errors import DependencyUnavailable, RateLimited
 from currencyex.kernel.events import KYC_DECIDED, TXN_STATUS_CHANGED, Event
 
@@ -305,12 +306,12 @@ def transaction_update(txn_id: str, status: str, timestamp: datetime) -> dict[st
     """The seed's payload: {"event": "transaction_update", "data": {txn_id, status, timestamp}}."""
     return {
         "event": TRANSACTION_UPDATE,
-        "data": {"txn_id": txn_id, "status": status, "timestamp": _rfc3339(timestamp)},
+        "data": {"txn_id": txn_id, "status": status, "timestamp": rfc3339(timestamp)},
     }
 
 
 def kyc_update(status: str, timestamp: datetime) -> dict[str, Any]:
-    return {"event": KYC_UPDATE, "data": {"status": status, "timestamp": _rfc3339(timestamp)}}
+    return {"event": KYC_UPDATE, "data": {"status": status, "timestamp": rfc3339(timestamp)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,9 +356,3 @@ def _user_id(event: Event) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError as exc:
         raise ValueError(f"event {event.id} ({event.type}) has a bad user_id {raw!r}") from exc
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -7,6 +7,11 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 
+def rfc3339(moment: datetime) -> str:
+    """`moment` as RFC 3339 in UTC with a `Z`, the form every API field and event uses."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""

@@ -18,6 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from currencyex.kernel.clock import rfc3339
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import UnitOfWork
@@ -215,7 +216,3 @@ class RemitRepository(Protocol):
 class RemitUnitOfWork(UnitOfWork, Protocol):
     @property
     def transactions(self) -> RemitRepository: ...
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

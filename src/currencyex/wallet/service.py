@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from currencyex.auth.client import AuthClient, KycStatus, Principal, Role
-from currencyex.kernel.clock import Clock
+from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
     KycNotApproved,
     NotFound,
@@ -89,10 +88,6 @@ class Movement:
         )
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 class WalletService:
     def __init__(
         self,
@@ -160,7 +155,7 @@ class WalletService:
                 journal_id=str(journal.id),
                 kind=journal.kind.value,
                 user_id=str(user_id),
-                created_at=_rfc3339(journal.created_at),
+                created_at=rfc3339(journal.created_at),
                 reference=reference,
                 credited=amount,
             )
@@ -227,7 +222,7 @@ class WalletService:
                     journal_id=str(journal.id),
                     kind=journal.kind.value,
                     user_id=owner,
-                    created_at=_rfc3339(journal.created_at),
+                    created_at=rfc3339(journal.created_at),
                     quote_id=quote.id,
                     rate=str(quote.rate),
                     debited=quote.total_debit,
