@@ -563,7 +563,7 @@ def bench(args: argparse.Namespace) -> int:
         f"cpu during the {elapsed:g} s load: server {server_cpu:.1f} s, load generator "
         f"{client_cpu:.1f} s, machine {machine_busy:.0f}% busy ({os.cpu_count()} cpus); "
         f"server cpu per quote+{args.scenario}: "
-        f"{server_cpu * 1000 / max(1, stats.all_exchanges):.1f} ms"
+        f"{server_cpu * 1000 / max(1, stats.all_exchanges):.2f} ms"
     )
     print(f"outbox rows unpublished before pgbench: {pending}")
     if args.scenario == "send":
