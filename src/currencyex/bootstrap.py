@@ -51,7 +51,11 @@ from currencyex.remit.partner import (
 from currencyex.remit.repository import SqlRemitUnitOfWork
 from currencyex.remit.service import PayoutPolicy, RemitService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
-from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork
+from currencyex.wallet.repository import (
+    AccountDirectory,
+    PgWalletUnitOfWork,
+    SqlWalletUnitOfWork,
+)
 from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, live_updates, payouts, receipts, wallets, welcome
 from currencyex.workers.payouts import PayoutWorker
@@ -248,6 +252,10 @@ def build(
         clock=clock,
         default_currency=settings.default_wallet_currency,
         supported=supported.__contains__,
+        # On PostgreSQL money moves over the bare driver (platform/pg.py).
+        postings=(lambda: PgWalletUnitOfWork(db, known_accounts))
+        if db.dialect == "postgresql"
+        else None,
     )
     storage, local_files = _build_storage(settings, clock=clock, breakers=breaker_metrics)
     documents = DocumentService(

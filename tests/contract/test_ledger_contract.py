@@ -1,11 +1,17 @@
-"""The ledger repository on SQLite and PostgreSQL: postings, holds, guards and `verify`."""
+"""The ledger repository on SQLite and PostgreSQL: postings, holds, guards and `verify`.
+
+On PostgreSQL money moves through two units of work, SQLAlchemy's and the bare driver's
+(platform/pg.py); every test that moves money runs on both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -26,23 +32,54 @@ from currencyex.wallet.domain import (
     UnbalancedJournal,
     account_key,
 )
-from currencyex.wallet.repository import AccountDirectory, SqlWalletUnitOfWork, accounts, entries
+from currencyex.wallet.repository import (
+    AccountDirectory,
+    PgWalletUnitOfWork,
+    SqlWalletUnitOfWork,
+    accounts,
+    entries,
+)
 
 
-@pytest_asyncio.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
-async def db(request, make_settings) -> AsyncIterator[Database]:
-    settings = await make_settings(request.param)
-    database = Database(settings.database_url)
-    yield database
-    await database.close()
+@dataclass(frozen=True)
+class Books:
+    """A database, and the unit of work that moves money in it."""
+
+    db: Database
+    unit: Callable[..., Any]  # (db, directory=None) -> a unit of work that posts
+
+    def postings(self, directory: AccountDirectory | None = None) -> Any:
+        return self.unit(self.db, directory)
+
+
+UNITS = {"sqlalchemy": SqlWalletUnitOfWork, "driver": PgWalletUnitOfWork}
+
+
+async def open_books(make_settings, backend: str, unit: str) -> Books:
+    settings = await make_settings(backend)
+    return Books(Database(settings.database_url), UNITS[unit])
+
+
+@pytest_asyncio.fixture(
+    params=[
+        ("embedded", "sqlalchemy"),
+        pytest.param(("real", "sqlalchemy"), marks=pytest.mark.integration),
+        pytest.param(("real", "driver"), marks=pytest.mark.integration),
+    ],
+    ids=["embedded", "real", "real-driver"],
+)
+async def books(request, make_settings) -> AsyncIterator[Books]:
+    opened = await open_books(make_settings, *request.param)
+    yield opened
+    await opened.db.close()
 
 
 def usd(minor: int) -> Money:
     return Money(minor, "USD")
 
 
-async def deposit(db: Database, user: uuid.UUID, minor: int, currency: str = "USD") -> None:
-    async with SqlWalletUnitOfWork(db) as uow:
+async def deposit(books: Books, user: uuid.UUID, minor: int, currency: str = "USD") -> None:
+    async with books.postings() as uow:
         wallet = await uow.ledger.account(AccountKind.WALLET, currency, user)
         cash = await uow.ledger.account(AccountKind.CASH_IN, currency)
         await uow.ledger.post(
@@ -57,16 +94,16 @@ async def deposit(db: Database, user: uuid.UUID, minor: int, currency: str = "US
         await uow.commit()
 
 
-async def balance(db: Database, user: uuid.UUID) -> dict[str, tuple[int, int]]:
-    async with SqlWalletUnitOfWork(db) as uow:
+async def balance(books: Books, user: uuid.UUID) -> dict[str, tuple[int, int]]:
+    async with SqlWalletUnitOfWork(books.db) as uow:
         return {
             w.currency: (w.balance.minor, w.locked.minor) for w in await uow.ledger.balances(user)
         }
 
 
-async def withdraw(db: Database, user: uuid.UUID, minor: int) -> None:
+async def withdraw(books: Books, user: uuid.UUID, minor: int) -> None:
     """A debit of the wallet into payout suspense: enough to exercise the overdraft guard."""
-    async with SqlWalletUnitOfWork(db) as uow:
+    async with books.postings() as uow:
         wallet = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         suspense = await uow.ledger.account(AccountKind.PAYOUT_SUSPENSE, "USD")
         await uow.ledger.post(
@@ -80,26 +117,26 @@ async def withdraw(db: Database, user: uuid.UUID, minor: int) -> None:
         await uow.commit()
 
 
-async def problems(db: Database) -> list[str]:
-    async with SqlWalletUnitOfWork(db) as uow:
+async def problems(books: Books) -> list[str]:
+    async with SqlWalletUnitOfWork(books.db) as uow:
         return [p.check for p in await uow.ledger.verify()]
 
 
-async def test_opening_an_account_twice_gives_the_same_account(db):
+async def test_opening_an_account_twice_gives_the_same_account(books):
     user = uuid.uuid4()
-    async with SqlWalletUnitOfWork(db) as uow:
+    async with books.postings() as uow:
         first = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         second = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         await uow.commit()
     assert first == second
 
 
-async def test_deposit_moves_the_wallet_cache_with_its_entries(db):
+async def test_deposit_moves_the_wallet_cache_with_its_entries(books):
     user = uuid.uuid4()
-    await deposit(db, user, 100_000)
-    await deposit(db, user, 50)
-    assert await balance(db, user) == {"USD": (100_050, 0)}
-    assert await problems(db) == []
+    await deposit(books, user, 100_000)
+    await deposit(books, user, 50)
+    assert await balance(books, user) == {"USD": (100_050, 0)}
+    assert await problems(books) == []
 
 
 def test_a_journal_that_does_not_balance_cannot_be_built():
@@ -119,55 +156,55 @@ def test_a_journal_that_does_not_balance_cannot_be_built():
         Journal(new_id(), JournalKind.DEPOSIT, (Posting(a, usd(5)),), datetime.now(UTC))
 
 
-async def test_overdraft_is_refused_with_1001_and_nothing_is_written(db):
+async def test_overdraft_is_refused_with_1001_and_nothing_is_written(books):
     user = uuid.uuid4()
-    await deposit(db, user, 1_000)
-    async with db.connect() as conn:
+    await deposit(books, user, 1_000)
+    async with books.db.connect() as conn:
         before = await conn.scalar(sa.select(sa.func.count()).select_from(entries))
     with pytest.raises(InsufficientFunds):
-        await withdraw(db, user, 1_001)
-    async with db.connect() as conn:
+        await withdraw(books, user, 1_001)
+    async with books.db.connect() as conn:
         after = await conn.scalar(sa.select(sa.func.count()).select_from(entries))
     assert after == before
-    assert await balance(db, user) == {"USD": (1_000, 0)}
-    await withdraw(db, user, 1_000)
-    assert await balance(db, user) == {"USD": (0, 0)}
-    assert await problems(db) == []
+    assert await balance(books, user) == {"USD": (1_000, 0)}
+    await withdraw(books, user, 1_000)
+    assert await balance(books, user) == {"USD": (0, 0)}
+    assert await problems(books) == []
 
 
-async def test_hold_locks_available_and_capture_or_release_settle_it_once(db):
+async def test_hold_locks_available_and_capture_or_release_settle_it_once(books):
     user = uuid.uuid4()
-    await deposit(db, user, 10_000)
-    async with SqlWalletUnitOfWork(db) as uow:
+    await deposit(books, user, 10_000)
+    async with books.postings() as uow:
         wallet = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         first = Hold(new_id(), wallet, usd(6_000), HoldStatus.HELD, "send-1")
         await uow.ledger.hold(first)
         await uow.commit()
-    assert await balance(db, user) == {"USD": (10_000, 6_000)}
-    async with SqlWalletUnitOfWork(db) as uow:
+    assert await balance(books, user) == {"USD": (10_000, 6_000)}
+    async with books.postings() as uow:
         with pytest.raises(InsufficientFunds):
             await uow.ledger.hold(Hold(new_id(), wallet, usd(4_001), HoldStatus.HELD, "send-2"))
-    async with SqlWalletUnitOfWork(db) as uow:
+    async with books.postings() as uow:
         released = await uow.ledger.settle_hold(first.id, HoldStatus.RELEASED)
         again = await uow.ledger.settle_hold(first.id, HoldStatus.CAPTURED)
         await uow.commit()
     assert released is not None
     assert released.status is HoldStatus.RELEASED
     assert again is None
-    assert await balance(db, user) == {"USD": (10_000, 0)}
-    assert await problems(db) == []
+    assert await balance(books, user) == {"USD": (10_000, 0)}
+    assert await problems(books) == []
 
 
-async def test_verify_reports_a_wallet_cache_that_disagrees_with_its_entries(db):
+async def test_verify_reports_a_wallet_cache_that_disagrees_with_its_entries(books):
     user = uuid.uuid4()
-    await deposit(db, user, 500)
-    async with db.connect() as conn, conn.begin():
+    await deposit(books, user, 500)
+    async with books.db.connect() as conn, conn.begin():
         await conn.execute(
             accounts.update()
             .where(accounts.c.user_id == user)
             .values(balance=accounts.c.balance + 1)
         )
-    assert "wallet-balance" in await problems(db)
+    assert "wallet-balance" in await problems(books)
 
 
 async def _unbalance_a_journal(db: Database) -> None:
@@ -186,29 +223,29 @@ async def _unbalance_a_journal(db: Database) -> None:
 
 async def test_verify_reports_a_journal_that_does_not_balance(make_settings):
     # SQLite has no deferred triggers, so a broken journal can be written there: verify finds it.
-    db = Database((await make_settings("embedded")).database_url)
+    books = await open_books(make_settings, "embedded", "sqlalchemy")
     try:
-        await deposit(db, uuid.uuid4(), 500)
-        await _unbalance_a_journal(db)
-        checks = await problems(db)
+        await deposit(books, uuid.uuid4(), 500)
+        await _unbalance_a_journal(books.db)
+        checks = await problems(books)
     finally:
-        await db.close()
+        await books.db.close()
     assert "journal-balances" in checks
     assert "wallet-balance" in checks
 
 
-@pytest_asyncio.fixture
-async def pg(make_settings) -> AsyncIterator[Database]:
-    database = Database((await make_settings("real")).database_url)
-    yield database
-    await database.close()
+@pytest_asyncio.fixture(params=["sqlalchemy", "driver"])
+async def pg(request, make_settings) -> AsyncIterator[Books]:
+    opened = await open_books(make_settings, "real", request.param)
+    yield opened
+    await opened.db.close()
 
 
 @pytest.mark.integration
 async def test_postgres_refuses_to_commit_a_journal_that_does_not_balance(pg):
     await deposit(pg, uuid.uuid4(), 500)
     with pytest.raises(DBAPIError, match="does not sum to zero"):
-        await _unbalance_a_journal(pg)
+        await _unbalance_a_journal(pg.db)
     assert await problems(pg) == []
 
 
@@ -217,7 +254,7 @@ async def test_postgres_keeps_entries_append_only(pg):
     await deposit(pg, uuid.uuid4(), 500)
     for statement in (entries.update().values(amount=1), entries.delete()):
         with pytest.raises(DBAPIError, match="append-only"):
-            async with pg.connect() as conn, conn.begin():
+            async with pg.db.connect() as conn, conn.begin():
                 await conn.execute(statement)
     assert await problems(pg) == []
 
@@ -227,7 +264,7 @@ async def test_postgres_refuses_a_negative_available_balance(pg):
     user = uuid.uuid4()
     await deposit(pg, user, 500)
     with pytest.raises(IntegrityError, match="ck_wallet_accounts_available"):
-        async with pg.connect() as conn, conn.begin():
+        async with pg.db.connect() as conn, conn.begin():
             await conn.execute(
                 accounts.update().where(accounts.c.user_id == user).values(locked_balance=501)
             )
@@ -246,21 +283,21 @@ async def test_concurrent_debits_never_overdraw_a_wallet(pg):
     assert await problems(pg) == []
 
 
-async def test_remembered_accounts_are_only_those_a_commit_kept(db: Database) -> None:
+async def test_remembered_accounts_are_only_those_a_commit_kept(books: Books) -> None:
     directory = AccountDirectory()
     user = uuid.uuid4()
-    async with SqlWalletUnitOfWork(db, directory) as uow:
+    async with books.postings(directory) as uow:
         opened = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         # no commit: the account opened here rolls back and must not be remembered
     assert directory.get(account_key(AccountKind.WALLET, "USD", user)) is None
-    async with SqlWalletUnitOfWork(db, directory) as uow:
+    async with books.postings(directory) as uow:
         reopened = await uow.ledger.account(AccountKind.WALLET, "USD", user)
         await uow.commit()
     assert reopened.id != opened.id
     assert directory.get(account_key(AccountKind.WALLET, "USD", user)) == reopened
-    async with SqlWalletUnitOfWork(db, directory) as uow:
+    async with books.postings(directory) as uow:
         assert await uow.ledger.account(AccountKind.WALLET, "USD", user) == reopened
-    async with SqlWalletUnitOfWork(db, directory) as uow:  # the remembered id is a real row
+    async with books.postings(directory) as uow:  # the remembered id is a real row
         cash = await uow.ledger.account(AccountKind.CASH_IN, "USD")
         await uow.ledger.post(
             Journal(
@@ -272,4 +309,4 @@ async def test_remembered_accounts_are_only_those_a_commit_kept(db: Database) ->
             )
         )
         await uow.commit()
-    assert await balance(db, user) == {"USD": (500, 0)}
+    assert await balance(books, user) == {"USD": (500, 0)}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -82,12 +84,21 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+POOL_SIZE = 20
+
+
 class Database:
-    """Owns the engine; hands out one connection per unit of work."""
+    """Owns the engine; hands out one connection per unit of work.
+
+    On PostgreSQL it also keeps a pool of bare asyncpg connections (`driver`), opened on first
+    use, for the statements on the money path (platform/pg.py).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, pool_size=POOL_SIZE)
+        self._driver_pool: asyncpg.Pool | None = None
+        self._driver_pool_lock = asyncio.Lock()
         # Told when a transaction that added outbox events commits (the relay, to look now).
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -104,12 +115,46 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """PostgreSQL only: a bare asyncpg connection, back in the pool when the block ends."""
+        pool = self._driver_pool or await self._open_driver_pool()
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def _open_driver_pool(self) -> asyncpg.Pool:
+        if self.dialect != "postgresql":
+            raise RuntimeError("bare driver connections exist on PostgreSQL only")
+        async with self._driver_pool_lock:
+            if self._driver_pool is None:
+                url = self.engine.url.set(drivername="postgresql")
+                self._driver_pool = await asyncpg.create_pool(
+                    url.render_as_string(hide_password=False),
+                    min_size=0,
+                    max_size=POOL_SIZE,
+                    # Like the engine: no statement waits forever, connections are replaced
+                    # before typical idle cut-offs.
+                    command_timeout=30,
+                    max_inactive_connection_lifetime=1800,
+                    reset=_keep_session,
+                )
+        return self._driver_pool
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._driver_pool is not None:
+            await self._driver_pool.close()
+            self._driver_pool = None
         await self.engine.dispose()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """What the driver pool does to a connection it takes back, beyond ending any transaction
+    left open (asyncpg always does that): nothing. asyncpg's default also sends RESET ALL,
+    UNLISTEN and friends, a round trip per use for session state this code never sets."""
 
 
 def insert_or_ignore(conn: AsyncConnection, table: sa.Table) -> Any:

@@ -36,7 +36,7 @@ idempotency_table = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
-_PENDING = -1  # status of a claimed record whose response is not written yet
+PENDING = -1  # status of a claimed record whose response is not written yet
 
 
 @functools.cache
@@ -88,7 +88,7 @@ class SqlIdempotency:
                 "owner": owner,
                 "key": key,
                 "request_hash": request_hash,
-                "status_code": _PENDING,
+                "status_code": PENDING,
                 "response": "",
                 "created_at": datetime.now(UTC),
             },

@@ -11,10 +11,10 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, Self
 
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import UnitOfWork
+from currencyex.kernel.ports import IdempotencyStore, UnitOfWork
 
 
 class AccountKind(enum.StrEnum):
@@ -143,7 +143,9 @@ class LedgerProblem:
     detail: str
 
 
-class LedgerRepository(Protocol):
+class PostingLedger(Protocol):
+    """The part of the ledger that moves money."""
+
     async def account(
         self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
     ) -> Account:
@@ -172,6 +174,8 @@ class LedgerRepository(Protocol):
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None: ...
 
+
+class LedgerRepository(PostingLedger, Protocol):
     async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]: ...
 
     async def statement(self, query: StatementQuery) -> list[StatementLine]: ...
@@ -182,3 +186,20 @@ class LedgerRepository(Protocol):
 class WalletUnitOfWork(UnitOfWork, Protocol):
     @property
     def ledger(self) -> LedgerRepository: ...
+
+
+class PostingUnitOfWork(Protocol):
+    """One transaction that moves money: idempotency records, events with them, the ledger.
+    A WalletUnitOfWork is one; on PostgreSQL a leaner one runs on the bare driver."""
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def ledger(self) -> PostingLedger: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...

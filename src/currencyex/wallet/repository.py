@@ -13,12 +13,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
+from currencyex.platform.pg import PgUnitOfWork
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
@@ -106,6 +108,7 @@ _MOVE_WALLET = (
 )
 
 
+_JOURNAL_COLUMNS = ("id", "kind", "user_id", "quote_id", "reference", "details", "created_at")
 _LEDGER_POST = sa.text(
     "SELECT ledger_post(:id, :kind, :user_id, :quote_id, :reference, :details, :created_at,"
     " :entry_accounts, :entry_currencies, :entry_amounts, :wallets, :wallet_moves)"
@@ -133,9 +136,10 @@ class AccountDirectory:
         self._known[key] = account
 
 
-class SqlLedgerRepository:
-    def __init__(self, conn: AsyncConnection, directory: AccountDirectory | None = None) -> None:
-        self._conn = conn
+class _AccountsByKey:
+    """Accounts by natural key through an AccountDirectory; subclasses read and open them."""
+
+    def __init__(self, directory: AccountDirectory | None) -> None:
         self._directory = directory or AccountDirectory()
         self._learned: dict[str, Account] = {}
 
@@ -158,18 +162,62 @@ class SqlLedgerRepository:
         found = {key: known for key in keys if (known := self._directory.get(key)) is not None}
         if len(found) < len(keys):
             missing = [key for key in keys if key not in found]
-            for row in await self._conn.execute(_ACCOUNTS_BY_KEY, {"keys": missing}):
-                found[row.key] = _account(row)
+            found.update(await self._read(missing))
             for key, spec in sorted(zip(keys, specs, strict=True), key=lambda pair: pair[0]):
                 if key not in found:
-                    found[key] = await self._open(key, *spec)
+                    await self._open(key, *spec)
+                    found.update(await self._read([key]))
             # Remembered once this unit of work commits: an account opened here may roll back.
             self._learned.update((key, found[key]) for key in missing)
         return [found[key] for key in keys]
 
+    async def _read(self, keys: list[str]) -> dict[str, Account]:
+        raise NotImplementedError
+
     async def _open(
         self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
-    ) -> Account:
+    ) -> None:
+        """Insert the account unless it exists (opened meanwhile by someone else)."""
+        raise NotImplementedError
+
+
+def _ledger_post_args(journal: Journal) -> dict[str, Any]:
+    """The arguments of `ledger_post` (migration 0004) for `journal`: its row, its entries, and
+    each wallet's move, the wallets in account-id order (the lock order that keeps two
+    concurrent postings over the same wallets deadlock-free)."""
+    moves: dict[uuid.UUID, int] = {}
+    for posting in journal.postings:
+        if posting.account.kind is AccountKind.WALLET:
+            moves[posting.account.id] = moves.get(posting.account.id, 0) + posting.amount.minor
+    wallets = sorted(moves)
+    return {
+        "id": journal.id,
+        "kind": journal.kind.value,
+        "user_id": journal.user_id,
+        "quote_id": journal.quote_id,
+        "reference": journal.reference,
+        "details": json.dumps(journal.details) if journal.details else None,
+        "created_at": journal.created_at,
+        "entry_accounts": [p.account.id for p in journal.postings],
+        "entry_currencies": [p.amount.currency for p in journal.postings],
+        "entry_amounts": [p.amount.minor for p in journal.postings],
+        "wallets": wallets,
+        "wallet_moves": [moves[w] for w in wallets],
+    }
+
+
+class SqlLedgerRepository(_AccountsByKey):
+    def __init__(self, conn: AsyncConnection, directory: AccountDirectory | None = None) -> None:
+        super().__init__(directory)
+        self._conn = conn
+
+    async def _read(self, keys: list[str]) -> dict[str, Account]:
+        rows = await self._conn.execute(_ACCOUNTS_BY_KEY, {"keys": keys})
+        return {row.key: _account(row) for row in rows}
+
+    async def _open(
+        self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
+    ) -> None:
         insert = insert_or_ignore(self._conn, accounts)
         await self._conn.execute(
             insert.values(
@@ -183,44 +231,18 @@ class SqlLedgerRepository:
                 created_at=datetime.now(UTC),
             ).on_conflict_do_nothing(index_elements=["key"])
         )
-        row = (await self._conn.execute(_ACCOUNTS_BY_KEY, {"keys": [key]})).one()
-        return _account(row)
 
     async def post(self, journal: Journal) -> None:
         """Write the journal and its entries and move the wallet caches; 1001 (with nothing
         kept once the unit of work rolls back) when a wallet would drop below its locked
         balance."""
-        moves: dict[uuid.UUID, int] = {}
-        for posting in journal.postings:
-            if posting.account.kind is AccountKind.WALLET:
-                moves[posting.account.id] = moves.get(posting.account.id, 0) + posting.amount.minor
-        # A fixed lock order (account id) keeps two journals over the same wallets deadlock-free.
-        wallets = sorted(moves)
-        row = {
-            "id": journal.id,
-            "kind": journal.kind.value,
-            "user_id": journal.user_id,
-            "quote_id": journal.quote_id,
-            "reference": journal.reference,
-            "details": json.dumps(journal.details) if journal.details else None,
-            "created_at": journal.created_at,
-        }
+        args = _ledger_post_args(journal)
         if self._conn.dialect.name == "postgresql":
             # One round trip (migration 0004) instead of one per statement below.
-            posted = await self._conn.scalar(
-                _LEDGER_POST,
-                {
-                    **row,
-                    "entry_accounts": [p.account.id for p in journal.postings],
-                    "entry_currencies": [p.amount.currency for p in journal.postings],
-                    "entry_amounts": [p.amount.minor for p in journal.postings],
-                    "wallets": wallets,
-                    "wallet_moves": [moves[w] for w in wallets],
-                },
-            )
-            if not posted:
+            if not await self._conn.scalar(_LEDGER_POST, args):
                 raise InsufficientFunds()
             return
+        row = {column: args[column] for column in _JOURNAL_COLUMNS}
         await self._conn.execute(_INSERT_JOURNAL, row)
         await self._conn.execute(
             _INSERT_ENTRY,
@@ -235,9 +257,9 @@ class SqlLedgerRepository:
                 for posting in journal.postings
             ],
         )
-        for account_id in wallets:
+        for account_id, amount in zip(args["wallets"], args["wallet_moves"], strict=True):
             moved = await self._conn.execute(
-                _MOVE_WALLET, {"account_id": account_id, "amount": moves[account_id]}
+                _MOVE_WALLET, {"account_id": account_id, "amount": amount}
             )
             if moved.rowcount != 1:
                 raise InsufficientFunds()
@@ -445,6 +467,125 @@ class SqlWalletUnitOfWork(SqlUnitOfWork):
 
     def bind(self, conn: AsyncConnection) -> None:
         self.ledger = SqlLedgerRepository(conn, self._directory)
+
+    async def commit(self) -> None:
+        await super().commit()
+        self.ledger.committed()
+
+
+# The same ledger on a bare asyncpg connection (platform/pg.py): the statements that move
+# money, on PostgreSQL. Reads (balances, statements, verify) stay on SQLAlchemy.
+_PG_ACCOUNTS_BY_KEY = """
+SELECT key, id, kind, currency, user_id FROM wallet_accounts WHERE key = ANY($1::varchar[])
+"""
+_PG_OPEN_ACCOUNT = """
+INSERT INTO wallet_accounts (id, key, kind, user_id, currency, balance, locked_balance, created_at)
+VALUES ($1, $2, $3, $4, $5, 0, 0, $6)
+ON CONFLICT (key) DO NOTHING
+"""
+_PG_LEDGER_POST = "SELECT ledger_post($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_PG_PLACE_HOLD = """
+INSERT INTO wallet_holds (id, account_id, amount, status, reference, created_at)
+VALUES ($1, $2, $3, 'HELD', $4, $5)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+_PG_LOCK = """
+UPDATE wallet_accounts SET locked_balance = locked_balance + $2
+WHERE id = $1 AND balance - locked_balance >= $2
+"""
+# The status change is the guard: of two settlements of one hold, one finds it HELD. The
+# unlock rides in the same statement.
+_PG_SETTLE_HOLD = """
+WITH settled AS (
+    UPDATE wallet_holds SET status = $2, settled_at = $3, journal_id = $4
+    WHERE id = $1 AND status = 'HELD'
+    RETURNING account_id, amount, reference
+)
+UPDATE wallet_accounts AS a SET locked_balance = a.locked_balance - s.amount
+FROM settled AS s
+WHERE a.id = s.account_id
+RETURNING a.id, a.kind, a.currency, a.user_id, s.amount, s.reference
+"""
+_PG_FIND_HOLD = """
+SELECT h.amount, h.status, h.reference, a.id, a.kind, a.currency, a.user_id
+FROM wallet_holds AS h JOIN wallet_accounts AS a ON a.id = h.account_id
+WHERE h.id = $1
+"""
+
+
+def _pg_hold(hold_id: uuid.UUID, row: asyncpg.Record, status: HoldStatus) -> Hold:
+    account = Account(row["id"], AccountKind(row["kind"]), row["currency"], row["user_id"])
+    return Hold(hold_id, account, Money(row["amount"], row["currency"]), status, row["reference"])
+
+
+class PgLedgerRepository(_AccountsByKey):
+    """What moves money in the ledger (SqlLedgerRepository's `account`, `accounts`, `post`,
+    `hold`, `settle_hold`, `find_hold`) on a bare asyncpg connection."""
+
+    def __init__(self, conn: asyncpg.Connection, directory: AccountDirectory | None = None) -> None:
+        super().__init__(directory)
+        self._conn = conn
+
+    async def _read(self, keys: list[str]) -> dict[str, Account]:
+        rows = await self._conn.fetch(_PG_ACCOUNTS_BY_KEY, keys)
+        return {
+            row["key"]: Account(
+                row["id"], AccountKind(row["kind"]), row["currency"], row["user_id"]
+            )
+            for row in rows
+        }
+
+    async def _open(
+        self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
+    ) -> None:
+        await self._conn.execute(
+            _PG_OPEN_ACCOUNT, uuid.uuid4(), key, kind.value, user_id, currency, datetime.now(UTC)
+        )
+
+    async def post(self, journal: Journal) -> None:
+        if not await self._conn.fetchval(_PG_LEDGER_POST, *_ledger_post_args(journal).values()):
+            raise InsufficientFunds()
+
+    async def hold(self, hold: Hold) -> bool:
+        placed = await self._conn.fetchval(
+            _PG_PLACE_HOLD,
+            hold.id,
+            hold.account.id,
+            hold.amount.minor,
+            hold.reference,
+            datetime.now(UTC),
+        )
+        if placed is None:
+            return False
+        if await self._conn.execute(_PG_LOCK, hold.account.id, hold.amount.minor) != "UPDATE 1":
+            raise InsufficientFunds()
+        return True
+
+    async def settle_hold(
+        self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
+    ) -> Hold | None:
+        row = await self._conn.fetchrow(
+            _PG_SETTLE_HOLD, hold_id, status.value, datetime.now(UTC), journal_id
+        )
+        return None if row is None else _pg_hold(hold_id, row, status)
+
+    async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
+        row = await self._conn.fetchrow(_PG_FIND_HOLD, hold_id)
+        return None if row is None else _pg_hold(hold_id, row, HoldStatus(row["status"]))
+
+
+class PgWalletUnitOfWork(PgUnitOfWork):
+    """A unit of work for moving money on PostgreSQL (WalletService's `postings`)."""
+
+    ledger: PgLedgerRepository
+
+    def __init__(self, db: Database, directory: AccountDirectory | None = None) -> None:
+        super().__init__(db)
+        self._directory = directory
+
+    def bind(self, conn: asyncpg.Connection) -> None:
+        self.ledger = PgLedgerRepository(conn, self._directory)
 
     async def commit(self) -> None:
         await super().commit()

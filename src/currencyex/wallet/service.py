@@ -29,6 +29,7 @@ from currencyex.wallet.domain import (
     JournalKind,
     LedgerProblem,
     Posting,
+    PostingUnitOfWork,
     StatementLine,
     StatementQuery,
     WalletBalance,
@@ -98,8 +99,12 @@ class WalletService:
         clock: Clock,
         default_currency: str,
         supported: Callable[[str], bool],
+        postings: Callable[[], PostingUnitOfWork] | None = None,
     ) -> None:
+        """`postings` opens the units of work that move money (deposits, exchanges, holds and
+        their settlement); `uow` by default."""
         self._uow = uow
+        self._postings = postings or uow
         self._auth = auth
         self._rates = rates
         self._clock = clock
@@ -110,7 +115,7 @@ class WalletService:
         """On registration: a customer gets a wallet in the default currency (idempotent)."""
         if role != Role.CUSTOMER.value:
             return
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             await uow.ledger.account(AccountKind.WALLET, self._default_currency, user_id)
             await uow.commit()
 
@@ -131,7 +136,7 @@ class WalletService:
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved("The customer's KYC is not approved")
         scope = "wallet.deposit"
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             saved = await uow.idempotency.claim(
                 scope, str(teller.user_id), request.key, request.fingerprint
             )
@@ -179,7 +184,7 @@ class WalletService:
             raise KycNotApproved()
         scope = "wallet.exchange"
         owner = str(customer.user_id)
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             saved = await uow.idempotency.claim(scope, owner, request.key, request.fingerprint)
             if saved is not None:
                 return Movement.from_json(saved.body)
@@ -251,7 +256,7 @@ class WalletService:
         """Lock part of a wallet's available balance (a send waiting for its payout); 1001 when
         short. With `hold_id`, idempotent: a hold with that id already placed is returned."""
         _positive(amount, "amount")
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             if hold_id is not None:
                 placed = await uow.ledger.find_hold(hold_id)
                 if placed is not None:
@@ -269,7 +274,7 @@ class WalletService:
     async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
         """The payout went out: the held money leaves the wallet, `fee` of it to fee revenue and
         the rest to payout suspense. Once: capturing a settled hold changes nothing."""
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             held = await uow.ledger.find_hold(hold_id)
             if held is None:
                 raise NotFound("No such hold")
@@ -305,7 +310,7 @@ class WalletService:
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         """The payout failed: the held money is available again. Once."""
-        async with self._uow() as uow:
+        async with self._postings() as uow:
             released = await uow.ledger.settle_hold(hold_id, HoldStatus.RELEASED)
             if released is None:
                 held = await uow.ledger.find_hold(hold_id)

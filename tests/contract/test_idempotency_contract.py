@@ -1,0 +1,145 @@
+"""The idempotency store and the outbox of a unit of work, on each kind there is: SQLAlchemy's on
+SQLite and PostgreSQL, and the bare driver's on PostgreSQL (platform/pg.py).
+
+Covers what the money-moving requests rely on: a new key is claimed, its saved response comes
+back to repeats, another request under the key is 1007, the response and its event are kept
+only by a commit, and a concurrent claim of one key waits for the first and then replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+
+from currencyex.kernel.errors import IdempotencyKeyReused
+from currencyex.kernel.events import Event
+from currencyex.kernel.ports import SavedResponse
+from currencyex.platform.db import Database
+from currencyex.platform.idempotency import idempotency_table
+from currencyex.platform.outbox import outbox_table
+from currencyex.platform.pg import PgUnitOfWork
+from currencyex.platform.uow import SqlUnitOfWork
+
+SCOPE, OWNER = "contract.scope", "owner-1"
+
+
+@dataclass(frozen=True)
+class Store:
+    db: Database
+    unit: Callable[[Database], Any]
+
+    def uow(self) -> Any:
+        return self.unit(self.db)
+
+
+@pytest_asyncio.fixture(
+    params=[
+        ("embedded", SqlUnitOfWork),
+        pytest.param(("real", SqlUnitOfWork), marks=pytest.mark.integration),
+        pytest.param(("real", PgUnitOfWork), marks=pytest.mark.integration),
+    ],
+    ids=["embedded", "real", "real-driver"],
+)
+async def store(request: pytest.FixtureRequest, make_settings: Any) -> AsyncIterator[Store]:
+    backend, unit = request.param
+    db = Database((await make_settings(backend)).database_url)
+    yield Store(db, unit)
+    await db.close()
+
+
+def _event() -> Event:
+    return Event(type="full.test.idempotency", data={"n": 1})
+
+
+async def _rows(db: Database, table: sa.Table) -> list[Any]:
+    async with db.connect() as conn:
+        return list(await conn.execute(sa.select(table)))
+
+
+async def test_a_new_key_is_claimed_and_its_saved_response_replayed(store: Store) -> None:
+    key, event = str(uuid.uuid4()), _event()
+    async with store.uow() as uow:
+        assert await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a") is None
+        await uow.idempotency.save(SCOPE, OWNER, key, 201, {"id": 7}, announce=event)
+        await uow.commit()
+
+    async with store.uow() as uow:
+        again = await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a")
+    assert again == SavedResponse(201, {"id": 7})
+    assert [row.id for row in await _rows(store.db, outbox_table)] == [event.id]
+    # The same key under another owner or scope is another key.
+    async with store.uow() as uow:
+        assert await uow.idempotency.claim(SCOPE, "owner-2", key, "hash-b") is None
+        assert await uow.idempotency.claim("other.scope", OWNER, key, "hash-b") is None
+
+
+async def test_the_key_with_another_request_is_1007(store: Store) -> None:
+    key = str(uuid.uuid4())
+    async with store.uow() as uow:
+        await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a")
+        await uow.idempotency.save(SCOPE, OWNER, key, 201, {"id": 1})
+        await uow.commit()
+    async with store.uow() as uow:
+        with pytest.raises(IdempotencyKeyReused):
+            await uow.idempotency.claim(SCOPE, OWNER, key, "hash-b")
+
+
+async def test_without_a_commit_neither_the_claim_nor_the_event_is_kept(store: Store) -> None:
+    key = str(uuid.uuid4())
+    async with store.uow() as uow:
+        await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a")
+        await uow.idempotency.save(SCOPE, OWNER, key, 201, {"id": 1}, announce=_event())
+        await uow.outbox.add(_event())
+    assert await _rows(store.db, idempotency_table) == []
+    assert await _rows(store.db, outbox_table) == []
+
+    async with store.uow() as uow:  # the key is free again
+        assert await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a") is None
+
+
+async def test_a_commit_with_events_wakes_the_outbox_listeners(store: Store) -> None:
+    woken: list[str] = []
+    store.db.outbox_listeners.append(lambda: woken.append("relay"))
+    async with store.uow() as uow:
+        await uow.idempotency.claim(SCOPE, OWNER, str(uuid.uuid4()), "h")
+        await uow.commit()
+    assert woken == []  # nothing announced
+    async with store.uow() as uow:
+        await uow.outbox.add(_event())
+        await uow.commit()
+    assert woken == ["relay"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("unit", [SqlUnitOfWork, PgUnitOfWork], ids=["real", "real-driver"])
+async def test_a_concurrent_claim_waits_for_the_first_and_replays_it(
+    make_settings: Any, unit: Callable[[Database], Any]
+) -> None:
+    db = Database((await make_settings("real")).database_url)
+    key, claimed = str(uuid.uuid4()), asyncio.Event()
+
+    async def first() -> None:
+        async with unit(db) as uow:
+            assert await uow.idempotency.claim(SCOPE, OWNER, key, "h") is None
+            claimed.set()
+            await asyncio.sleep(0.2)  # the second claim is waiting on this row meanwhile
+            await uow.idempotency.save(SCOPE, OWNER, key, 201, {"first": True})
+            await uow.commit()
+
+    async def second() -> SavedResponse | None:
+        await claimed.wait()
+        async with unit(db) as uow:
+            return await uow.idempotency.claim(SCOPE, OWNER, key, "h")
+
+    try:
+        _, replayed = await asyncio.wait_for(asyncio.gather(first(), second()), timeout=10)
+    finally:
+        await db.close()
+    assert replayed == SavedResponse(201, {"first": True})
