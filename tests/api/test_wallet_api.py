@@ -208,6 +208,39 @@ async def test_reusing_a_quote_is_1003_and_a_foreign_quote_is_1003(api):
     assert foreign.json()["code"] == 1003
 
 
+async def test_a_repeated_exchange_gets_the_first_response_and_moves_money_once(api):
+    user_id, headers = await approved_customer(api)
+    await deposit(api, await teller(api), user_id, "1000.00")
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    idem = key()
+    first = await exchange(api, headers, q["quote_id"], idem)
+    again = await exchange(api, headers, q["quote_id"], idem)
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json() == again.json()
+    other = await exchange(api, headers, "some-other-quote", idem)
+    assert other.status_code == 422
+    assert other.json()["code"] == 1007
+    wallets = await balances(api, headers)
+    assert Decimal(wallets["USD"]["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+    assert wallets["EUR"]["balance"] == q["target_amount"]
+    assert await verify(api) == []
+
+
+async def test_one_exchange_key_sent_concurrently_ten_times_moves_money_once(api):
+    user_id, headers = await approved_customer(api)
+    await deposit(api, await teller(api), user_id, "1000.00")
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    idem = key()
+    responses = await asyncio.gather(
+        *(exchange(api, headers, q["quote_id"], idem) for _ in range(10))
+    )
+    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+    assert len({r.json()["journal_id"] for r in responses}) == 1
+    wallets = await balances(api, headers)
+    assert wallets["EUR"]["balance"] == q["target_amount"]
+    assert await verify(api) == []
+
+
 async def test_exchange_short_of_funds_is_1001_and_keeps_the_quote_usable(api):
     user_id, headers = await approved_customer(api)
     tellers = await teller(api)

@@ -18,10 +18,13 @@ import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.errors import IdempotencyKeyReused, InsufficientFunds
+from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
+from currencyex.kernel.ports import IdempotentRequest, SavedResponse
 from currencyex.platform.db import Database
+from currencyex.platform.outbox import outbox_table
 from currencyex.wallet.domain import (
     AccountKind,
     Hold,
@@ -29,6 +32,7 @@ from currencyex.wallet.domain import (
     Journal,
     JournalKind,
     Posting,
+    PostOnce,
     UnbalancedJournal,
     account_key,
 )
@@ -310,3 +314,93 @@ async def test_remembered_accounts_are_only_those_a_commit_kept(books: Books) ->
         )
         await uow.commit()
     assert await balance(books, user) == {"USD": (500, 0)}
+
+
+async def deposit_once(
+    books: Books, user: uuid.UUID, minor: int, key: str, directory: AccountDirectory
+) -> SavedResponse | None:
+    """A deposit posted under an Idempotency-Key, its request told apart by the amount."""
+    once = PostOnce("contract.deposit", "teller-1", IdempotentRequest(key, f"amount-{minor}"))
+    async with books.postings(directory) as uow:
+        wallet, cash = await uow.ledger.accounts(
+            (AccountKind.WALLET, "USD", user), (AccountKind.CASH_IN, "USD")
+        )
+        journal = Journal(
+            new_id(),
+            JournalKind.DEPOSIT,
+            (Posting(wallet, usd(minor)), Posting(cash, usd(-minor))),
+            datetime.now(UTC),
+            user_id=user,
+        )
+        event = Event(type="full.test.posted", data={"minor": minor})
+        return await uow.post_once(once, journal, {"minor": minor}, event)
+
+
+async def outbox_count(books: Books) -> int:
+    async with books.db.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(outbox_table)))
+
+
+async def test_post_once_posts_then_gives_repeats_the_first_response(books):
+    user, directory = uuid.uuid4(), AccountDirectory()
+    assert await deposit_once(books, user, 500, "k-1", directory) is None
+    # Accounts now known: on the driver this one is a single statement without BEGIN.
+    assert await deposit_once(books, user, 500, "k-1", directory) == SavedResponse(
+        201, {"minor": 500}
+    )
+    assert await deposit_once(books, user, 300, "k-2", directory) is None
+    assert await balance(books, user) == {"USD": (800, 0)}
+    assert await outbox_count(books) == 2
+    assert await problems(books) == []
+
+
+async def test_post_once_with_another_request_under_the_key_is_1007(books):
+    user, directory = uuid.uuid4(), AccountDirectory()
+    await deposit_once(books, user, 500, "k-1", directory)
+    with pytest.raises(IdempotencyKeyReused):
+        await deposit_once(books, user, 700, "k-1", directory)
+    assert await balance(books, user) == {"USD": (500, 0)}
+    assert await outbox_count(books) == 1
+
+
+async def test_post_once_that_would_overdraw_keeps_nothing_and_frees_the_key(books):
+    user, directory = uuid.uuid4(), AccountDirectory()
+    await deposit(books, user, 100)
+    once = PostOnce("contract.withdraw", "teller-1", IdempotentRequest("k-short", "h"))
+
+    async def withdraw_once(minor: int) -> SavedResponse | None:
+        async with books.postings(directory) as uow:
+            wallet, suspense = await uow.ledger.accounts(
+                (AccountKind.WALLET, "USD", user), (AccountKind.PAYOUT_SUSPENSE, "USD")
+            )
+            journal = Journal(
+                new_id(),
+                JournalKind.CAPTURE,
+                (Posting(wallet, usd(-minor)), Posting(suspense, usd(minor))),
+                datetime.now(UTC),
+            )
+            event = Event(type="full.test.posted", data={})
+            return await uow.post_once(once, journal, {"minor": minor}, event)
+
+    with pytest.raises(InsufficientFunds):
+        await withdraw_once(101)
+    assert await balance(books, user) == {"USD": (100, 0)}
+    assert await outbox_count(books) == 0
+    assert await withdraw_once(100) is None  # the key was not kept by the failed attempt
+    assert await balance(books, user) == {"USD": (0, 0)}
+    assert await problems(books) == []
+
+
+@pytest.mark.integration
+async def test_one_key_posted_concurrently_moves_money_once(pg):
+    user, directory = uuid.uuid4(), AccountDirectory()
+    await deposit(pg, user, 1)  # the accounts exist, and are known below
+    await deposit_once(pg, user, 1, "warm-up", directory)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(deposit_once(pg, user, 250, "k-race", directory) for _ in range(10))),
+        timeout=20,
+    )
+    assert results.count(None) == 1
+    assert [r for r in results if r is not None] == [SavedResponse(201, {"minor": 250})] * 9
+    assert await balance(pg, user) == {"USD": (252, 0)}
+    assert await problems(pg) == []

@@ -49,7 +49,8 @@ INSERT INTO outbox (id, subject, payload, created_at) VALUES ($6, $7, $8, $9)
 """
 
 
-def _event_args(event: Event) -> tuple[Any, ...]:
+def event_args(event: Event) -> tuple[Any, ...]:
+    """The outbox row of `event` as statement arguments: id, subject, payload, created_at."""
     row = outbox_row(event)
     return row["id"], row["subject"], row["payload"], row["created_at"]
 
@@ -59,7 +60,8 @@ class PgOutbox:
         self._uow = uow
 
     async def add(self, event: Event) -> None:
-        await self._uow.connection.execute(_ADD_EVENT, *_event_args(event))
+        conn = await self._uow.transaction()
+        await conn.execute(_ADD_EVENT, *event_args(event))
         self._uow.announced()
 
 
@@ -72,7 +74,7 @@ class PgIdempotency:
     async def claim(
         self, scope: str, owner: str, key: str, request_hash: str
     ) -> SavedResponse | None:
-        conn = self._uow.connection
+        conn = await self._uow.transaction()
         claimed = await conn.fetchval(
             _CLAIM, scope, owner, key, request_hash, PENDING, datetime.now(UTC)
         )
@@ -93,58 +95,83 @@ class PgIdempotency:
         *,
         announce: Event | None = None,
     ) -> None:
-        conn = self._uow.connection
+        conn = await self._uow.transaction()
         saved = (scope, owner, key, status_code, json.dumps(body))
         if announce is None:
             await conn.execute(_SAVE, *saved)
             return
-        await conn.execute(_SAVE_AND_ANNOUNCE, *saved, *_event_args(announce))
+        await conn.execute(_SAVE_AND_ANNOUNCE, *saved, *event_args(announce))
         self._uow.announced()
 
 
 class PgUnitOfWork:
     """One PostgreSQL transaction on a bare asyncpg connection; leaving the block without
-    `commit()` rolls back. Subclasses bind their repositories to `self.connection` in `bind`."""
+    `commit()` rolls back. Subclasses bind their repositories to the unit in `bind`.
+
+    The transaction begins with the first statement that asks for it (`transaction()`), so a
+    unit whose only work is one self-contained statement can run it without BEGIN and COMMIT
+    (`autocommit`).
+    """
 
     connection: asyncpg.Connection
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._transaction: Any = None  # an asyncpg Transaction, once begun
         self._done = False
         self._announces = False  # this transaction adds events to the outbox
         self.idempotency = PgIdempotency(self)
         self.outbox = PgOutbox(self)
 
-    def bind(self, conn: asyncpg.Connection) -> None:
-        """Create this service's repositories on the transaction's connection."""
+    def bind(self) -> None:
+        """Create this service's repositories on the unit."""
 
     async def __aenter__(self) -> Self:
         self._release = AsyncExitStack()
-        try:
-            self.connection = await self._release.enter_async_context(self._db.driver())
-            self._transaction = self.connection.transaction()
-            await self._transaction.start()
-        except BaseException:
-            await self._release.aclose()
-            raise
-        self.bind(self.connection)
+        self.connection = await self._release.enter_async_context(self._db.driver())
+        self.bind()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         try:
-            if not self._done:
+            if self._transaction is not None and not self._done:
                 await self._transaction.rollback()
         finally:
             await self._release.aclose()
 
+    async def transaction(self) -> asyncpg.Connection:
+        """The connection, inside this unit's transaction (begun now if it has not been)."""
+        if self._done:
+            raise RuntimeError("this unit of work has ended")
+        if self._transaction is None:
+            self._transaction = self.connection.transaction()
+            await self._transaction.start()
+        return self.connection
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._transaction is not None
+
+    async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
+        """Run one statement as the whole of this unit, which it ends: in its own implicit
+        transaction, or as the last statement of the one begun already, then committed."""
+        conn = self.connection if self._transaction is None else await self.transaction()
+        if announces:
+            self.announced()
+        rows: list[Any] = await conn.fetch(query, *args)
+        await self.commit()
+        return rows
+
     async def commit(self) -> None:
-        await self._transaction.commit()
+        if self._transaction is not None:
+            await self._transaction.commit()
         self._done = True
         if self._announces:
             self._db.outbox_committed()
 
     async def rollback(self) -> None:
-        await self._transaction.rollback()
+        if self._transaction is not None:
+            await self._transaction.rollback()
         self._done = True
 
     def announced(self) -> None:

@@ -11,10 +11,16 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
+from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import IdempotencyStore, UnitOfWork
+from currencyex.kernel.ports import (
+    IdempotencyStore,
+    IdempotentRequest,
+    SavedResponse,
+    UnitOfWork,
+)
 
 
 class AccountKind(enum.StrEnum):
@@ -183,14 +189,20 @@ class LedgerRepository(PostingLedger, Protocol):
     async def verify(self) -> list[LedgerProblem]: ...
 
 
-class WalletUnitOfWork(UnitOfWork, Protocol):
-    @property
-    def ledger(self) -> LedgerRepository: ...
+@dataclass(frozen=True, slots=True)
+class PostOnce:
+    """The Idempotency-Key a journal is posted under: the key's scope and owner, the request,
+    and the status its response is kept with."""
+
+    scope: str
+    owner: str
+    request: IdempotentRequest
+    status: int = 201
 
 
 class PostingUnitOfWork(Protocol):
     """One transaction that moves money: idempotency records, events with them, the ledger.
-    A WalletUnitOfWork is one; on PostgreSQL a leaner one runs on the bare driver."""
+    On PostgreSQL it runs on the bare driver (platform/pg.py)."""
 
     @property
     def idempotency(self) -> IdempotencyStore: ...
@@ -203,3 +215,18 @@ class PostingUnitOfWork(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
     async def commit(self) -> None: ...
+
+    async def post_once(
+        self, once: PostOnce, journal: Journal, response: dict[str, Any], announce: Event
+    ) -> SavedResponse | None:
+        """Post `journal` under `once`'s key, keeping `response` for repeats of the key and
+        adding `announce` to the outbox, and commit: None when posted. When the key was taken
+        before, nothing is written and its first response is returned (a concurrent holder of
+        the key is waited for); 1007 if that was another request. 1001, with nothing kept,
+        when a wallet would go short."""
+        ...
+
+
+class WalletUnitOfWork(UnitOfWork, PostingUnitOfWork, Protocol):
+    @property
+    def ledger(self) -> LedgerRepository: ...

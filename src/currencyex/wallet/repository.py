@@ -17,10 +17,12 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.errors import IdempotencyKeyReused, InsufficientFunds
+from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
+from currencyex.kernel.ports import SavedResponse
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
-from currencyex.platform.pg import PgUnitOfWork
+from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
@@ -31,6 +33,7 @@ from currencyex.wallet.domain import (
     Journal,
     JournalKind,
     LedgerProblem,
+    PostOnce,
     StatementLine,
     StatementQuery,
     WalletBalance,
@@ -472,6 +475,25 @@ class SqlWalletUnitOfWork(SqlUnitOfWork):
         await super().commit()
         self.ledger.committed()
 
+    async def post_once(
+        self,
+        once: PostOnce,
+        journal: Journal,
+        response: dict[str, Any],
+        announce: Event,
+    ) -> SavedResponse | None:
+        saved = await self.idempotency.claim(
+            once.scope, once.owner, once.request.key, once.request.fingerprint
+        )
+        if saved is not None:
+            return saved
+        await self.ledger.post(journal)
+        await self.idempotency.save(
+            once.scope, once.owner, once.request.key, once.status, response, announce=announce
+        )
+        await self.commit()
+        return None
+
 
 # The same ledger on a bare asyncpg connection (platform/pg.py): the statements that move
 # money, on PostgreSQL. Reads (balances, statements, verify) stay on SQLAlchemy.
@@ -484,6 +506,13 @@ VALUES ($1, $2, $3, $4, $5, 0, 0, $6)
 ON CONFLICT (key) DO NOTHING
 """
 _PG_LEDGER_POST = "SELECT ledger_post($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_PG_LEDGER_POST_ONCE = """
+SELECT * FROM ledger_post_once(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22
+)
+"""
+_SHORT = "CX001"  # raised by ledger_post_once when a wallet would go short
 _PG_PLACE_HOLD = """
 INSERT INTO wallet_holds (id, account_id, amount, status, reference, created_at)
 VALUES ($1, $2, $3, 'HELD', $4, $5)
@@ -523,12 +552,12 @@ class PgLedgerRepository(_AccountsByKey):
     """What moves money in the ledger (SqlLedgerRepository's `account`, `accounts`, `post`,
     `hold`, `settle_hold`, `find_hold`) on a bare asyncpg connection."""
 
-    def __init__(self, conn: asyncpg.Connection, directory: AccountDirectory | None = None) -> None:
+    def __init__(self, uow: PgUnitOfWork, directory: AccountDirectory | None = None) -> None:
         super().__init__(directory)
-        self._conn = conn
+        self._uow = uow
 
     async def _read(self, keys: list[str]) -> dict[str, Account]:
-        rows = await self._conn.fetch(_PG_ACCOUNTS_BY_KEY, keys)
+        rows = await (await self._uow.transaction()).fetch(_PG_ACCOUNTS_BY_KEY, keys)
         return {
             row["key"]: Account(
                 row["id"], AccountKind(row["kind"]), row["currency"], row["user_id"]
@@ -539,16 +568,18 @@ class PgLedgerRepository(_AccountsByKey):
     async def _open(
         self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
     ) -> None:
-        await self._conn.execute(
+        await (await self._uow.transaction()).execute(
             _PG_OPEN_ACCOUNT, uuid.uuid4(), key, kind.value, user_id, currency, datetime.now(UTC)
         )
 
     async def post(self, journal: Journal) -> None:
-        if not await self._conn.fetchval(_PG_LEDGER_POST, *_ledger_post_args(journal).values()):
+        conn = await self._uow.transaction()
+        if not await conn.fetchval(_PG_LEDGER_POST, *_ledger_post_args(journal).values()):
             raise InsufficientFunds()
 
     async def hold(self, hold: Hold) -> bool:
-        placed = await self._conn.fetchval(
+        conn = await self._uow.transaction()
+        placed = await conn.fetchval(
             _PG_PLACE_HOLD,
             hold.id,
             hold.account.id,
@@ -558,20 +589,20 @@ class PgLedgerRepository(_AccountsByKey):
         )
         if placed is None:
             return False
-        if await self._conn.execute(_PG_LOCK, hold.account.id, hold.amount.minor) != "UPDATE 1":
+        if await conn.execute(_PG_LOCK, hold.account.id, hold.amount.minor) != "UPDATE 1":
             raise InsufficientFunds()
         return True
 
     async def settle_hold(
         self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
     ) -> Hold | None:
-        row = await self._conn.fetchrow(
+        row = await (await self._uow.transaction()).fetchrow(
             _PG_SETTLE_HOLD, hold_id, status.value, datetime.now(UTC), journal_id
         )
         return None if row is None else _pg_hold(hold_id, row, status)
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
-        row = await self._conn.fetchrow(_PG_FIND_HOLD, hold_id)
+        row = await (await self._uow.transaction()).fetchrow(_PG_FIND_HOLD, hold_id)
         return None if row is None else _pg_hold(hold_id, row, HoldStatus(row["status"]))
 
 
@@ -584,9 +615,41 @@ class PgWalletUnitOfWork(PgUnitOfWork):
         super().__init__(db)
         self._directory = directory
 
-    def bind(self, conn: asyncpg.Connection) -> None:
-        self.ledger = PgLedgerRepository(conn, self._directory)
+    def bind(self) -> None:
+        self.ledger = PgLedgerRepository(self, self._directory)
 
     async def commit(self) -> None:
         await super().commit()
         self.ledger.committed()
+
+    async def post_once(
+        self,
+        once: PostOnce,
+        journal: Journal,
+        response: dict[str, Any],
+        announce: Event,
+    ) -> SavedResponse | None:
+        # One statement (migration 0006); on its own when no account had to be opened first.
+        try:
+            rows = await self.autocommit(
+                _PG_LEDGER_POST_ONCE,
+                once.scope,
+                once.owner,
+                once.request.key,
+                once.request.fingerprint,
+                once.status,
+                json.dumps(response),
+                *event_args(announce),
+                *_ledger_post_args(journal).values(),
+                announces=True,
+            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _SHORT:
+                raise InsufficientFunds() from None
+            raise
+        if not rows:
+            return None
+        saved = rows[0]
+        if saved["request_hash"] != once.request.fingerprint:
+            raise IdempotencyKeyReused()
+        return SavedResponse(saved["status_code"], json.loads(saved["response"]))

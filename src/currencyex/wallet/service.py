@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,13 +13,15 @@ from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
     KycNotApproved,
     NotFound,
+    QuoteExpired,
+    QuoteUnavailable,
     UnsupportedCurrency,
     ValidationFailed,
 )
 from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import IdempotentRequest
+from currencyex.kernel.ports import IdempotentRequest, SavedResponse
 from currencyex.rates.client import RatesClient
 from currencyex.wallet.domain import (
     Account,
@@ -30,11 +33,16 @@ from currencyex.wallet.domain import (
     LedgerProblem,
     Posting,
     PostingUnitOfWork,
+    PostOnce,
     StatementLine,
     StatementQuery,
     WalletBalance,
     WalletUnitOfWork,
 )
+
+# How long a repeat of an exchange that found its quote taken waits before it looks again for the
+# first request's response (see WalletService._first_response).
+QUOTE_RACE_SECONDS = 0.05
 
 WALLET_DEPOSITED = "full.wallet.deposited"
 WALLET_EXCHANGED = "full.wallet.exchanged"
@@ -135,13 +143,8 @@ class WalletService:
             raise NotFound("No such customer")
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved("The customer's KYC is not approved")
-        scope = "wallet.deposit"
+        once = PostOnce("wallet.deposit", str(teller.user_id), request)
         async with self._postings() as uow:
-            saved = await uow.idempotency.claim(
-                scope, str(teller.user_id), request.key, request.fingerprint
-            )
-            if saved is not None:
-                return Movement.from_json(saved.body)
             wallet, cash_in = await uow.ledger.accounts(
                 (AccountKind.WALLET, amount.currency, user_id),
                 (AccountKind.CASH_IN, amount.currency),
@@ -155,7 +158,6 @@ class WalletService:
                 reference=reference,
                 details={"teller_id": str(teller.user_id)},
             )
-            await uow.ledger.post(journal)
             movement = Movement(
                 journal_id=str(journal.id),
                 kind=journal.kind.value,
@@ -165,31 +167,30 @@ class WalletService:
                 credited=amount,
             )
             body = movement.to_json()
-            await uow.idempotency.save(
-                scope,
-                str(teller.user_id),
-                request.key,
-                201,
-                body,
-                announce=Event(WALLET_DEPOSITED, body),
-            )
-            await uow.commit()
-        return movement
+            saved = await uow.post_once(once, journal, body, Event(WALLET_DEPOSITED, body))
+        return movement if saved is None else Movement.from_json(saved.body)
 
     async def exchange(
         self, customer: Principal, quote_id: str, request: IdempotentRequest
     ) -> Movement:
-        """Convert between the customer's own wallets at a quote they locked."""
+        """Convert between the customer's own wallets at a quote they locked.
+
+        The quote is taken before the Idempotency-Key is looked at: a repeat of a request
+        that went through finds its quote used, and then its first response is returned.
+        """
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved()
-        scope = "wallet.exchange"
         owner = str(customer.user_id)
-        async with self._postings() as uow:
-            saved = await uow.idempotency.claim(scope, owner, request.key, request.fingerprint)
-            if saved is not None:
-                return Movement.from_json(saved.body)
+        once = PostOnce("wallet.exchange", owner, request)
+        try:
             quote = await self._rates.take_quote(quote_id, customer.user_id)
-            try:
+        except (QuoteUnavailable, QuoteExpired):
+            saved = await self._first_response(once)
+            if saved is None:
+                raise
+            return Movement.from_json(saved.body)
+        try:
+            async with self._postings() as uow:
                 source, target = quote.source_amount.currency, quote.target_amount.currency
                 (
                     source_wallet,
@@ -222,7 +223,6 @@ class WalletService:
                     quote_id=quote.id,
                     details={"rate": str(quote.rate), "mid_rate": str(quote.mid_rate)},
                 )
-                await uow.ledger.post(journal)
                 movement = Movement(
                     journal_id=str(journal.id),
                     kind=journal.kind.value,
@@ -235,15 +235,36 @@ class WalletService:
                     fee=quote.fee,
                 )
                 body = movement.to_json()
-                await uow.idempotency.save(
-                    scope, owner, request.key, 201, body, announce=Event(WALLET_EXCHANGED, body)
+                saved = await uow.post_once(once, journal, body, Event(WALLET_EXCHANGED, body))
+        except BaseException:
+            # Nothing moved: the quote stays usable for a retry (after a top-up, say).
+            await self._rates.release_quote(quote)
+            raise
+        if saved is None:
+            return movement
+        # The key has been through already, with this very request: answer as then, and
+        # leave the quote unused.
+        await self._rates.release_quote(quote)
+        return Movement.from_json(saved.body)
+
+    async def _first_response(self, once: PostOnce) -> SavedResponse | None:
+        """The response saved for `once`'s key, if a request has been through with it.
+
+        A repeat of the key sent while the first request is still running waits for it.
+        Checked twice, QUOTE_RACE_SECONDS apart: a concurrent repeat may find the quote taken
+        by the first request a moment before that request claims the key.
+        """
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(QUOTE_RACE_SECONDS)
+            async with self._postings() as uow:
+                # Not committed: a key found free here stays free.
+                saved = await uow.idempotency.claim(
+                    once.scope, once.owner, once.request.key, once.request.fingerprint
                 )
-                await uow.commit()
-            except BaseException:
-                # Nothing moved: the quote stays usable for a retry (after a top-up, say).
-                await self._rates.release_quote(quote)
-                raise
-        return movement
+            if saved is not None:
+                return saved
+        return None
 
     async def hold(
         self,
