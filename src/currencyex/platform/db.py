@@ -159,7 +159,12 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 def insert_or_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
     """An INSERT that can take `.on_conflict_do_nothing()`, for this connection's dialect."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert_or_ignore_for(conn.dialect.name, table)
+
+
+def insert_or_ignore_for(dialect: str, table: sa.Table) -> Any:
+    """An INSERT that can take `.on_conflict_do_nothing()`, for the dialect named."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return dialect_insert(table)
 
 

@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.db import UtcDateTime, insert_or_ignore_for, metadata
 from currencyex.platform.outbox import outbox_row, outbox_table
 
 idempotency_table = sa.Table(
@@ -41,8 +40,11 @@ PENDING = -1  # status of a claimed record whose response is not written yet
 
 @functools.cache
 def _claim(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(idempotency_table).on_conflict_do_nothing().returning(idempotency_table.c.key)
+    return (
+        insert_or_ignore_for(dialect, idempotency_table)
+        .on_conflict_do_nothing()
+        .returning(idempotency_table.c.key)
+    )
 
 
 _THIS_KEY = (

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Self
+from typing import Any, Self
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.events import Event
 from currencyex.platform.audit import SqlAuditLog
-from currencyex.platform.db import Database, is_unique_violation
+from currencyex.platform.db import Database, insert_or_ignore_for
 from currencyex.platform.idempotency import SqlIdempotency
 from currencyex.platform.outbox import outbox_row, outbox_table, processed_events_table
 
 _ADD_EVENT = outbox_table.insert()
+
+
+@functools.cache
+def _mark(dialect: str) -> Any:
+    return (
+        insert_or_ignore_for(dialect, processed_events_table)
+        .on_conflict_do_nothing()
+        .returning(processed_events_table.c.event_id)
+    )
 
 
 class SqlOutbox:
@@ -74,16 +83,10 @@ class SqlUnitOfWork:
         self._done = True
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
-        # A savepoint keeps the outer transaction usable when the row already exists.
-        try:
-            async with self.connection.begin_nested():
-                await self.connection.execute(
-                    processed_events_table.insert().values(
-                        consumer=consumer, event_id=event_id, processed_at=datetime.now(UTC)
-                    )
-                )
-        except IntegrityError as exc:
-            if is_unique_violation(exc):
-                return False
-            raise
-        return True
+        # A mark made already writes nothing (and keeps the transaction usable); a concurrent
+        # one waits for the other transaction and then writes nothing if it committed.
+        marked = await self.connection.execute(
+            _mark(self.connection.dialect.name),
+            {"consumer": consumer, "event_id": event_id, "processed_at": datetime.now(UTC)},
+        )
+        return marked.first() is not None

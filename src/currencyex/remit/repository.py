@@ -6,6 +6,7 @@ requests moving one transaction, one wins and the other sees it already moved.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -14,11 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.money import Money
-from currencyex.platform.db import Database, UtcDateTime, is_unique_violation, metadata
+from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
@@ -72,7 +72,18 @@ status_history = sa.Table(
 )
 
 _T = transactions.c
-_INSERT_TXN = transactions.insert()
+
+
+@functools.cache
+def _insert_txn(dialect: str) -> Any:
+    """The transaction's INSERT, which writes nothing when its reference is taken already."""
+    return (
+        insert_or_ignore_for(dialect, transactions)
+        .on_conflict_do_nothing(index_elements=["reference_id"])
+        .returning(_T.id)
+    )
+
+
 _INSERT_HISTORY = status_history.insert()
 _BY_ID = sa.select(transactions).where(_T.id == sa.bindparam("txn_id"))
 _BY_REFERENCE = sa.select(transactions).where(_T.reference_id == sa.bindparam("reference_id"))
@@ -99,6 +110,7 @@ _MOVE = (
         next_attempt_at=sa.bindparam("next_attempt_at"),
         lease_until=sa.bindparam("lease_until"),
     )
+    .returning(*transactions.c)
 )
 _RETRY_LATER = (
     transactions.update()
@@ -164,15 +176,14 @@ class SqlRemitRepository:
             "updated_at": txn.updated_at,
         }
         reference = txn.reference_id
+        insert = _insert_txn(self._conn.dialect.name)
         for draw in range(_REFERENCE_DRAWS):
-            try:
-                async with self._conn.begin_nested():
-                    await self._conn.execute(_INSERT_TXN, {**row, "reference_id": reference})
+            added = await self._conn.execute(insert, {**row, "reference_id": reference})
+            if added.first() is not None:
                 break
-            except IntegrityError as exc:
-                if draw + 1 == _REFERENCE_DRAWS or not _reference_taken(exc):
-                    raise
-                reference = new_reference_id()
+            if draw + 1 == _REFERENCE_DRAWS:
+                raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
+            reference = new_reference_id()
         await self._conn.execute(
             _INSERT_HISTORY,
             {
@@ -218,21 +229,25 @@ class SqlRemitRepository:
         next_attempt_at: datetime,
         lease_until: datetime | None = None,
     ) -> Transaction | None:
-        moved = await self._conn.execute(
-            _MOVE,
-            {
-                "txn_id": txn.id,
-                "from_status": txn.status.value,
-                "to_status": outcome.status.value,
-                "at": at,
-                "failure_code": outcome.failure_code,
-                "failure_reason": outcome.reason if outcome.status is TxnStatus.FAILED else None,
-                "partner_reference": outcome.partner_reference,
-                "next_attempt_at": None if outcome.status.final else next_attempt_at,
-                "lease_until": None if outcome.status.final else lease_until,
-            },
-        )
-        if moved.rowcount != 1:
+        row = (
+            await self._conn.execute(
+                _MOVE,
+                {
+                    "txn_id": txn.id,
+                    "from_status": txn.status.value,
+                    "to_status": outcome.status.value,
+                    "at": at,
+                    "failure_code": outcome.failure_code,
+                    "failure_reason": outcome.reason
+                    if outcome.status is TxnStatus.FAILED
+                    else None,
+                    "partner_reference": outcome.partner_reference,
+                    "next_attempt_at": None if outcome.status.final else next_attempt_at,
+                    "lease_until": None if outcome.status.final else lease_until,
+                },
+            )
+        ).first()
+        if row is None:
             return None
         await self._conn.execute(
             _INSERT_HISTORY,
@@ -243,7 +258,7 @@ class SqlRemitRepository:
                 "created_at": at,
             },
         )
-        return await self.find(txn.id)
+        return _transaction(row)
 
     async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
         due = (
@@ -269,10 +284,6 @@ class SqlRemitRepository:
 
     async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
         await self._conn.execute(_RETRY_LATER, {"txn_id": txn_id, "next_at": at})
-
-
-def _reference_taken(exc: IntegrityError) -> bool:
-    return is_unique_violation(exc) and "reference" in str(exc.orig).lower()
 
 
 def _replace_reference(txn: Transaction, reference: str) -> Transaction:

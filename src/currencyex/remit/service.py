@@ -131,7 +131,11 @@ class RemitService:
             else:
                 return _replayed(saved.status_code, saved.body)
         if txn.status is TxnStatus.CREATED:
-            await self._place_hold(txn, lease=False)
+            moved = await self._place_hold(txn, lease=False)
+            if moved is not None:  # the response saved with the move, without reading it back
+                if moved.status is TxnStatus.FAILED:
+                    raise InsufficientFunds()
+                return moved.to_json()
         async with self._uow() as uow:
             saved = await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
         assert saved is not None, "the send's claim was committed above"
@@ -170,13 +174,13 @@ class RemitService:
                 ),
                 request.fingerprint,
             )
-            await uow.outbox.add(txn.status_changed(TxnStatus.CREATED, now))
             await uow.idempotency.save(
                 SEND_SCOPE,
                 str(customer.user_id),
                 request.key,
                 _IN_PROGRESS,
                 {"txn_id": str(txn.id)},
+                announce=txn.status_changed(TxnStatus.CREATED, now),
             )
             await uow.commit()
         except BaseException:
@@ -231,8 +235,10 @@ class RemitService:
             )
             if moved is None:
                 return None
-            await uow.outbox.add(moved.status_changed(outcome.status, now))
-            if respond is not None:
+            announce = moved.status_changed(outcome.status, now)
+            if respond is None:
+                await uow.outbox.add(announce)
+            else:
                 status, body = respond
                 await uow.idempotency.save(
                     SEND_SCOPE,
@@ -240,6 +246,7 @@ class RemitService:
                     moved.idempotency_key,
                     status,
                     body if body is not None else moved.to_json(),
+                    announce=announce,
                 )
             await uow.commit()
         log.info(
