@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,17 @@ async def _truncate(url: str) -> None:
             await conn.execute(sa.text(f"TRUNCATE {', '.join(USER_TABLES)} CASCADE"))
     finally:
         await engine.dispose()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[bool]], *, within: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll `probe` until it is true; fail the test after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await probe():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:
@@ -322,6 +333,11 @@ class Api:
         """A customer who uploaded their documents and whose KYC was approved: (id, token)."""
         user_id, token = await self.user_token()
         await self.submit_kyc(token)
+        await self.approve_kyc(user_id, reviewer)
+        return user_id, token
+
+    async def approve_kyc(self, user_id: str, reviewer: str | None = None) -> None:
+        """A COMPLIANCE user (`reviewer`'s token, or a new one) approves the user's KYC."""
         if reviewer is None:
             _, reviewer = await self.user_token("COMPLIANCE")
         decided = await self.http.post(
@@ -330,7 +346,6 @@ class Api:
             headers=self.bearer(reviewer),
         )
         assert decided.status_code == 200, decided.text
-        return user_id, token
 
 
 @asynccontextmanager

@@ -7,54 +7,15 @@ PROCESSING then COMPLETED within a few seconds; a bad token is closed with 1008.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 import websockets
 
-from currencyex.app import create_app
-from currencyex.bootstrap import build
-from currencyex.config import Settings
+from ws_support import next_update, served
 
-from conftest import Api, free_port
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
-
-
-@asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[tuple[Api, str]]:
-    """The app on a real uvicorn socket: an Api speaking HTTP to it, and its ws:// base."""
-    container = build(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(container), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield Api(container, http), f"ws://127.0.0.1:{port}/v1/ws"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-
-
-async def next_update(ws: Any) -> dict[str, Any]:
-    """The next transaction_update (pings, and the kyc_update of the approval that may still be
-    on its way through the outbox, are skipped)."""
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if message["event"] == "transaction_update":
-            return dict(message)
 
 
 @pytest.mark.parametrize("token_in", ["query", "subprotocol"])

@@ -12,108 +12,38 @@ signed URL and approves; on the embedded default (a local folder) and on the rea
 from __future__ import annotations
 
 import json
-import os
-import random
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, S3_CREDENTIALS, free_port
+from serve_support import Server, base_env, fresh_database, ip, login, real_services_env, submit_kyc
 
-CLI = [sys.executable, "-m", "currencyex.cli"]
-
-
-class Server:
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.port = int(env["CURRENCYEX_PORT"])
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, *args: str, log: str) -> None:
-        out = self.workdir / log
-        with out.open("wb") as sink:
-            process = subprocess.Popen(
-                [*CLI, *args], env=self.env, cwd=self.workdir, stdout=sink, stderr=subprocess.STDOUT
-            )
-        self.processes.append((process, out))
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("server did not become healthy:\n" + self.logs())
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args],
-            env=self.env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace") for _, path in self.processes)
-
-    def stop(self) -> None:
-        for process, _ in self.processes:
-            process.terminate()
-        for process, _ in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
-    env.update(
-        CURRENCYEX_PORT=str(free_port()),
-        CURRENCYEX_DATA_DIR=str(tmp_path / "var"),
-        CURRENCYEX_OUTBOX_POLL_SECONDS="0.05",
-        CURRENCYEX_QUOTE_TTL_SECONDS="3",  # short, so the money walk can see a quote expire
-        **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in FAST_HASHING.items()},
-    )
-    return env
+from conftest import S3_CREDENTIALS
 
 
 @pytest.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     env = base_env(tmp_path)
-    database = None
-    if request.param == "embedded":
-        env["CURRENCYEX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cx.db'}"
-    else:
-        database = f"cx_e2e_{uuid.uuid4().hex[:10]}"
-        _psql(f'CREATE DATABASE "{database}"')
-        env.update(
-            CURRENCYEX_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-            CURRENCYEX_REDIS_URL=REDIS_URL,
-            CURRENCYEX_NATS_URL=NATS_URL,
-            CURRENCYEX_S3_ENDPOINT=request.getfixturevalue("s3_url"),
-            CURRENCYEX_S3_BUCKET=f"cx-e2e-{uuid.uuid4().hex[:10]}",  # created by the server
-            CURRENCYEX_S3_SERVER_SIDE_ENCRYPTION="AES256",
-            **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in S3_CREDENTIALS.items()},
-        )
-    srv = Server(env, tmp_path)
-    try:
-        if database is None:
+    with ExitStack() as cleanup:
+        if request.param == "embedded":
+            env["CURRENCYEX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cx.db'}"
+        else:
+            env.update(
+                real_services_env(cleanup.enter_context(fresh_database())),
+                CURRENCYEX_S3_ENDPOINT=request.getfixturevalue("s3_url"),
+                CURRENCYEX_S3_BUCKET=f"cx-e2e-{uuid.uuid4().hex[:10]}",  # created by the server
+                CURRENCYEX_S3_SERVER_SIDE_ENCRYPTION="AES256",
+                **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in S3_CREDENTIALS.items()},
+            )
+        srv = Server(env, tmp_path)
+        cleanup.callback(srv.stop)  # before the database is dropped
+        if request.param == "embedded":
             srv.start("serve", log="serve.log")  # consumers run inside: the bus is in-process
         else:
             assert srv.run("migrate").returncode == 0
@@ -122,22 +52,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
             srv.start("worker", log="worker.log")
         srv.wait_healthy()
         yield srv
-    finally:
-        srv.stop()
-        if database is not None:
-            _psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
-        check=True,
-        capture_output=True,
-    )
-
-
-def ip() -> str:
-    return f"198.51.100.{random.randint(1, 254)}"
 
 
 def test_acceptance_walk_over_real_http(server: Server) -> None:
@@ -152,13 +66,13 @@ def test_acceptance_walk_over_real_http(server: Server) -> None:
         headers={"X-Forwarded-For": me_ip},
     )
     assert registered.status_code == 201, registered.text
-    login = client.post(
+    logged_in = client.post(
         "/v1/auth/login",
         json={"email": email, "password": "correct-horse-42"},
         headers={"X-Forwarded-For": me_ip},
     )
-    assert login.status_code == 200, login.text
-    customer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    assert logged_in.status_code == 200, logged_in.text
+    customer = {"Authorization": f"Bearer {logged_in.json()['access_token']}"}
     me = client.get("/v1/auth/me", headers=customer)
     assert me.status_code == 200
     assert me.json()["email"] == email
@@ -216,60 +130,17 @@ def test_acceptance_walk_over_real_http(server: Server) -> None:
     client.close()
 
 
-def _login(client: httpx.Client, email: str, password: str) -> dict[str, str]:
-    response = client.post(
-        "/v1/auth/login",
-        json={"email": email, "password": password},
-        headers={"X-Forwarded-For": ip()},
-    )
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-def _upload(
-    client: httpx.Client, headers: dict[str, str], doc_type: str, content: bytes, **part: str
-) -> dict:
-    response = client.post(
-        "/v1/docs/upload",
-        data={"doc_type": doc_type},
-        files={"file": (part.get("filename", "doc"), content, part.get("content_type"))},
-        headers=headers,
-    )
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def _wait_for_kyc(client: httpx.Client, headers: dict[str, str], status: str) -> None:
-    """Until /me shows `status`: the compliance check runs on the bus (in the worker)."""
-    deadline = time.monotonic() + 20
-    while (current := client.get("/v1/auth/me", headers=headers).json()["kyc_status"]) != status:
-        assert time.monotonic() < deadline, f"KYC stayed {current}, never became {status}"
-        time.sleep(0.3)
-
-
-def _submit_kyc(client: httpx.Client, headers: dict[str, str]) -> dict[str, bytes]:
-    """Upload the three required documents and wait for IN_REVIEW; {document id: bytes}."""
-    uploaded = {}
-    for doc_type, content, content_type, filename in KYC_SET:
-        document = _upload(
-            client, headers, doc_type, content, filename=filename, content_type=content_type
-        )
-        uploaded[document["document_id"]] = content
-    _wait_for_kyc(client, headers, "IN_REVIEW")
-    return uploaded
-
-
 def test_documents_walk_over_real_http(server: Server) -> None:
     client = httpx.Client(base_url=server.base, timeout=10)
     admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     made = server.run("create-admin", "--email", admin_email, "--password", "admin-pass-4242")
     assert made.returncode == 0, made.stderr
-    admin = _login(client, admin_email, "admin-pass-4242")
+    admin = login(client, admin_email, "admin-pass-4242")
     reviewer_email = f"compliance-{uuid.uuid4().hex[:8]}@example.com"
     staff = {"email": reviewer_email, "password": "review-pass-42", "full_name": "Rita"}
     created = client.post("/v1/admin/staff", json={**staff, "role": "COMPLIANCE"}, headers=admin)
     assert created.status_code == 201, created.text
-    reviewer = _login(client, reviewer_email, "review-pass-42")
+    reviewer = login(client, reviewer_email, "review-pass-42")
 
     email = f"docs-{uuid.uuid4().hex[:8]}@example.com"
     user = client.post(
@@ -277,8 +148,8 @@ def test_documents_walk_over_real_http(server: Server) -> None:
         json={"email": email, "password": "correct-horse-42", "full_name": "Dora"},
         headers={"X-Forwarded-For": ip()},
     ).json()
-    customer = _login(client, email, "correct-horse-42")
-    uploaded = _submit_kyc(client, customer)
+    customer = login(client, email, "correct-horse-42")
+    uploaded = submit_kyc(client, customer)
     assert client.get("/v1/docs", headers=customer).json()["missing"] == []
 
     queue = client.get("/v1/admin/kyc/queue", headers=reviewer).json()["items"]
@@ -313,7 +184,7 @@ def test_money_walk_over_real_http(server: Server) -> None:
         ).returncode
         == 0
     )
-    admin = _login(client, admin_email, "admin-pass-4242")
+    admin = login(client, admin_email, "admin-pass-4242")
     teller_email = f"teller-{uuid.uuid4().hex[:8]}@example.com"
     staff = {
         "email": teller_email,
@@ -322,7 +193,7 @@ def test_money_walk_over_real_http(server: Server) -> None:
         "role": "TELLER",
     }
     assert client.post("/v1/admin/staff", json=staff, headers=admin).status_code == 201
-    teller = _login(client, teller_email, "teller-pass-42")
+    teller = login(client, teller_email, "teller-pass-42")
 
     email = f"money-{uuid.uuid4().hex[:8]}@example.com"
     user = client.post(
@@ -330,8 +201,8 @@ def test_money_walk_over_real_http(server: Server) -> None:
         json={"email": email, "password": "correct-horse-42", "full_name": "Money"},
         headers={"X-Forwarded-For": ip()},
     ).json()
-    customer = _login(client, email, "correct-horse-42")
-    _submit_kyc(client, customer)
+    customer = login(client, email, "correct-horse-42")
+    submit_kyc(client, customer)
     approved = client.post(
         f"/v1/admin/kyc/{user['id']}/decision",
         json={"decision": "APPROVED", "reason": "documents match"},

@@ -29,24 +29,12 @@ from currencyex.platform.outbox import OutboxRelay, outbox_table, processed_even
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.workers.welcome import CONSUMER, welcome_email
 
-from conftest import NATS_URL, Api, running_app
+from conftest import NATS_URL, Api, eventually, running_app
 
-WAIT_SECONDS = 10.0
 APP_STREAM = "FULL"
 
 
 # Helpers
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[bool]], *, within: float = WAIT_SECONDS, what: str = "condition"
-) -> None:
-    """Poll `probe` until it is true; fail the test after `within` seconds."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await probe():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def started(container: Container) -> None:

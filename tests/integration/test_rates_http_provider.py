@@ -1,6 +1,6 @@
 """The ECB provider against a real HTTP server on loopback, and the refresh loop on real Redis.
 
-The server is a few lines of asyncio speaking just enough HTTP/1.1 to serve the daily XML.
+The server (rates_support.EcbServer) is a few lines of asyncio speaking just enough HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
@@ -34,6 +33,7 @@ from currencyex.rates.domain import (
 )
 from currencyex.rates.providers import EcbHttpProvider
 from currencyex.rates.service import SNAPSHOT_KEY, RateService
+from rates_support import EcbServer, ecb_feed, ecb_xml
 
 pytestmark = pytest.mark.integration
 
@@ -41,58 +41,10 @@ REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
-def ecb_xml(day: str, rates: dict[str, str]) -> bytes:
-    cubes = "".join(f'<Cube currency="{code}" rate="{rate}"/>' for code, rate in rates.items())
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        '<gesmes:Envelope xmlns:gesmes="http://www.gesmes.org/xml/2002-08-01" '
-        'xmlns="http://www.ecb.int/vocabulary/2002-08-01/eurofxref">'
-        f'<Cube><Cube time="{day}">{cubes}</Cube></Cube></gesmes:Envelope>'
-    ).encode()
-
-
-@dataclass
-class EcbServer:
-    """Serves `body` with `status` to every request, after `delay` seconds."""
-
-    body: bytes = field(default_factory=lambda: ecb_xml("2026-11-24", {"USD": "1.0543"}))
-    status: int = 200
-    delay: float = 0.0
-    requests: int = 0
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stats/eurofxref/eurofxref-daily.xml"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            self.requests += 1
-            await asyncio.sleep(self.delay)
-            reason = {200: "OK", 503: "Service Unavailable"}.get(self.status, "Status")
-            head = (
-                f"HTTP/1.1 {self.status} {reason}\r\n"
-                "Content-Type: text/xml\r\n"
-                f"Content-Length: {len(self.body)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + self.body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest_asyncio.fixture
 async def ecb_server() -> AsyncIterator[EcbServer]:
-    server = EcbServer()
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = listener.sockets[0].getsockname()[1]
-    async with listener:
+    async with ecb_feed() as server:
         yield server
-        listener.close()
 
 
 def provider_for(server: EcbServer, *, timeout: float = 2.0) -> EcbHttpProvider:

@@ -9,13 +9,14 @@ Client messages: {"action": "subscribe" | "unsubscribe", "topic": "rates"} and {
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, TooManyConnections
+from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, Subscription, TooManyConnections
 from currencyex.kernel.errors import AppError
 
 if TYPE_CHECKING:
@@ -62,6 +63,32 @@ async def live_updates(websocket: WebSocket) -> None:
         await websocket.close(CloseCode.GOING_AWAY, exc.message)
         return
     try:
+        await _serve(websocket, subscription)
+    finally:
+        await services.hub.unregister(subscription)
+
+
+async def _serve(websocket: WebSocket, subscription: Subscription) -> None:
+    """Until the client leaves, or the hub lets go of it (too slow, silent, shutting down).
+
+    The hub closes the socket when it lets go, but a client that does not read never takes the
+    close frame, and the hub stops trying after a while: returning then ends the connection
+    anyway, instead of leaving it open with nothing ever sent on it again.
+    """
+    listening = asyncio.create_task(_listen(websocket, subscription))
+    let_go = asyncio.create_task(subscription.wait_closed())
+    try:
+        await asyncio.wait((listening, let_go), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (listening, let_go):
+            task.cancel()
+        await asyncio.gather(listening, let_go, return_exceptions=True)
+    if not listening.cancelled():
+        listening.result()  # an unexpected failure surfaces as before
+
+
+async def _listen(websocket: WebSocket, subscription: Subscription) -> None:
+    try:
         while True:
             text = await websocket.receive_text()
             subscription.heard_from_client()
@@ -73,8 +100,6 @@ async def live_updates(websocket: WebSocket) -> None:
                 subscription.unsubscribe(str(topic))
     except WebSocketDisconnect:
         pass
-    finally:
-        await services.hub.unregister(subscription)
 
 
 def _parse(text: str) -> dict[str, Any]:

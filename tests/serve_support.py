@@ -1,0 +1,168 @@
+"""Helpers of the end-to-end tests that start `currencyex serve` and `worker` as OS processes.
+
+A Server runs the CLI with one environment (database, data folder, services) and keeps each
+process's output in a log file; the other helpers walk a customer through the real HTTP API.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, free_port
+
+CLI = [sys.executable, "-m", "currencyex.cli"]
+
+
+class Server:
+    """The `currencyex` processes started with one environment, and the API of its port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.port = int(env["CURRENCYEX_PORT"])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, *args: str, log: str) -> None:
+        out = self.workdir / log
+        with out.open("wb") as sink:
+            process = subprocess.Popen(
+                [*CLI, *args], env=self.env, cwd=self.workdir, stdout=sink, stderr=subprocess.STDOUT
+            )
+        self.processes.append((process, out))
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("server did not become healthy:\n" + self.logs())
+
+    def check_running(self) -> None:
+        """Fail, with the logs, if any of the processes has exited."""
+        if any(process.poll() is not None for process, _ in self.processes):
+            raise AssertionError("a process exited:\n" + self.logs())
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for _, path in self.processes)
+
+    def stop(self) -> None:
+        for process, _ in self.processes:
+            process.terminate()
+        for process, _ in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
+    env.update(
+        CURRENCYEX_PORT=str(free_port()),
+        CURRENCYEX_DATA_DIR=str(tmp_path / "var"),
+        CURRENCYEX_OUTBOX_POLL_SECONDS="0.05",
+        CURRENCYEX_QUOTE_TTL_SECONDS="3",  # short, so the money walk can see a quote expire
+        **{f"CURRENCYEX_{k.upper()}": str(v) for k, v in FAST_HASHING.items()},
+    )
+    return env
+
+
+def real_services_env(database_url: str) -> dict[str, str]:
+    """The settings that put a process on PostgreSQL (`database_url`), Redis and NATS."""
+    return {
+        "CURRENCYEX_DATABASE_URL": database_url,
+        "CURRENCYEX_REDIS_URL": REDIS_URL,
+        "CURRENCYEX_NATS_URL": NATS_URL,
+    }
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database: its URL; dropped (connections and all) at the end."""
+    name = f"cx_e2e_{uuid.uuid4().hex[:10]}"
+    psql(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+def ip() -> str:
+    return f"198.51.100.{random.randint(1, 254)}"
+
+
+def login(client: httpx.Client, email: str, password: str) -> dict[str, str]:
+    response = client.post(
+        "/v1/auth/login",
+        json={"email": email, "password": password},
+        headers={"X-Forwarded-For": ip()},
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def upload(
+    client: httpx.Client, headers: dict[str, str], doc_type: str, content: bytes, **part: str
+) -> dict:
+    response = client.post(
+        "/v1/docs/upload",
+        data={"doc_type": doc_type},
+        files={"file": (part.get("filename", "doc"), content, part.get("content_type"))},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def wait_for_kyc(client: httpx.Client, headers: dict[str, str], status: str) -> None:
+    """Until /me shows `status`: the compliance check runs on the bus (in the worker)."""
+    deadline = time.monotonic() + 20
+    while (current := client.get("/v1/auth/me", headers=headers).json()["kyc_status"]) != status:
+        assert time.monotonic() < deadline, f"KYC stayed {current}, never became {status}"
+        time.sleep(0.3)
+
+
+def submit_kyc(client: httpx.Client, headers: dict[str, str]) -> dict[str, bytes]:
+    """Upload the three required documents and wait for IN_REVIEW; {document id: bytes}."""
+    uploaded = {}
+    for doc_type, content, content_type, filename in KYC_SET:
+        document = upload(
+            client, headers, doc_type, content, filename=filename, content_type=content_type
+        )
+        uploaded[document["document_id"]] = content
+    wait_for_kyc(client, headers, "IN_REVIEW")
+    return uploaded
