@@ -48,7 +48,7 @@ from currencyex.remit.partner import (
     PayoutPartner,
     SimulatedPartner,
 )
-from currencyex.remit.repository import SqlRemitUnitOfWork
+from currencyex.remit.repository import PgRemitUnitOfWork, SqlRemitUnitOfWork
 from currencyex.remit.service import PayoutPolicy, RemitService
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
 from currencyex.wallet.repository import (
@@ -267,8 +267,12 @@ def build(
     )
     wallet_client = InProcessWalletClient(wallet)
     payout_partner = partner or _build_partner(settings)
+    resume_after = settings.remit_resume_after_seconds
     remit = RemitService(
-        lambda: SqlRemitUnitOfWork(db, resume_after_seconds=settings.remit_resume_after_seconds),
+        # On PostgreSQL over the bare driver (platform/pg.py), like the wallet's postings.
+        (lambda: PgRemitUnitOfWork(db, resume_after_seconds=resume_after))
+        if db.dialect == "postgresql"
+        else (lambda: SqlRemitUnitOfWork(db, resume_after_seconds=resume_after)),
         rates=rates_client,
         wallets=wallet_client,
         partner=GuardedPartner(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -137,6 +138,7 @@ class Database:
                     command_timeout=30,
                     max_inactive_connection_lifetime=1800,
                     reset=_keep_session,
+                    init=_json_codecs,
                 )
         return self._driver_pool
 
@@ -149,6 +151,12 @@ class Database:
             await self._driver_pool.close()
             self._driver_pool = None
         await self.engine.dispose()
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """json and jsonb columns as Python values, as SQLAlchemy's JSON type gives them."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

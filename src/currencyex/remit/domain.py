@@ -16,12 +16,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from currencyex.kernel.clock import rfc3339
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import UnitOfWork
+from currencyex.kernel.ports import IdempotencyStore, Outbox
 
 
 class TxnStatus(enum.StrEnum):
@@ -213,6 +213,21 @@ class RemitRepository(Protocol):
         ...
 
 
-class RemitUnitOfWork(UnitOfWork, Protocol):
+class RemitUnitOfWork(Protocol):
+    """One transaction over the remittance tables, with its outbox and idempotency records.
+    Leaving the block without `commit()` rolls back."""
+
     @property
     def transactions(self) -> RemitRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...

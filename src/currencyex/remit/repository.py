@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.money import Money
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
+from currencyex.platform.pg import PgUnitOfWork
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
@@ -122,29 +123,78 @@ _REFERENCE_DRAWS = 5
 
 
 def _transaction(row: Any) -> Transaction:
-    details = row.metadata
+    """A transaction from its row: a SQLAlchemy row, or anything that maps column names (an
+    asyncpg record)."""
+    m = row._mapping if isinstance(row, sa.Row) else row
+    details = m["metadata"]
     return Transaction(
-        id=row.id,
-        reference_id=row.reference_id,
-        user_id=row.user_id,
-        status=TxnStatus(row.status),
-        quote_id=row.quote_id,
-        source_amount=Money(row.source_amount, row.source_currency),
-        target_amount=Money(row.target_amount, row.target_currency),
-        fee=Money(row.fee, row.source_currency),
-        total_debit=Money(row.total_debit, row.source_currency),
-        rate=Decimal(row.rate),
+        id=m["id"],
+        reference_id=m["reference_id"],
+        user_id=m["user_id"],
+        status=TxnStatus(m["status"]),
+        quote_id=m["quote_id"],
+        source_amount=Money(m["source_amount"], m["source_currency"]),
+        target_amount=Money(m["target_amount"], m["target_currency"]),
+        fee=Money(m["fee"], m["source_currency"]),
+        total_debit=Money(m["total_debit"], m["source_currency"]),
+        rate=Decimal(m["rate"]),
         beneficiary=Beneficiary.from_json(details["beneficiary"]),
         purpose=details.get("purpose"),
-        idempotency_key=row.idempotency_key,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        deadline_at=row.deadline_at,
-        attempts=row.attempts,
-        failure_code=row.failure_code,
-        failure_reason=row.failure_reason,
-        partner_reference=row.partner_reference,
+        idempotency_key=m["idempotency_key"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        deadline_at=m["deadline_at"],
+        attempts=m["attempts"],
+        failure_code=m["failure_code"],
+        failure_reason=m["failure_reason"],
+        partner_reference=m["partner_reference"],
     )
+
+
+def _txn_row(txn: Transaction, request_hash: str, resume_after: float) -> dict[str, Any]:
+    """The row of a new transaction (its reference_id set apart: it may be drawn again)."""
+    return {
+        "id": txn.id,
+        "user_id": txn.user_id,
+        "idempotency_key": txn.idempotency_key,
+        "request_hash": request_hash,
+        "quote_id": txn.quote_id,
+        "status": txn.status.value,
+        "source_amount": txn.source_amount.minor,
+        "source_currency": txn.source_amount.currency,
+        "target_amount": txn.target_amount.minor,
+        "target_currency": txn.target_amount.currency,
+        "rate": format(txn.rate, "f"),
+        "fee": txn.fee.minor,
+        "total_debit": txn.total_debit.minor,
+        "metadata": {"beneficiary": txn.beneficiary.to_json(), "purpose": txn.purpose},
+        "attempts": txn.attempts,
+        # A send that dies between its steps is picked up by a payout worker after this.
+        "next_attempt_at": txn.created_at + timedelta(seconds=resume_after),
+        "deadline_at": txn.deadline_at,
+        "created_at": txn.created_at,
+        "updated_at": txn.updated_at,
+    }
+
+
+def _move_params(
+    txn: Transaction,
+    outcome: Outcome,
+    at: datetime,
+    next_attempt_at: datetime,
+    lease_until: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "txn_id": txn.id,
+        "from_status": txn.status.value,
+        "to_status": outcome.status.value,
+        "at": at,
+        "failure_code": outcome.failure_code,
+        "failure_reason": outcome.reason if outcome.status is TxnStatus.FAILED else None,
+        "partner_reference": outcome.partner_reference,
+        "next_attempt_at": None if outcome.status.final else next_attempt_at,
+        "lease_until": None if outcome.status.final else lease_until,
+    }
 
 
 class SqlRemitRepository:
@@ -153,28 +203,7 @@ class SqlRemitRepository:
         self._resume_after = resume_after_seconds
 
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
-        row = {
-            "id": txn.id,
-            "user_id": txn.user_id,
-            "idempotency_key": txn.idempotency_key,
-            "request_hash": request_hash,
-            "quote_id": txn.quote_id,
-            "status": txn.status.value,
-            "source_amount": txn.source_amount.minor,
-            "source_currency": txn.source_amount.currency,
-            "target_amount": txn.target_amount.minor,
-            "target_currency": txn.target_amount.currency,
-            "rate": format(txn.rate, "f"),
-            "fee": txn.fee.minor,
-            "total_debit": txn.total_debit.minor,
-            "metadata": {"beneficiary": txn.beneficiary.to_json(), "purpose": txn.purpose},
-            "attempts": txn.attempts,
-            # A send that dies between its steps is picked up by a payout worker after this.
-            "next_attempt_at": txn.created_at + timedelta(seconds=self._resume_after),
-            "deadline_at": txn.deadline_at,
-            "created_at": txn.created_at,
-            "updated_at": txn.updated_at,
-        }
+        row = _txn_row(txn, request_hash, self._resume_after)
         reference = txn.reference_id
         insert = _insert_txn(self._conn.dialect.name)
         for draw in range(_REFERENCE_DRAWS):
@@ -229,24 +258,8 @@ class SqlRemitRepository:
         next_attempt_at: datetime,
         lease_until: datetime | None = None,
     ) -> Transaction | None:
-        row = (
-            await self._conn.execute(
-                _MOVE,
-                {
-                    "txn_id": txn.id,
-                    "from_status": txn.status.value,
-                    "to_status": outcome.status.value,
-                    "at": at,
-                    "failure_code": outcome.failure_code,
-                    "failure_reason": outcome.reason
-                    if outcome.status is TxnStatus.FAILED
-                    else None,
-                    "partner_reference": outcome.partner_reference,
-                    "next_attempt_at": None if outcome.status.final else next_attempt_at,
-                    "lease_until": None if outcome.status.final else lease_until,
-                },
-            )
-        ).first()
+        params = _move_params(txn, outcome, at, next_attempt_at, lease_until)
+        row = (await self._conn.execute(_MOVE, params)).first()
         if row is None:
             return None
         await self._conn.execute(
@@ -299,3 +312,153 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
 
     def bind(self, conn: AsyncConnection) -> None:
         self.transactions = SqlRemitRepository(conn, resume_after_seconds=self._resume_after)
+
+
+# The same repository on a bare asyncpg connection (platform/pg.py), for PostgreSQL. A new
+# transaction and a status move each write their history row in the same statement.
+_PG_COLUMNS = ", ".join(column.name for column in transactions.columns)
+_PG_ADD = f"""
+WITH added AS (
+    INSERT INTO remit_transactions ({_PG_COLUMNS})
+    VALUES ({", ".join(f"${n}" for n in range(1, len(transactions.columns) + 1))})
+    ON CONFLICT (reference_id) DO NOTHING
+    RETURNING id, status, created_at
+), history AS (
+    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
+    SELECT id, status, NULL, created_at FROM added
+)
+SELECT id FROM added
+"""  # noqa: S608 (column names and placeholders only)
+_PG_MOVE = f"""
+WITH moved AS (
+    UPDATE remit_transactions SET
+        status = $3,
+        updated_at = $4,
+        failure_code = coalesce($5, failure_code),
+        failure_reason = coalesce($6, failure_reason),
+        partner_reference = coalesce($7, partner_reference),
+        next_attempt_at = $8,
+        lease_until = $9
+    WHERE id = $1 AND status = $2
+    RETURNING {_PG_COLUMNS}
+), history AS (
+    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
+    SELECT id, status, $10, updated_at FROM moved
+)
+SELECT * FROM moved
+"""  # noqa: S608
+_PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
+_PG_BY_REFERENCE = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE reference_id = $1"  # noqa: S608
+_PG_HISTORY = """
+SELECT status, reason, created_at FROM remit_status_history WHERE txn_id = $1 ORDER BY id
+"""
+_PG_LEASE_DUE = f"""
+UPDATE remit_transactions SET lease_until = $2, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM remit_transactions
+    WHERE status IN ('CREATED', 'PROCESSING') AND next_attempt_at <= $1
+        AND (lease_until IS NULL OR lease_until <= $1)
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_PG_COLUMNS}
+"""  # noqa: S608
+_PG_RETRY_LATER = """
+UPDATE remit_transactions SET next_attempt_at = $2, lease_until = NULL WHERE id = $1
+"""
+
+
+class PgRemitRepository:
+    """SqlRemitRepository on a bare asyncpg connection."""
+
+    def __init__(self, uow: PgUnitOfWork, *, resume_after_seconds: float) -> None:
+        self._uow = uow
+        self._resume_after = resume_after_seconds
+
+    async def add(self, txn: Transaction, request_hash: str) -> Transaction:
+        conn = await self._uow.transaction()
+        row = _txn_row(txn, request_hash, self._resume_after)
+        reference = txn.reference_id
+        for draw in range(_REFERENCE_DRAWS):
+            row["reference_id"] = reference
+            args = [row.get(column.name) for column in transactions.columns]
+            if await conn.fetchval(_PG_ADD, *args) is not None:
+                break
+            if draw + 1 == _REFERENCE_DRAWS:
+                raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
+            reference = new_reference_id()
+        return _replace_reference(txn, reference)
+
+    async def find(self, txn_id: uuid.UUID) -> Transaction | None:
+        row = await (await self._uow.transaction()).fetchrow(_PG_BY_ID, txn_id)
+        return None if row is None else _transaction(row)
+
+    async def find_by_reference(self, reference_id: str) -> Transaction | None:
+        row = await (await self._uow.transaction()).fetchrow(_PG_BY_REFERENCE, reference_id)
+        return None if row is None else _transaction(row)
+
+    async def history(self, txn_id: uuid.UUID) -> list[StatusChange]:
+        rows = await (await self._uow.transaction()).fetch(_PG_HISTORY, txn_id)
+        return [StatusChange(TxnStatus(r["status"]), r["created_at"], r["reason"]) for r in rows]
+
+    async def page(self, query: TxnQuery) -> list[Transaction]:
+        conditions: list[str] = ["user_id = $1"]
+        args: list[Any] = [query.user_id]
+        if query.status is not None:
+            args.append(query.status.value)
+            conditions.append(f"status = ${len(args)}")
+        if query.before is not None:
+            args.append(query.before)
+            conditions.append(f"id < ${len(args)}")
+        args.append(query.limit)
+        sql = (
+            f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE {' AND '.join(conditions)}"  # noqa: S608
+            f" ORDER BY id DESC LIMIT ${len(args)}"
+        )
+        return [
+            _transaction(row) for row in await (await self._uow.transaction()).fetch(sql, *args)
+        ]
+
+    async def move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+    ) -> Transaction | None:
+        p = _move_params(txn, outcome, at, next_attempt_at, lease_until)
+        row = await (await self._uow.transaction()).fetchrow(
+            _PG_MOVE,
+            p["txn_id"],
+            p["from_status"],
+            p["to_status"],
+            p["at"],
+            p["failure_code"],
+            p["failure_reason"],
+            p["partner_reference"],
+            p["next_attempt_at"],
+            p["lease_until"],
+            outcome.reason,
+        )
+        return None if row is None else _transaction(row)
+
+    async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
+        rows = await (await self._uow.transaction()).fetch(_PG_LEASE_DUE, now, until, limit)
+        return sorted((_transaction(row) for row in rows), key=lambda t: t.id)
+
+    async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
+        await (await self._uow.transaction()).execute(_PG_RETRY_LATER, txn_id, at)
+
+
+class PgRemitUnitOfWork(PgUnitOfWork):
+    transactions: PgRemitRepository
+
+    def __init__(self, db: Database, *, resume_after_seconds: float) -> None:
+        super().__init__(db)
+        self._resume_after = resume_after_seconds
+
+    def bind(self) -> None:
+        self.transactions = PgRemitRepository(self, resume_after_seconds=self._resume_after)
