@@ -24,7 +24,14 @@ from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
 from currencyex.gateway.ws_hub import Hub, HubSettings
 from currencyex.kernel.clock import Clock, SystemClock
-from currencyex.kernel.ports import Cache, EmailSender, EventBus, ObjectStorage, RateLimitStore
+from currencyex.kernel.ports import (
+    Cache,
+    EmailSender,
+    EventBus,
+    ObjectStorage,
+    RateLimitStore,
+    UnitOfWork,
+)
 from currencyex.platform.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
 from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.cache import MemoryCache, RedisCache
@@ -33,6 +40,7 @@ from currencyex.platform.email import ConsoleEmailSender, SmtpEmailSender
 from currencyex.platform.metrics import Metrics
 from currencyex.platform.outbox import OutboxRelay
 from currencyex.platform.passwords import PasswordHasher
+from currencyex.platform.pg import PgUnitOfWork
 from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
 from currencyex.platform.storage import LocalFolderStorage, S3Storage, load_signing_key
 from currencyex.platform.tokens import TokenIssuer, load_keys
@@ -97,8 +105,9 @@ class Container:
     hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db)
+    def uow(self) -> UnitOfWork:
+        """A unit of work over the platform tables (outbox, audit log, processed events)."""
+        return PgUnitOfWork(self.db) if self.db.dialect == "postgresql" else SqlUnitOfWork(self.db)
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {

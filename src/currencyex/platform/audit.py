@@ -7,6 +7,7 @@ and its audit row commit or roll back together. On PostgreSQL the table is appen
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,19 +29,25 @@ audit_table = sa.Table(
 )
 
 
+def audit_row(entry: AuditEntry) -> dict[str, Any]:
+    """The audit_log row of `entry` (a new id; the detail as compact, sorted JSON)."""
+    return {
+        "id": new_id(),
+        "actor_id": entry.actor_id,
+        "action": entry.action,
+        "subject_type": entry.subject_type,
+        "subject_id": entry.subject_id,
+        "detail": json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
+        "at": entry.at,
+    }
+
+
+_RECORD = audit_table.insert()
+
+
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def record(self, entry: AuditEntry) -> None:
-        await self._conn.execute(
-            audit_table.insert().values(
-                id=new_id(),
-                actor_id=entry.actor_id,
-                action=entry.action,
-                subject_type=entry.subject_type,
-                subject_id=entry.subject_id,
-                detail=json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
-                at=entry.at,
-            )
-        )
+        await self._conn.execute(_RECORD, audit_row(entry))

@@ -19,7 +19,8 @@ import asyncpg
 
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
-from currencyex.kernel.ports import SavedResponse
+from currencyex.kernel.ports import AuditEntry, SavedResponse
+from currencyex.platform.audit import audit_row
 from currencyex.platform.db import Database
 from currencyex.platform.idempotency import PENDING
 from currencyex.platform.outbox import outbox_row
@@ -104,6 +105,35 @@ class PgIdempotency:
         self._uow.announced()
 
 
+_RECORD = """
+INSERT INTO audit_log (id, actor_id, action, subject_type, subject_id, detail, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+_MARK = """
+INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+
+
+class PgAuditLog:
+    def __init__(self, uow: PgUnitOfWork) -> None:
+        self._uow = uow
+
+    async def record(self, entry: AuditEntry) -> None:
+        row = audit_row(entry)
+        await (await self._uow.transaction()).execute(
+            _RECORD,
+            row["id"],
+            row["actor_id"],
+            row["action"],
+            row["subject_type"],
+            row["subject_id"],
+            row["detail"],
+            row["at"],
+        )
+
+
 class PgUnitOfWork:
     """One PostgreSQL transaction on a bare asyncpg connection; leaving the block without
     `commit()` rolls back. Subclasses bind their repositories to the unit in `bind`.
@@ -122,6 +152,7 @@ class PgUnitOfWork:
         self._announces = False  # this transaction adds events to the outbox
         self.idempotency = PgIdempotency(self)
         self.outbox = PgOutbox(self)
+        self.audit = PgAuditLog(self)
 
     def bind(self) -> None:
         """Create this service's repositories on the unit."""
@@ -176,3 +207,7 @@ class PgUnitOfWork:
 
     def announced(self) -> None:
         self._announces = True
+
+    async def mark_processed(self, consumer: str, event_id: str) -> bool:
+        conn = await self.transaction()
+        return await conn.fetchval(_MARK, consumer, event_id, datetime.now(UTC)) is not None

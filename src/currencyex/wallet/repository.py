@@ -513,16 +513,23 @@ SELECT * FROM ledger_post_once(
 )
 """
 _SHORT = "CX001"  # raised by ledger_post_once when a wallet would go short
+# The hold row and the lock in one statement. A hold with this id placed already inserts
+# nothing and locks nothing (a concurrent one waits on its row). A wallet without enough
+# available money fails the statement on the table's own guard, ck_wallet_accounts_available
+# (balance >= locked_balance), which takes the hold row back with it.
 _PG_PLACE_HOLD = """
-INSERT INTO wallet_holds (id, account_id, amount, status, reference, created_at)
-VALUES ($1, $2, $3, 'HELD', $4, $5)
-ON CONFLICT (id) DO NOTHING
-RETURNING id
+WITH placed AS (
+    INSERT INTO wallet_holds (id, account_id, amount, status, reference, created_at)
+    VALUES ($1, $2, $3, 'HELD', $4, $5)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING account_id, amount
+)
+UPDATE wallet_accounts AS a SET locked_balance = a.locked_balance + p.amount
+FROM placed AS p
+WHERE a.id = p.account_id
+RETURNING a.id
 """
-_PG_LOCK = """
-UPDATE wallet_accounts SET locked_balance = locked_balance + $2
-WHERE id = $1 AND balance - locked_balance >= $2
-"""
+_AVAILABLE_GUARD = "ck_wallet_accounts_available"
 # The status change is the guard: of two settlements of one hold, one finds it HELD. The
 # unlock rides in the same statement.
 _PG_SETTLE_HOLD = """
@@ -579,19 +586,20 @@ class PgLedgerRepository(_AccountsByKey):
 
     async def hold(self, hold: Hold) -> bool:
         conn = await self._uow.transaction()
-        placed = await conn.fetchval(
-            _PG_PLACE_HOLD,
-            hold.id,
-            hold.account.id,
-            hold.amount.minor,
-            hold.reference,
-            datetime.now(UTC),
-        )
-        if placed is None:
-            return False
-        if await conn.execute(_PG_LOCK, hold.account.id, hold.amount.minor) != "UPDATE 1":
-            raise InsufficientFunds()
-        return True
+        try:
+            placed = await conn.fetchval(
+                _PG_PLACE_HOLD,
+                hold.id,
+                hold.account.id,
+                hold.amount.minor,
+                hold.reference,
+                datetime.now(UTC),
+            )
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name == _AVAILABLE_GUARD:
+                raise InsufficientFunds() from None
+            raise
+        return placed is not None
 
     async def settle_hold(
         self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None

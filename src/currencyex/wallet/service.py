@@ -278,14 +278,10 @@ class WalletService:
         short. With `hold_id`, idempotent: a hold with that id already placed is returned."""
         _positive(amount, "amount")
         async with self._postings() as uow:
-            if hold_id is not None:
-                placed = await uow.ledger.find_hold(hold_id)
-                if placed is not None:
-                    return placed
             wallet = await uow.ledger.account(AccountKind.WALLET, amount.currency, user_id)
             hold = Hold(hold_id or new_id(), wallet, amount, HoldStatus.HELD, reference)
             if not await uow.ledger.hold(hold):
-                # Placed by a concurrent call with the same id, which has committed by now.
+                # Placed before, or by a concurrent call (committed by now): as it stands.
                 placed = await uow.ledger.find_hold(hold.id)
                 assert placed is not None
                 return placed

@@ -1,9 +1,11 @@
-"""The idempotency store and the outbox of a unit of work, on each kind there is: SQLAlchemy's on
-SQLite and PostgreSQL, and the bare driver's on PostgreSQL (platform/pg.py).
+"""The idempotency store, outbox, audit log and processed-event marks of a unit of work, on each
+kind there is: SQLAlchemy's on SQLite and PostgreSQL, and the bare driver's on PostgreSQL
+(platform/pg.py).
 
-Covers what the money-moving requests rely on: a new key is claimed, its saved response comes
-back to repeats, another request under the key is 1007, the response and its event are kept
-only by a commit, and a concurrent claim of one key waits for the first and then replays it.
+Covers what the money-moving requests and the consumers rely on: a new key is claimed, its
+saved response comes back to repeats, another request under the key is 1007, the response and
+its event are kept only by a commit, a concurrent claim of one key waits for the first and then
+replays it; an event is marked processed once per consumer; an audit entry is kept whole.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,7 +23,8 @@ import sqlalchemy as sa
 
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
-from currencyex.kernel.ports import SavedResponse
+from currencyex.kernel.ports import AuditEntry, SavedResponse
+from currencyex.platform.audit import audit_table
 from currencyex.platform.db import Database
 from currencyex.platform.idempotency import idempotency_table
 from currencyex.platform.outbox import outbox_table
@@ -143,3 +147,40 @@ async def test_a_concurrent_claim_waits_for_the_first_and_replays_it(
     finally:
         await db.close()
     assert replayed == SavedResponse(201, {"first": True})
+
+
+async def test_an_event_is_marked_processed_once_and_a_rolled_back_mark_can_be_made_again(
+    store: Store,
+) -> None:
+    async with store.uow() as uow:
+        assert await uow.mark_processed("c-1", "e-1") is True
+        assert await uow.mark_processed("c-1", "e-1") is False  # the transaction stays usable
+        assert await uow.mark_processed("c-2", "e-1") is True  # another consumer's mark
+        await uow.commit()
+    async with store.uow() as uow:
+        assert await uow.mark_processed("c-1", "e-1") is False
+        assert await uow.mark_processed("c-1", "e-2") is True
+        # no commit
+    async with store.uow() as uow:
+        assert await uow.mark_processed("c-1", "e-2") is True
+
+
+async def test_an_audit_entry_is_kept_with_its_transaction(store: Store) -> None:
+    actor, at = uuid.uuid4(), datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+    entry = AuditEntry(actor, "txn.status_changed", "transaction", "t-1", at, {"b": 2, "a": 1})
+    async with store.uow() as uow:
+        await uow.audit.record(entry)
+        # no commit
+    assert await _rows(store.db, audit_table) == []
+    async with store.uow() as uow:
+        await uow.audit.record(entry)
+        await uow.commit()
+    [row] = await _rows(store.db, audit_table)
+    assert (row.actor_id, row.action, row.subject_type, row.subject_id, row.at) == (
+        actor,
+        "txn.status_changed",
+        "transaction",
+        "t-1",
+        at,
+    )
+    assert row.detail == '{"a":1,"b":2}'
