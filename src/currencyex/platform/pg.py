@@ -1,11 +1,12 @@
 """PostgreSQL through asyncpg alone, for the statements on the money path.
 
-Through SQLAlchemy a statement costs about 100 µs of CPU in this process; through asyncpg
-directly about 30 µs, and a transaction of three statements about half as much in all
-(`bench/exchange.py` measures the difference). Money movements (deposits, exchanges, holds,
-captures, releases) run here on PostgreSQL; everything else, and every statement on SQLite,
-stays on SQLAlchemy. The two kinds of unit of work write the same tables with the same
-statements and are held to the same contract tests (tests/contract).
+Through SQLAlchemy's asyncio engine each statement costs this process several times the CPU it
+costs through asyncpg directly, and a transaction of three statements over twice as much
+(`bench/statements.py` prints both). So on PostgreSQL the units of work that move money run
+here: deposits, exchanges, holds and their settlement, remittance status changes, and the
+consumers' marks and audit rows. Reads, and every statement on SQLite, stay on SQLAlchemy.
+Both kinds write the same tables with the same statements and are held to the same contract
+tests (tests/contract).
 """
 
 from __future__ import annotations
@@ -178,10 +179,6 @@ class PgUnitOfWork:
             self._transaction = self.connection.transaction()
             await self._transaction.start()
         return self.connection
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._transaction is not None
 
     async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one statement as the whole of this unit, which it ends: in its own implicit

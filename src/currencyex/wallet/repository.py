@@ -91,7 +91,10 @@ holds = sa.Table(
 
 
 def _account(row: Any) -> Account:
-    return Account(row.id, AccountKind(row.kind), row.currency, row.user_id)
+    """An account from its row: a SQLAlchemy row, or anything that maps column names (an
+    asyncpg record)."""
+    m = row._mapping if isinstance(row, sa.Row) else row
+    return Account(m["id"], AccountKind(m["kind"]), m["currency"], m["user_id"])
 
 
 # The hot path's statements, built once: building `.values(...)` per call costs more CPU than
@@ -551,8 +554,9 @@ WHERE h.id = $1
 
 
 def _pg_hold(hold_id: uuid.UUID, row: asyncpg.Record, status: HoldStatus) -> Hold:
-    account = Account(row["id"], AccountKind(row["kind"]), row["currency"], row["user_id"])
-    return Hold(hold_id, account, Money(row["amount"], row["currency"]), status, row["reference"])
+    return Hold(
+        hold_id, _account(row), Money(row["amount"], row["currency"]), status, row["reference"]
+    )
 
 
 class PgLedgerRepository(_AccountsByKey):
@@ -565,12 +569,7 @@ class PgLedgerRepository(_AccountsByKey):
 
     async def _read(self, keys: list[str]) -> dict[str, Account]:
         rows = await (await self._uow.transaction()).fetch(_PG_ACCOUNTS_BY_KEY, keys)
-        return {
-            row["key"]: Account(
-                row["id"], AccountKind(row["kind"]), row["currency"], row["user_id"]
-            )
-            for row in rows
-        }
+        return {row["key"]: _account(row) for row in rows}
 
     async def _open(
         self, key: str, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
@@ -581,6 +580,7 @@ class PgLedgerRepository(_AccountsByKey):
 
     async def post(self, journal: Journal) -> None:
         conn = await self._uow.transaction()
+        # The arguments' order is the function's (see _ledger_post_args).
         if not await conn.fetchval(_PG_LEDGER_POST, *_ledger_post_args(journal).values()):
             raise InsufficientFunds()
 
