@@ -2,6 +2,8 @@
 
 import base64
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -113,3 +115,34 @@ def test_jwks_publishes_public_keys_only(tmp_path):
     jwk = jwt.PyJWK(keys[0])
     token = issuer(tmp_path).issue(subject="u", role="CUSTOMER", now=NOW)
     assert jwt.decode(token, jwk.key, algorithms=["EdDSA"], audience="currencyex-api")["sub"] == "u"
+
+
+def test_processes_starting_together_on_an_empty_folder_share_one_first_key(tmp_path):
+    # Separate interpreters, as separate `serve` and `worker` processes would be, each ready
+    # and waiting (imports done) until all are let go at once.
+    script = """
+import sys, time
+from pathlib import Path
+from currencyex.platform.tokens import load_keys
+print("ready", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+print(",".join(key.kid for key in load_keys(Path(sys.argv[1]))), flush=True)
+"""
+    go = tmp_path / "go"
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "keys"), str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for start in starts:
+        assert start.stdout is not None
+        assert start.stdout.readline().strip() == "ready"
+    go.touch()
+    kids = {start.communicate(timeout=60)[0].strip() for start in starts}
+    assert all(start.returncode == 0 for start in starts)
+    assert len(kids) == 1
+    assert [path.stem for path in (tmp_path / "keys").glob("*.pem")] == list(kids)

@@ -11,6 +11,7 @@ request with it costs one dict lookup and one clock read instead of an Ed25519 v
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import time
 from collections import OrderedDict
@@ -68,15 +69,28 @@ def generate_key(folder: Path) -> SigningKey:
 
 
 def load_keys(folder: Path, *, create: bool = True) -> list[SigningKey]:
-    """All keys in `folder`, oldest first; creates the first key when the folder has none."""
+    """All keys in `folder`, oldest first; creates the first key when the folder has none.
+
+    Processes starting together on an empty folder (several `serve` and `worker` processes)
+    take turns on a lock file, so one of them creates the first key and the others load it:
+    each making its own would leave each process refusing the others' tokens.
+    """
+    keys = _read_keys(folder)
+    if keys or not create:
+        return keys
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".first-key.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _read_keys(folder) or [generate_key(folder)]
+
+
+def _read_keys(folder: Path) -> list[SigningKey]:
     keys: list[SigningKey] = []
     for path in sorted(folder.glob("*.pem")) if folder.exists() else []:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise TypeError(f"{path} is not an Ed25519 private key")
         keys.append(SigningKey(path.stem, private))
-    if not keys and create:
-        keys.append(generate_key(folder))
     return keys
 
 
