@@ -175,6 +175,19 @@ class Server:
     def cpu(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.processes)
 
+    def wait_idle(self, timeout: float = 180.0, busy: float = 0.05) -> float:
+        """Wait until the server processes use less than `busy` CPU-seconds per second (their
+        queued work, such as payouts and event consumers, done); the seconds waited."""
+        started = time.monotonic()
+        before = self.cpu()
+        while time.monotonic() - started < timeout:
+            time.sleep(1.0)
+            now = self.cpu()
+            if now - before < busy:
+                break
+            before = now
+        return time.monotonic() - started
+
     def tail(self, lines: int = 40) -> str:
         text = "\n".join(log.read_text(errors="replace") for log in self.logs if log.exists())
         return "\n".join(text.splitlines()[-lines:])
@@ -515,7 +528,8 @@ def bench(args: argparse.Namespace) -> int:
                     args.scenario,
                 )
             )
-            server_cpu = server.cpu() - server_cpu
+            server_cpu_after = server.cpu()
+            server_cpu = server_cpu_after - server_cpu
             after = resource.getrusage(resource.RUSAGE_SELF)
             client_cpu = (after.ru_utime + after.ru_stime) - (
                 client_cpu.ru_utime + client_cpu.ru_stime
@@ -525,12 +539,18 @@ def bench(args: argparse.Namespace) -> int:
             elapsed = args.warmup + args.duration
 
             unsettled = wait_payouts_settled(db) if args.scenario == "send" else 0
+            # What the load queued (payouts, event consumers) is part of its cost.
+            drain = server.wait_idle()
+            drain_cpu = server.cpu() - server_cpu_after
             verify = server.run("ledger", "verify")
             verify_line = (verify.stdout.strip() or verify.stderr.strip()).splitlines()
             pending = wait_outbox_drained(db)
 
             print(f"pgbench: -i -s 1, then {args.clients} clients, -j 2, {int(args.duration)} s")
+            # The app should be idle by now; what it still spends while pgbench runs is shown.
+            idle_cpu = server.cpu()
             tps, _ = pgbench(pgbench_db, args.clients, int(args.duration))
+            idle_cpu = server.cpu() - idle_cpu
         finally:
             server.stop()
 
@@ -538,6 +558,10 @@ def bench(args: argparse.Namespace) -> int:
     noun, target_ratio = scenario.noun, scenario.target_ratio
     rate = stats.ok / args.duration
     ratio = rate / tps if tps else float("nan")
+    # Every 201 of the run over the load's time plus the time the server took to finish what
+    # the load queued (payouts, event consumers): the rate it can keep up.
+    sustained = stats.all_exchanges / (elapsed + drain)
+    sustained_ratio = sustained / tps if tps else float("nan")
     errors = dict(sorted(stats.errors.items()))
     print()
     print("=" * 78)
@@ -554,18 +578,26 @@ def bench(args: argparse.Namespace) -> int:
     )
     print(
         f"pgbench TPC-B tps: {tps:.1f} "
-        f"(clients {args.clients}, scale 1, duration {args.duration:g} s)"
+        f"(clients {args.clients}, scale 1, duration {args.duration:g} s; "
+        f"server cpu meanwhile {idle_cpu:.1f} s)"
     )
     print(
-        f"ratio {noun}/pgbench: {ratio:.3f}   target >= {target_ratio}: "
-        f"{'MET' if ratio >= target_ratio else 'NOT MET'}"
+        f"sustained {noun}/s: {sustained:.1f} ({stats.all_exchanges} in the {elapsed:g} s load "
+        f"and the {drain:.0f} s the server took to finish the work it queued)"
+    )
+    print(
+        f"ratio {noun}/pgbench: {ratio:.3f} (sustained: {sustained_ratio:.3f})   "
+        f"target >= {target_ratio}: "
+        f"{'MET' if min(ratio, sustained_ratio) >= target_ratio else 'NOT MET'}"
     )
     print(f"errors: {errors}")
     print(
         f"cpu during the {elapsed:g} s load: server {server_cpu:.1f} s, load generator "
         f"{client_cpu:.1f} s, machine {machine_busy:.0f}% busy ({os.cpu_count()} cpus); "
         f"server cpu per quote+{args.scenario}: "
-        f"{server_cpu * 1000 / max(1, stats.all_exchanges):.2f} ms"
+        f"{server_cpu * 1000 / max(1, stats.all_exchanges):.2f} ms, "
+        f"{(server_cpu + drain_cpu) * 1000 / max(1, stats.all_exchanges):.2f} ms with the queued "
+        "work"
     )
     print(f"outbox rows unpublished before pgbench: {pending}")
     if args.scenario == "send":
