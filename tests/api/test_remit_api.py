@@ -15,7 +15,9 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
+from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.platform.audit import audit_table
+from currencyex.workers.receipts import audit_writer
 from storage_support import fetch, stored_objects
 
 from conftest import Api, running_app
@@ -304,3 +306,28 @@ async def test_every_status_change_is_in_the_audit_log(api):
         await asyncio.sleep(0.05)
     assert [json.loads(r.detail)["status"] for r in rows] == ["CREATED", "PROCESSING", "COMPLETED"]
     assert [str(r.actor_id) for r in rows] == [user_id, user_id, str(uuid.UUID(int=0))]
+
+
+async def test_a_status_change_delivered_twice_is_audited_once(api):
+    event = Event(
+        TXN_STATUS_CHANGED,
+        {
+            "txn_id": str(uuid.uuid4()),
+            "reference_id": "TXN-TWICE0001",
+            "user_id": str(uuid.uuid4()),
+            "status": "PROCESSING",
+            "timestamp": "2026-11-26T02:00:00Z",
+        },
+    )
+    handle = audit_writer(api.container.uow)
+    await handle(event)
+    await handle(event)  # a redelivery
+    async with api.container.db.connect() as conn:
+        rows = list(
+            await conn.execute(
+                sa.select(audit_table.c.detail).where(
+                    audit_table.c.subject_id == event.data["txn_id"]
+                )
+            )
+        )
+    assert [json.loads(r.detail)["status"] for r in rows] == ["PROCESSING"]

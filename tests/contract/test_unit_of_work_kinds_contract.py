@@ -184,3 +184,33 @@ async def test_an_audit_entry_is_kept_with_its_transaction(store: Store) -> None
         at,
     )
     assert row.detail == '{"a":1,"b":2}'
+
+
+async def test_writes_and_statements_are_kept_together_in_order(store: Store) -> None:
+    first, second, key = _event(), _event(), str(uuid.uuid4())
+    async with store.uow() as uow:
+        await uow.outbox.add(first)  # held on the driver until the claim goes out
+        assert await uow.idempotency.claim(SCOPE, OWNER, key, "h") is None
+        await uow.outbox.add(second)
+        await uow.idempotency.save(SCOPE, OWNER, key, 201, {"n": 2})
+        await uow.commit()
+    assert sorted(row.id for row in await _rows(store.db, outbox_table)) == sorted(
+        [first.id, second.id]
+    )
+    async with store.uow() as uow:
+        assert await uow.idempotency.claim(SCOPE, OWNER, key, "h") == SavedResponse(201, {"n": 2})
+
+
+async def test_a_write_that_fails_fails_the_unit_and_keeps_nothing(store: Store) -> None:
+    event, other = _event(), _event()
+
+    async def add_one_event_twice() -> None:
+        async with store.uow() as uow:
+            await uow.outbox.add(other)
+            await uow.outbox.add(event)
+            await uow.outbox.add(event)  # the same id twice
+            await uow.commit()
+
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await add_one_event_twice()
+    assert await _rows(store.db, outbox_table) == []

@@ -20,8 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from currencyex.platform.audit import audit_table
-from currencyex.platform.outbox import outbox_table, processed_events_table
-from currencyex.workers.receipts import AUDIT
+from currencyex.platform.outbox import outbox_table
 
 from conftest import free_port, running_app
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send, settled
@@ -126,12 +125,5 @@ async def test_sends_are_accepted_while_nats_is_down_and_every_event_arrives_onc
         details = [json.loads(row.detail) for row in await audit_rows()]
         for reference in references:
             statuses = sorted(d["status"] for d in details if d.get("reference_id") == reference)
-            assert statuses == ["COMPLETED", "CREATED", "PROCESSING"]
-        async with api.container.db.connect() as conn:
-            marks = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(processed_events_table)
-                .where(processed_events_table.c.consumer == AUDIT)
-            )
-        assert marks == len([d for d in details if d.get("reference_id") in references])
+            assert statuses == ["COMPLETED", "CREATED", "PROCESSING"]  # each once
         assert await api.container.wallet.verify() == []

@@ -159,6 +159,9 @@ class AuditEntry:
     subject_id: str
     at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
+    # Given by a writer that may record the same entry twice (a consumer seeing an event
+    # again): the second record is ignored. None: a new id.
+    id: uuid.UUID | None = None
 
 
 class AuditLog(Protocol):

@@ -6,6 +6,7 @@ and its audit row commit or roll back together. On PostgreSQL the table is appen
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry
-from currencyex.platform.db import UtcDateTime, metadata
+from currencyex.platform.db import UtcDateTime, insert_or_ignore_for, metadata
 
 audit_table = sa.Table(
     "audit_log",
@@ -32,7 +33,7 @@ audit_table = sa.Table(
 def audit_row(entry: AuditEntry) -> dict[str, Any]:
     """The audit_log row of `entry` (a new id; the detail as compact, sorted JSON)."""
     return {
-        "id": new_id(),
+        "id": entry.id or new_id(),
         "actor_id": entry.actor_id,
         "action": entry.action,
         "subject_type": entry.subject_type,
@@ -42,12 +43,15 @@ def audit_row(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-_RECORD = audit_table.insert()
-
-
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def record(self, entry: AuditEntry) -> None:
-        await self._conn.execute(_RECORD, audit_row(entry))
+        """Add `entry`; an entry whose id is in the log already is ignored."""
+        await self._conn.execute(_record(self._conn.dialect.name), audit_row(entry))
+
+
+@functools.cache
+def _record(dialect: str) -> Any:
+    return insert_or_ignore_for(dialect, audit_table).on_conflict_do_nothing(index_elements=["id"])

@@ -62,8 +62,7 @@ class PgOutbox:
         self._uow = uow
 
     async def add(self, event: Event) -> None:
-        conn = await self._uow.transaction()
-        await conn.execute(_ADD_EVENT, *event_args(event))
+        self._uow.write(_ADD_EVENT, *event_args(event))
         self._uow.announced()
 
 
@@ -97,18 +96,18 @@ class PgIdempotency:
         *,
         announce: Event | None = None,
     ) -> None:
-        conn = await self._uow.transaction()
         saved = (scope, owner, key, status_code, json.dumps(body))
         if announce is None:
-            await conn.execute(_SAVE, *saved)
+            self._uow.write(_SAVE, *saved)
             return
-        await conn.execute(_SAVE_AND_ANNOUNCE, *saved, *event_args(announce))
+        self._uow.write(_SAVE_AND_ANNOUNCE, *saved, *event_args(announce))
         self._uow.announced()
 
 
 _RECORD = """
 INSERT INTO audit_log (id, actor_id, action, subject_type, subject_id, detail, at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (id) DO NOTHING
 """
 _MARK = """
 INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
@@ -123,7 +122,7 @@ class PgAuditLog:
 
     async def record(self, entry: AuditEntry) -> None:
         row = audit_row(entry)
-        await (await self._uow.transaction()).execute(
+        self._uow.write(
             _RECORD,
             row["id"],
             row["actor_id"],
@@ -141,7 +140,10 @@ class PgUnitOfWork:
 
     The transaction begins with the first statement that asks for it (`transaction()`), so a
     unit whose only work is one self-contained statement can run it without BEGIN and COMMIT
-    (`autocommit`).
+    (`autocommit`). Writes whose result nobody waits for (outbox events, saved responses, audit
+    entries) are held (`write`) until the next statement or the commit, and sent in order then;
+    a unit whose only work is one such write commits it without BEGIN and COMMIT too. An error
+    in such a write surfaces from the statement or the commit that sent it.
     """
 
     connection: asyncpg.Connection
@@ -151,6 +153,7 @@ class PgUnitOfWork:
         self._transaction: Any = None  # an asyncpg Transaction, once begun
         self._done = False
         self._announces = False  # this transaction adds events to the outbox
+        self._held: list[tuple[str, tuple[Any, ...]]] = []  # writes not sent yet
         self.idempotency = PgIdempotency(self)
         self.outbox = PgOutbox(self)
         self.audit = PgAuditLog(self)
@@ -178,12 +181,26 @@ class PgUnitOfWork:
         if self._transaction is None:
             self._transaction = self.connection.transaction()
             await self._transaction.start()
+        await self._send_held()
         return self.connection
+
+    def write(self, query: str, *args: Any) -> None:
+        """Hold a write whose result nobody waits for; it goes out before the next statement,
+        or with the commit."""
+        if self._done:
+            raise RuntimeError("this unit of work has ended")
+        self._held.append((query, args))
+
+    async def _send_held(self) -> None:
+        held, self._held = self._held, []
+        for query, args in held:
+            await self.connection.execute(query, *args)
 
     async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one statement as the whole of this unit, which it ends: in its own implicit
         transaction, or as the last statement of the one begun already, then committed."""
-        conn = self.connection if self._transaction is None else await self.transaction()
+        alone = self._transaction is None and not self._held
+        conn = self.connection if alone else await self.transaction()
         if announces:
             self.announced()
         rows: list[Any] = await conn.fetch(query, *args)
@@ -191,6 +208,11 @@ class PgUnitOfWork:
         return rows
 
     async def commit(self) -> None:
+        if self._transaction is None and len(self._held) == 1:
+            query, args = self._held.pop()
+            await self.connection.execute(query, *args)  # a transaction of its own
+        elif self._held:
+            await self.transaction()
         if self._transaction is not None:
             await self._transaction.commit()
         self._done = True
@@ -198,6 +220,7 @@ class PgUnitOfWork:
             self._db.outbox_committed()
 
     async def rollback(self) -> None:
+        self._held.clear()
         if self._transaction is not None:
             await self._transaction.rollback()
         self._done = True

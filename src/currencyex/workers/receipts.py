@@ -16,6 +16,8 @@ AUDIT = "txn-audit"
 AUDIT_ACTION = "txn.status_changed"
 # The actor of changes no person made: the payout worker completing or failing a payout.
 SYSTEM_ACTOR = uuid.UUID(int=0)
+# The namespace of the audit entries' ids, one per event (uuid5 of the event id).
+_AUDIT_IDS = uuid.UUID("6f1c2a52-3d1e-4b7a-9c55-2e4f0b8d7a10")
 _BY_SENDER = frozenset({"CREATED", "PROCESSING"})
 
 
@@ -32,10 +34,10 @@ def audit_writer(uow: Callable[[], UnitOfWork]) -> EventHandler:
     async def handle(event: Event) -> None:
         status = str(event.data["status"])
         async with uow() as tx:
-            if not await tx.mark_processed(AUDIT, event.id):
-                return  # a redelivery: recorded already
+            # The entry's id comes from the event's: a redelivery records nothing more.
             await tx.audit.record(
                 AuditEntry(
+                    id=uuid.uuid5(_AUDIT_IDS, event.id),
                     actor_id=(
                         uuid.UUID(event.data["user_id"]) if status in _BY_SENDER else SYSTEM_ACTOR
                     ),
