@@ -178,15 +178,15 @@ class Server:
     def wait_idle(self, timeout: float = 180.0, busy: float = 0.05) -> float:
         """Wait until the server processes use less than `busy` CPU-seconds per second (their
         queued work, such as payouts and event consumers, done); the seconds waited."""
-        started = time.monotonic()
+        started = window = time.monotonic()
         before = self.cpu()
-        while time.monotonic() - started < timeout:
+        while window - started < timeout:
             time.sleep(1.0)
             now = self.cpu()
             if now - before < busy:
-                break
-            before = now
-        return time.monotonic() - started
+                break  # idle since `window` began
+            before, window = now, time.monotonic()
+        return window - started
 
     def tail(self, lines: int = 40) -> str:
         text = "\n".join(log.read_text(errors="replace") for log in self.logs if log.exists())
@@ -583,7 +583,7 @@ def bench(args: argparse.Namespace) -> int:
     )
     print(
         f"sustained {noun}/s: {sustained:.1f} ({stats.all_exchanges} in the {elapsed:g} s load "
-        f"and the {drain:.0f} s the server took to finish the work it queued)"
+        f"and the {drain:.1f} s the server took to finish the work it queued)"
     )
     print(
         f"ratio {noun}/pgbench: {ratio:.3f} (sustained: {sustained_ratio:.3f})   "
