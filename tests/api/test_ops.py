@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import structlog
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from currencyex.app import create_app
 from currencyex.auth.repository import users
@@ -23,7 +24,7 @@ from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.platform.logging import configure_logging
 
-from conftest import Api, running_app
+from conftest import Api, free_port, running_app
 
 PASSWORD = "Sup3r-secret-pa55word"
 READY_WAIT_SECONDS = 5.0
@@ -311,6 +312,33 @@ async def test_an_unexpected_error_is_500_9000_without_details_or_a_trace(
     assert set(body) == {"code", "message", "request_id"}
     for leak in ("secret detail", "Traceback", "RuntimeError", "boom", 'File "'):
         assert leak not in response.text
+
+
+async def test_a_database_that_cannot_be_reached_is_503_5001(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    async with running_app(await make_settings(backend)) as api:
+        _, token = await api.user_token("CUSTOMER")
+        db = api.container.db
+        working = db.engine
+        # Nothing listens there: every new connection is refused, as when the server is down.
+        db.engine = create_async_engine(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", pool_size=1
+        )
+        try:
+            await asyncio.sleep(1.1)  # past the one second a principal is reused from memory
+            response = await api.http.get(
+                "/v1/wallet/balance", headers={"Authorization": f"Bearer {token}"}
+            )
+        finally:
+            await db.engine.dispose()
+            db.engine = working
+        # Back, the same request works again.
+        again = await api.http.get(
+            "/v1/wallet/balance", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert_error(response, 503, 5001)
+    assert again.status_code == 200
 
 
 # Body size limit

@@ -13,12 +13,14 @@ from starlette.exceptions import HTTPException
 
 from currencyex.kernel.errors import (
     AppError,
+    DependencyUnavailable,
     InternalError,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     ValidationFailed,
 )
+from currencyex.platform.outages import dependency_down
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +89,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if dependency_down(exc):
+        log.warning("request.dependency_down", error=repr(exc))
+        return error_response(request, DependencyUnavailable())
     log.error("request.unexpected_error", exc_info=exc)
     return error_response(request, InternalError())
 
