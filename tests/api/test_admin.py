@@ -1,10 +1,12 @@
 """Staff administration: only an ADMIN grants staff roles, manages users; KYC decisions."""
 
+import asyncio
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
+from currencyex.auth.domain import Role, UserFilter
 from currencyex.platform.outbox import outbox_table
 
 
@@ -221,3 +223,59 @@ async def test_kyc_decision_for_an_unknown_user_is_404_4004(api):
     )
     assert response.status_code == 404
     assert response.json()["code"] == 4004
+
+
+async def test_the_last_active_admin_cannot_be_disabled_or_demoted(api):
+    first_id, first = await api.user_token("ADMIN")
+    second_id, second = await api.user_token("ADMIN")
+    listed = await api.http.get(
+        "/v1/admin/users", params={"role": "ADMIN"}, headers=api.bearer(first)
+    )
+    assert {u["id"] for u in listed.json()["items"]} == {first_id, second_id}
+
+    # Two active admins: either may go.
+    gone = await api.http.patch(
+        f"/v1/admin/users/{second_id}", json={"disabled": True}, headers=api.bearer(first)
+    )
+    assert gone.status_code == 200
+    for change in ({"disabled": True}, {"role": "TELLER"}, {"role": "CUSTOMER", "tier": "PRO"}):
+        refused = await api.http.patch(
+            f"/v1/admin/users/{first_id}", json=change, headers=api.bearer(first)
+        )
+        assert (refused.status_code, refused.json()["code"]) == (422, 1000), change
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(first))
+    assert (me.status_code, me.json()["role"]) == (200, "ADMIN")
+    # Other changes to the last admin are fine, and so is a new admin taking over.
+    assert (
+        await api.http.patch(
+            f"/v1/admin/users/{first_id}", json={"tier": "PRO"}, headers=api.bearer(first)
+        )
+    ).status_code == 200
+    back = await api.http.patch(
+        f"/v1/admin/users/{second_id}", json={"disabled": False}, headers=api.bearer(first)
+    )
+    assert back.status_code == 200
+    assert (
+        await api.http.patch(
+            f"/v1/admin/users/{first_id}", json={"role": "TELLER"}, headers=api.bearer(second)
+        )
+    ).status_code == 200
+
+
+async def test_two_admins_disabling_each_other_at_once_leave_one(api):
+    first_id, first = await api.user_token("ADMIN")
+    second_id, second = await api.user_token("ADMIN")
+    results = await asyncio.gather(
+        api.http.patch(
+            f"/v1/admin/users/{second_id}", json={"disabled": True}, headers=api.bearer(first)
+        ),
+        api.http.patch(
+            f"/v1/admin/users/{first_id}", json={"disabled": True}, headers=api.bearer(second)
+        ),
+    )
+    # The loser is refused as the last admin (422), or, once disabled, as a disabled account.
+    assert sorted(r.status_code for r in results) in ([200, 403], [200, 422]), [
+        r.text for r in results
+    ]
+    listed, _ = await api.container.auth.list_users(UserFilter(role=Role.ADMIN, limit=10))
+    assert sum(not user.disabled for user in listed) == 1

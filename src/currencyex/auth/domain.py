@@ -149,6 +149,11 @@ class UserRepository(Protocol):
 
     async def update(self, user_id: uuid.UUID, **changes: object) -> User | None: ...
 
+    async def lock_active_admins(self) -> list[uuid.UUID]:
+        """The ids of the enabled ADMIN accounts, locked until the transaction ends (in id
+        order, so two transactions taking them cannot deadlock)."""
+        ...
+
     async def search(self, query: UserFilter) -> list[User]: ...
 
     async def start_review(

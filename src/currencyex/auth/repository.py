@@ -143,6 +143,15 @@ class SqlUserRepository:
         ).first()
         return _user(row) if row else None
 
+    async def lock_active_admins(self) -> list[uuid.UUID]:
+        rows = await self._conn.execute(
+            sa.select(users.c.id)
+            .where(users.c.role == Role.ADMIN.value, users.c.disabled.is_(False))
+            .order_by(users.c.id)
+            .with_for_update()  # SQLite serialises writers instead (BEGIN IMMEDIATE)
+        )
+        return [row.id for row in rows]
+
     async def search(self, query: UserFilter) -> list[User]:
         stmt = users.select().order_by(users.c.id).limit(query.limit)
         if query.role is not None:

@@ -242,6 +242,14 @@ class AuthService:
             )
         now = self._clock.now()
         async with self._uow() as uow:
+            if changes.disabled or changes.role not in (None, Role.ADMIN):
+                # Someone must be left to manage staff: the last enabled admin stays one.
+                admins = await uow.users.lock_active_admins()
+                if admins == [user_id]:
+                    raise ValidationFailed(
+                        "The last active admin cannot be disabled or given another role",
+                        details=[{"loc": ["body"], "msg": "at least one active admin must remain"}],
+                    )
             user = await uow.users.update(user_id, **values, updated_at=now)
             if user is None:
                 raise NotFound()
