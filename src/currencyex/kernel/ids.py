@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 import uuid
 
+_COUNTER_BITS = 12  # the "rand_a" field of RFC 9562, used as a counter within a millisecond
+_lock = threading.Lock()
+_last = (0, 0)  # (milliseconds, counter) of the id made last in this process
+
 
 def new_id() -> uuid.UUID:
-    """A UUIDv7: 48 bits of Unix milliseconds, then random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = secrets.randbits(74)
+    """A UUIDv7: 48 bits of Unix milliseconds, a 12-bit counter, then random bits.
+
+    Ids made by one process only grow, also within one millisecond (RFC 9562, section 6.2,
+    method 1): the counter starts at a random value below half its range each millisecond and
+    counts up; should it run out, the id borrows the next millisecond. Ids from different
+    processes made in the same millisecond are ordered arbitrarily.
+    """
+    global _last
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        last_ms, last_counter = _last
+        if ms > last_ms:
+            counter = secrets.randbits(_COUNTER_BITS - 1)
+        else:
+            ms, counter = last_ms, last_counter + 1
+            if counter >> _COUNTER_BITS:
+                ms, counter = ms + 1, 0
+        _last = (ms, counter)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
-    value |= (rand >> 62) << 64  # 12 random bits
+    value |= counter << 64
     value |= 0b10 << 62  # RFC 4122 variant
-    value |= rand & ((1 << 62) - 1)
+    value |= secrets.randbits(62)
     return uuid.UUID(int=value)

@@ -1,0 +1,34 @@
+"""Time-ordered ids: version 7 layout, and strictly growing within one process."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+
+from currencyex.kernel import ids
+from currencyex.kernel.ids import new_id
+
+
+def test_an_id_is_a_version_7_uuid_carrying_the_time() -> None:
+    before = time.time_ns() // 1_000_000
+    made = new_id()
+    after = time.time_ns() // 1_000_000
+    assert (made.version, made.variant) == (7, uuid.RFC_4122)
+    assert before <= made.int >> 80 <= after + 1
+
+
+def test_ids_made_in_a_row_only_grow_even_within_one_millisecond() -> None:
+    made = [new_id() for _ in range(20_000)]  # thousands per millisecond
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert any(a.int >> 80 == b.int >> 80 for a, b in itertools.pairwise(made))
+
+
+def test_a_full_counter_borrows_the_next_millisecond(monkeypatch) -> None:
+    now_ms = time.time_ns() // 1_000_000 + 60_000  # ahead of the clock: the counter path
+    monkeypatch.setattr(ids, "_last", (now_ms, (1 << 12) - 1))
+    made = new_id()
+    assert made.int >> 80 == now_ms + 1
+    assert (made.int >> 64) & 0xFFF == 0
+    assert new_id() > made
