@@ -1,7 +1,7 @@
 """PostgreSQL through asyncpg alone, for the statements on the money path.
 
-Through SQLAlchemy's asyncio engine each statement costs this process several times the CPU it
-costs through asyncpg directly, and a transaction of three statements over twice as much
+Through SQLAlchemy's asyncio engine a statement costs this process more than twice the CPU it
+costs through asyncpg directly, and a transaction of three statements close to twice as much
 (`bench/statements.py` prints both). So on PostgreSQL the units of work that move money run
 here: deposits, exchanges, holds and their settlement, remittance status changes, and the
 consumers' marks and audit rows. Reads, and every statement on SQLite, stay on SQLAlchemy.
