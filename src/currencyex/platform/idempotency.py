@@ -38,6 +38,15 @@ idempotency_table = sa.Table(
 PENDING = -1  # status of a claimed record whose response is not written yet
 
 
+def first_response(record: Any, request_hash: str) -> SavedResponse:
+    """The response kept in an idempotency record (a SQLAlchemy row, or anything that maps
+    column names) for a repeat of its request; 1007 when `request_hash` is another request's."""
+    m = record._mapping if isinstance(record, sa.Row) else record
+    if m["request_hash"] != request_hash:
+        raise IdempotencyKeyReused()
+    return SavedResponse(m["status_code"], json.loads(m["response"]))
+
+
 @functools.cache
 def _claim(dialect: str) -> Any:
     return (
@@ -98,10 +107,7 @@ class SqlIdempotency:
         if claimed.first() is not None:
             return None
         this_key = {"w_scope": scope, "w_owner": owner, "w_key": key}
-        row = (await self._conn.execute(_FIND, this_key)).one()
-        if row.request_hash != request_hash:
-            raise IdempotencyKeyReused()
-        return SavedResponse(row.status_code, json.loads(row.response))
+        return first_response((await self._conn.execute(_FIND, this_key)).one(), request_hash)
 
     async def save(
         self,

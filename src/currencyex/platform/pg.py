@@ -18,12 +18,11 @@ from typing import Any, Self
 
 import asyncpg
 
-from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.audit import audit_row
 from currencyex.platform.db import Database
-from currencyex.platform.idempotency import PENDING
+from currencyex.platform.idempotency import PENDING, first_response
 from currencyex.platform.outbox import outbox_row
 
 _CLAIM = """
@@ -81,10 +80,7 @@ class PgIdempotency:
         )
         if claimed is not None:
             return None
-        row = await conn.fetchrow(_FIND, scope, owner, key)
-        if row["request_hash"] != request_hash:
-            raise IdempotencyKeyReused()
-        return SavedResponse(row["status_code"], json.loads(row["response"]))
+        return first_response(await conn.fetchrow(_FIND, scope, owner, key), request_hash)
 
     async def save(
         self,

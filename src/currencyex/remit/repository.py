@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -204,15 +205,13 @@ class SqlRemitRepository:
 
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
         row = _txn_row(txn, request_hash, self._resume_after)
-        reference = txn.reference_id
         insert = _insert_txn(self._conn.dialect.name)
-        for draw in range(_REFERENCE_DRAWS):
+
+        async def stored(reference: str) -> bool:
             added = await self._conn.execute(insert, {**row, "reference_id": reference})
-            if added.first() is not None:
-                break
-            if draw + 1 == _REFERENCE_DRAWS:
-                raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
-            reference = new_reference_id()
+            return added.first() is not None
+
+        reference = await _with_free_reference(txn.reference_id, stored)
         await self._conn.execute(
             _INSERT_HISTORY,
             {
@@ -299,6 +298,17 @@ class SqlRemitRepository:
         await self._conn.execute(_RETRY_LATER, {"txn_id": txn_id, "next_at": at})
 
 
+async def _with_free_reference(first: str, stored: Callable[[str], Awaitable[bool]]) -> str:
+    """Store a new transaction under `first`, or, while `stored` finds its reference taken,
+    under a freshly drawn one; the reference it was stored under."""
+    reference = first
+    for _ in range(_REFERENCE_DRAWS):
+        if await stored(reference):
+            return reference
+        reference = new_reference_id()
+    raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
+
+
 def _replace_reference(txn: Transaction, reference: str) -> Transaction:
     return txn if reference == txn.reference_id else replace(txn, reference_id=reference)
 
@@ -379,16 +389,12 @@ class PgRemitRepository:
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
         conn = await self._uow.transaction()
         row = _txn_row(txn, request_hash, self._resume_after)
-        reference = txn.reference_id
-        for draw in range(_REFERENCE_DRAWS):
-            row["reference_id"] = reference
-            args = [row.get(column.name) for column in transactions.columns]
-            if await conn.fetchval(_PG_ADD, *args) is not None:
-                break
-            if draw + 1 == _REFERENCE_DRAWS:
-                raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
-            reference = new_reference_id()
-        return _replace_reference(txn, reference)
+
+        async def stored(reference: str) -> bool:
+            args = [{**row, "reference_id": reference}.get(c.name) for c in transactions.columns]
+            return await conn.fetchval(_PG_ADD, *args) is not None
+
+        return _replace_reference(txn, await _with_free_reference(txn.reference_id, stored))
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
         row = await (await self._uow.transaction()).fetchrow(_PG_BY_ID, txn_id)

@@ -17,11 +17,12 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from currencyex.kernel.errors import IdempotencyKeyReused, InsufficientFunds
+from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
+from currencyex.platform.idempotency import first_response
 from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
@@ -88,6 +89,13 @@ holds = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("settled_at", UtcDateTime),
 )
+
+
+def _hold(hold_id: uuid.UUID, row: Any, status: HoldStatus) -> Hold:
+    """A hold from a row of it joined with its account (a SQLAlchemy row or an asyncpg
+    record)."""
+    m = row._mapping if isinstance(row, sa.Row) else row
+    return Hold(hold_id, _account(row), Money(m["amount"], m["currency"]), status, m["reference"])
 
 
 def _account(row: Any) -> Account:
@@ -337,15 +345,7 @@ class SqlLedgerRepository(_AccountsByKey):
                 .where(holds.c.id == hold_id)
             )
         ).first()
-        if row is None:
-            return None
-        return Hold(
-            hold_id,
-            _account(row),
-            Money(row.amount, row.currency),
-            HoldStatus(row.status),
-            row.reference,
-        )
+        return None if row is None else _hold(hold_id, row, HoldStatus(row.status))
 
     async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]:
         rows = (
@@ -553,12 +553,6 @@ WHERE h.id = $1
 """
 
 
-def _pg_hold(hold_id: uuid.UUID, row: asyncpg.Record, status: HoldStatus) -> Hold:
-    return Hold(
-        hold_id, _account(row), Money(row["amount"], row["currency"]), status, row["reference"]
-    )
-
-
 class PgLedgerRepository(_AccountsByKey):
     """What moves money in the ledger (SqlLedgerRepository's `account`, `accounts`, `post`,
     `hold`, `settle_hold`, `find_hold`) on a bare asyncpg connection."""
@@ -607,11 +601,11 @@ class PgLedgerRepository(_AccountsByKey):
         row = await (await self._uow.transaction()).fetchrow(
             _PG_SETTLE_HOLD, hold_id, status.value, datetime.now(UTC), journal_id
         )
-        return None if row is None else _pg_hold(hold_id, row, status)
+        return None if row is None else _hold(hold_id, row, status)
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
         row = await (await self._uow.transaction()).fetchrow(_PG_FIND_HOLD, hold_id)
-        return None if row is None else _pg_hold(hold_id, row, HoldStatus(row["status"]))
+        return None if row is None else _hold(hold_id, row, HoldStatus(row["status"]))
 
 
 class PgWalletUnitOfWork(PgUnitOfWork):
@@ -655,9 +649,4 @@ class PgWalletUnitOfWork(PgUnitOfWork):
             if exc.sqlstate == _SHORT:
                 raise InsufficientFunds() from None
             raise
-        if not rows:
-            return None
-        saved = rows[0]
-        if saved["request_hash"] != once.request.fingerprint:
-            raise IdempotencyKeyReused()
-        return SavedResponse(saved["status_code"], json.loads(saved["response"]))
+        return first_response(rows[0], once.request.fingerprint) if rows else None
