@@ -214,3 +214,23 @@ async def test_a_write_that_fails_fails_the_unit_and_keeps_nothing(store: Store)
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         await add_one_event_twice()
     assert await _rows(store.db, outbox_table) == []
+
+
+@pytest.mark.integration
+async def test_a_driver_read_begins_no_transaction_yet_sees_the_units_held_writes(
+    make_settings: Any,
+) -> None:
+    db = Database((await make_settings("real")).database_url)
+    event = _event()
+    count = "SELECT count(*) FROM outbox WHERE id = $1"
+    try:
+        async with PgUnitOfWork(db) as uow:
+            assert await (await uow.reading()).fetchval(count, event.id) == 0
+            assert not uow.connection.is_in_transaction()
+            await uow.outbox.add(event)  # held: the next read sends it, inside a transaction
+            assert await (await uow.reading()).fetchval(count, event.id) == 1
+            assert uow.connection.is_in_transaction()
+            # not committed: nothing is kept
+        assert await _rows(db, outbox_table) == []
+    finally:
+        await db.close()

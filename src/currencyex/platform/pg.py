@@ -136,10 +136,11 @@ class PgUnitOfWork:
 
     The transaction begins with the first statement that asks for it (`transaction()`), so a
     unit whose only work is one self-contained statement can run it without BEGIN and COMMIT
-    (`autocommit`). Writes whose result nobody waits for (outbox events, saved responses, audit
-    entries) are held (`write`) until the next statement or the commit, and sent in order then;
-    a unit whose only work is one such write commits it without BEGIN and COMMIT too. An error
-    in such a write surfaces from the statement or the commit that sent it.
+    (`autocommit`), and reads before it need neither (`reading()`). Writes whose result nobody
+    waits for (outbox events, saved responses, audit entries) are held (`write`) until the next
+    statement or the commit, and sent in order then; a unit whose only work is one such write
+    commits it without BEGIN and COMMIT too. An error in such a write surfaces from the
+    statement or the commit that sent it.
     """
 
     connection: asyncpg.Connection
@@ -179,6 +180,17 @@ class PgUnitOfWork:
             await self._transaction.start()
         await self._send_held()
         return self.connection
+
+    async def reading(self) -> asyncpg.Connection:
+        """The connection for a read. Inside this unit's transaction when one has begun or
+        writes are held (the read sees them); else on its own, without BEGIN and ROLLBACK:
+        under READ COMMITTED each statement takes its own snapshot either way. A read that
+        locks rows (FOR UPDATE) takes `transaction()` instead."""
+        if self._transaction is None and not self._held:
+            if self._done:
+                raise RuntimeError("this unit of work has ended")
+            return self.connection
+        return await self.transaction()
 
     def write(self, query: str, *args: Any) -> None:
         """Hold a write whose result nobody waits for; it goes out before the next statement,

@@ -397,15 +397,15 @@ class PgRemitRepository:
         return _replace_reference(txn, await _with_free_reference(txn.reference_id, stored))
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
-        row = await (await self._uow.transaction()).fetchrow(_PG_BY_ID, txn_id)
+        row = await (await self._uow.reading()).fetchrow(_PG_BY_ID, txn_id)
         return None if row is None else _transaction(row)
 
     async def find_by_reference(self, reference_id: str) -> Transaction | None:
-        row = await (await self._uow.transaction()).fetchrow(_PG_BY_REFERENCE, reference_id)
+        row = await (await self._uow.reading()).fetchrow(_PG_BY_REFERENCE, reference_id)
         return None if row is None else _transaction(row)
 
     async def history(self, txn_id: uuid.UUID) -> list[StatusChange]:
-        rows = await (await self._uow.transaction()).fetch(_PG_HISTORY, txn_id)
+        rows = await (await self._uow.reading()).fetch(_PG_HISTORY, txn_id)
         return [StatusChange(TxnStatus(r["status"]), r["created_at"], r["reason"]) for r in rows]
 
     async def page(self, query: TxnQuery) -> list[Transaction]:
@@ -422,9 +422,7 @@ class PgRemitRepository:
             f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE {' AND '.join(conditions)}"  # noqa: S608
             f" ORDER BY id DESC LIMIT ${len(args)}"
         )
-        return [
-            _transaction(row) for row in await (await self._uow.transaction()).fetch(sql, *args)
-        ]
+        return [_transaction(row) for row in await (await self._uow.reading()).fetch(sql, *args)]
 
     async def move(
         self,

@@ -562,7 +562,7 @@ class PgLedgerRepository(_AccountsByKey):
         self._uow = uow
 
     async def _read(self, keys: list[str]) -> dict[str, Account]:
-        rows = await (await self._uow.transaction()).fetch(_PG_ACCOUNTS_BY_KEY, keys)
+        rows = await (await self._uow.reading()).fetch(_PG_ACCOUNTS_BY_KEY, keys)
         return {row["key"]: _account(row) for row in rows}
 
     async def _open(
@@ -604,7 +604,7 @@ class PgLedgerRepository(_AccountsByKey):
         return None if row is None else _hold(hold_id, row, status)
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None:
-        row = await (await self._uow.transaction()).fetchrow(_PG_FIND_HOLD, hold_id)
+        row = await (await self._uow.reading()).fetchrow(_PG_FIND_HOLD, hold_id)
         return None if row is None else _hold(hold_id, row, HoldStatus(row["status"]))
 
 
