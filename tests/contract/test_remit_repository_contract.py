@@ -3,11 +3,13 @@ PostgreSQL, and the bare driver's on PostgreSQL (platform/pg.py), held to the sa
 
 Covers what the send saga and the payout workers rely on: a new transaction with its first
 history row (a taken reference drawn again), conditional status moves with their history,
-leases of due work, retries later, and the transaction list's filters.
+a move recorded whole (its event and the send's saved response, kept only if it moved), leases
+of due work, retries later, and the transaction list's filters.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,12 +19,23 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
+from currencyex.kernel.ports import SavedResponse
 from currencyex.platform.db import Database
+from currencyex.platform.idempotency import PENDING, idempotency_table
+from currencyex.platform.outbox import outbox_table
 from currencyex.remit import repository
-from currencyex.remit.domain import Beneficiary, Outcome, Transaction, TxnQuery, TxnStatus
+from currencyex.remit.domain import (
+    Beneficiary,
+    Outcome,
+    Reply,
+    Transaction,
+    TxnQuery,
+    TxnStatus,
+)
 from currencyex.remit.repository import PgRemitUnitOfWork, SqlRemitUnitOfWork
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -138,6 +151,106 @@ async def test_a_move_is_conditional_on_the_status_read_and_keeps_its_history(re
         (TxnStatus.PROCESSING, None),
         (TxnStatus.COMPLETED, "paid"),
     ]
+
+
+SCOPE = "contract.send"
+
+
+async def claimed(remits: Remits, txn: Transaction) -> Transaction:
+    """`txn` added, with its key claimed under SCOPE the way a send claims it."""
+    async with remits.uow() as uow:
+        assert (
+            await uow.idempotency.claim(SCOPE, str(txn.user_id), txn.idempotency_key, "h") is None
+        )
+        added: Transaction = await uow.transactions.add(txn, "h")
+        await uow.commit()
+    return added
+
+
+async def saved_response(remits: Remits, txn: Transaction) -> SavedResponse | str:
+    """The response saved under the send's key, or "pending" while it is only claimed."""
+    async with remits.db.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(idempotency_table.c.status_code, idempotency_table.c.response).where(
+                    idempotency_table.c.key == txn.idempotency_key
+                )
+            )
+        ).one()
+    return (
+        "pending"
+        if row.status_code == PENDING
+        else SavedResponse(row.status_code, json.loads(row.response))
+    )
+
+
+async def events_of(remits: Remits, txn: Transaction) -> list[str]:
+    """The statuses announced in the outbox for `txn`."""
+    async with remits.db.connect() as conn:
+        payloads = (await conn.execute(sa.select(outbox_table.c.payload))).scalars()
+    data = [json.loads(payload)["data"] for payload in payloads]
+    return sorted(d["status"] for d in data if d.get("txn_id") == str(txn.id))
+
+
+async def test_a_recorded_move_keeps_its_event_and_the_sends_reply(remits) -> None:
+    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-REC000001"))
+    later = NOW + timedelta(seconds=5)
+    async with remits.uow() as uow:
+        moved = await uow.record_move(
+            txn,
+            Outcome(TxnStatus.PROCESSING),
+            later,
+            next_attempt_at=later,
+            reply=Reply(SCOPE, 201),
+        )
+    assert moved is not None
+    assert (moved.status, moved.updated_at) == (TxnStatus.PROCESSING, later)
+    async with remits.uow() as uow:
+        stored = await uow.transactions.find(txn.id)
+        history = await uow.transactions.history(txn.id)
+    assert stored == moved
+    assert [(c.status, c.at) for c in history] == [
+        (TxnStatus.CREATED, NOW),
+        (TxnStatus.PROCESSING, later),
+    ]
+    assert await saved_response(remits, txn) == SavedResponse(201, moved.to_json())
+    assert await events_of(remits, txn) == ["PROCESSING"]
+    async with remits.uow() as uow:  # no reply: the event alone
+        failed = await uow.record_move(
+            moved,
+            Outcome(TxnStatus.FAILED, "rejected", failure_code=4000),
+            later,
+            next_attempt_at=later,
+        )
+    assert failed is not None
+    assert (failed.failure_code, failed.failure_reason) == (4000, "rejected")
+    async with remits.uow() as uow:
+        assert await uow.transactions.find(txn.id) == failed
+    assert await saved_response(remits, txn) == SavedResponse(201, moved.to_json())
+    assert await events_of(remits, txn) == ["FAILED", "PROCESSING"]
+
+
+async def test_a_recorded_move_from_a_status_no_longer_stored_keeps_nothing(remits) -> None:
+    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-REC000002"))
+    async with remits.uow() as uow:
+        assert await uow.record_move(txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW)
+    async with remits.uow() as uow:
+        stale = await uow.record_move(
+            txn,
+            Outcome(TxnStatus.FAILED, "insufficient funds", failure_code=1001),
+            NOW,
+            next_attempt_at=NOW,
+            reply=Reply(SCOPE, 402, {"code": 1001}),
+        )
+    assert stale is None
+    async with remits.uow() as uow:
+        stored = await uow.transactions.find(txn.id)
+        history = await uow.transactions.history(txn.id)
+    assert stored is not None
+    assert (stored.status, stored.failure_code) == (TxnStatus.PROCESSING, None)
+    assert len(history) == 2
+    assert await events_of(remits, txn) == ["PROCESSING"]
+    assert await saved_response(remits, txn) == "pending"
 
 
 async def test_due_work_is_leased_once_and_retried_later(remits) -> None:

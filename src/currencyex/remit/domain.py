@@ -13,7 +13,7 @@ import enum
 import secrets
 import string
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, Self
@@ -109,6 +109,22 @@ class Transaction:
         """The wallet hold of a send carries the transaction's id: placing it is idempotent."""
         return self.id
 
+    def after(self, outcome: Outcome, at: datetime) -> Transaction:
+        """This transaction once `outcome` is recorded at `at`: what a move stores. A failure
+        keeps its reason; a code or partner reference not given keeps the one recorded."""
+        return replace(
+            self,
+            status=outcome.status,
+            updated_at=at,
+            failure_code=self.failure_code
+            if outcome.failure_code is None
+            else outcome.failure_code,
+            failure_reason=(
+                outcome.reason if outcome.status is TxnStatus.FAILED else self.failure_reason
+            ),
+            partner_reference=outcome.partner_reference or self.partner_reference,
+        )
+
     def status_changed(self, status: TxnStatus, at: datetime) -> Event:
         """The event announcing that this transaction is now in `status`."""
         return Event(
@@ -175,6 +191,16 @@ class Outcome:
     partner_reference: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A send's response, saved with a status move for repeats of its Idempotency-Key (under
+    `scope`): its status and body; no body means the moved transaction as clients see it."""
+
+    scope: str
+    status: int
+    body: dict[str, Any] | None = None
+
+
 class RemitRepository(Protocol):
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
         """Insert a CREATED transaction with its first history row; a reference that collides
@@ -231,3 +257,19 @@ class RemitUnitOfWork(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
     async def commit(self) -> None: ...
+
+    async def record_move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+        reply: Reply | None = None,
+    ) -> Transaction | None:
+        """`transactions.move`, its `full.txn.status_changed` event in the outbox and, with
+        `reply`, the send's response saved under its key; then commit, which ends the unit
+        (one statement on the driver). None, and nothing kept, when the stored status is no
+        longer `txn.status`."""
+        ...

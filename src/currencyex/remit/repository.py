@@ -7,6 +7,7 @@ requests moving one transaction, one wins and the other sees it already moved.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.money import Money
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
-from currencyex.platform.pg import PgUnitOfWork
+from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
     Outcome,
+    Reply,
     StatusChange,
     Transaction,
     TxnQuery,
@@ -100,15 +102,9 @@ _MOVE = (
     .values(
         status=sa.bindparam("to_status"),
         updated_at=sa.bindparam("at"),
-        failure_code=sa.func.coalesce(
-            sa.bindparam("failure_code", type_=sa.Integer), _T.failure_code
-        ),
-        failure_reason=sa.func.coalesce(
-            sa.bindparam("failure_reason", type_=sa.String), _T.failure_reason
-        ),
-        partner_reference=sa.func.coalesce(
-            sa.bindparam("partner_reference", type_=sa.String), _T.partner_reference
-        ),
+        failure_code=sa.bindparam("failure_code", type_=sa.Integer),
+        failure_reason=sa.bindparam("failure_reason", type_=sa.String),
+        partner_reference=sa.bindparam("partner_reference", type_=sa.String),
         next_attempt_at=sa.bindparam("next_attempt_at"),
         lease_until=sa.bindparam("lease_until"),
     )
@@ -185,14 +181,15 @@ def _move_params(
     next_attempt_at: datetime,
     lease_until: datetime | None,
 ) -> dict[str, Any]:
+    moved = txn.after(outcome, at)
     return {
         "txn_id": txn.id,
         "from_status": txn.status.value,
-        "to_status": outcome.status.value,
+        "to_status": moved.status.value,
         "at": at,
-        "failure_code": outcome.failure_code,
-        "failure_reason": outcome.reason if outcome.status is TxnStatus.FAILED else None,
-        "partner_reference": outcome.partner_reference,
+        "failure_code": moved.failure_code,
+        "failure_reason": moved.failure_reason,
+        "partner_reference": moved.partner_reference,
         "next_attempt_at": None if outcome.status.final else next_attempt_at,
         "lease_until": None if outcome.status.final else lease_until,
     }
@@ -323,6 +320,36 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
     def bind(self, conn: AsyncConnection) -> None:
         self.transactions = SqlRemitRepository(conn, resume_after_seconds=self._resume_after)
 
+    async def record_move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+        reply: Reply | None = None,
+    ) -> Transaction | None:
+        moved = await self.transactions.move(
+            txn, outcome, at, next_attempt_at=next_attempt_at, lease_until=lease_until
+        )
+        if moved is None:
+            return None
+        announce = moved.status_changed(outcome.status, at)
+        if reply is None:
+            await self.outbox.add(announce)
+        else:
+            await self.idempotency.save(
+                reply.scope,
+                str(moved.user_id),
+                moved.idempotency_key,
+                reply.status,
+                moved.to_json() if reply.body is None else reply.body,
+                announce=announce,
+            )
+        await self.commit()
+        return moved
+
 
 # The same repository on a bare asyncpg connection (platform/pg.py), for PostgreSQL. A new
 # transaction and a status move each write their history row in the same statement.
@@ -339,24 +366,35 @@ WITH added AS (
 )
 SELECT id FROM added
 """  # noqa: S608 (column names and placeholders only)
-_PG_MOVE = f"""
+# A move, its history row and, when given, its event ($16-$19) and the send's saved response
+# ($11-$15): written only if the transaction moved.
+_PG_MOVE = """
 WITH moved AS (
     UPDATE remit_transactions SET
         status = $3,
         updated_at = $4,
-        failure_code = coalesce($5, failure_code),
-        failure_reason = coalesce($6, failure_reason),
-        partner_reference = coalesce($7, partner_reference),
+        failure_code = $5,
+        failure_reason = $6,
+        partner_reference = $7,
         next_attempt_at = $8,
         lease_until = $9
     WHERE id = $1 AND status = $2
-    RETURNING {_PG_COLUMNS}
+    RETURNING id, status, updated_at
 ), history AS (
     INSERT INTO remit_status_history (txn_id, status, reason, created_at)
     SELECT id, status, $10, updated_at FROM moved
+), saved AS (
+    UPDATE idempotency_keys SET status_code = $11, response = $12
+    WHERE scope = $13 AND owner = $14 AND key = $15 AND EXISTS (SELECT FROM moved)
+), announced AS (
+    INSERT INTO outbox (id, subject, payload, created_at)
+    SELECT $16::varchar, $17::varchar, $18::text, $19::timestamptz FROM moved
+    WHERE $16::varchar IS NOT NULL
 )
-SELECT * FROM moved
-"""  # noqa: S608
+SELECT id FROM moved
+"""
+_NOTHING_SAVED: tuple[Any, ...] = (None,) * 5
+_NOTHING_ANNOUNCED: tuple[Any, ...] = (None,) * 4
 _PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
 _PG_BY_REFERENCE = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE reference_id = $1"  # noqa: S608
 _PG_HISTORY = """
@@ -433,21 +471,10 @@ class PgRemitRepository:
         next_attempt_at: datetime,
         lease_until: datetime | None = None,
     ) -> Transaction | None:
-        p = _move_params(txn, outcome, at, next_attempt_at, lease_until)
-        row = await (await self._uow.transaction()).fetchrow(
-            _PG_MOVE,
-            p["txn_id"],
-            p["from_status"],
-            p["to_status"],
-            p["at"],
-            p["failure_code"],
-            p["failure_reason"],
-            p["partner_reference"],
-            p["next_attempt_at"],
-            p["lease_until"],
-            outcome.reason,
-        )
-        return None if row is None else _transaction(row)
+        conn = await self._uow.transaction()
+        args = _pg_move_args(txn, outcome, at, next_attempt_at, lease_until)
+        moved = await conn.fetchval(_PG_MOVE, *args, *_NOTHING_SAVED, *_NOTHING_ANNOUNCED)
+        return None if moved is None else txn.after(outcome, at)
 
     async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
         rows = await (await self._uow.transaction()).fetch(_PG_LEASE_DUE, now, until, limit)
@@ -455,6 +482,29 @@ class PgRemitRepository:
 
     async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
         await (await self._uow.transaction()).execute(_PG_RETRY_LATER, txn_id, at)
+
+
+def _pg_move_args(
+    txn: Transaction,
+    outcome: Outcome,
+    at: datetime,
+    next_attempt_at: datetime,
+    lease_until: datetime | None,
+) -> tuple[Any, ...]:
+    """The arguments of _PG_MOVE up to the history row's reason ($1-$10)."""
+    p = _move_params(txn, outcome, at, next_attempt_at, lease_until)
+    return (
+        p["txn_id"],
+        p["from_status"],
+        p["to_status"],
+        p["at"],
+        p["failure_code"],
+        p["failure_reason"],
+        p["partner_reference"],
+        p["next_attempt_at"],
+        p["lease_until"],
+        outcome.reason,
+    )
 
 
 class PgRemitUnitOfWork(PgUnitOfWork):
@@ -466,3 +516,28 @@ class PgRemitUnitOfWork(PgUnitOfWork):
 
     def bind(self) -> None:
         self.transactions = PgRemitRepository(self, resume_after_seconds=self._resume_after)
+
+    async def record_move(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+        reply: Reply | None = None,
+    ) -> Transaction | None:
+        moved = txn.after(outcome, at)
+        saved = _NOTHING_SAVED
+        if reply is not None:
+            body = moved.to_json() if reply.body is None else reply.body
+            key = (reply.scope, str(txn.user_id), txn.idempotency_key)
+            saved = (reply.status, json.dumps(body), *key)
+        rows = await self.autocommit(
+            _PG_MOVE,
+            *_pg_move_args(txn, outcome, at, next_attempt_at, lease_until),
+            *saved,
+            *event_args(moved.status_changed(outcome.status, at)),
+            announces=True,
+        )
+        return moved if rows else None

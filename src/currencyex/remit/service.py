@@ -36,6 +36,7 @@ from currencyex.remit.domain import (
     Beneficiary,
     Outcome,
     RemitUnitOfWork,
+    Reply,
     StatusChange,
     Transaction,
     TxnQuery,
@@ -204,10 +205,10 @@ class RemitService:
             return await self._move(
                 txn,
                 Outcome(TxnStatus.FAILED, "insufficient funds", failure_code=short.code),
-                respond=(short.status, _error_body(short)),
+                reply=Reply(SEND_SCOPE, short.status, _error_body(short)),
             )
         return await self._move(
-            txn, Outcome(TxnStatus.PROCESSING), respond=(201, None), keep_lease=lease
+            txn, Outcome(TxnStatus.PROCESSING), reply=Reply(SEND_SCOPE, 201), keep_lease=lease
         )
 
     async def _move(
@@ -215,16 +216,16 @@ class RemitService:
         txn: Transaction,
         outcome: Outcome,
         *,
-        respond: tuple[int, dict[str, Any] | None] | None = None,
+        reply: Reply | None = None,
         keep_lease: bool = False,
     ) -> Transaction | None:
-        """Record a status change with its history row and event; with `respond`, also save the
-        send's response (a None body: the moved transaction's)."""
+        """Record a status change with its history row and event; with `reply`, also save the
+        send's response."""
         if not txn.status.can_become(outcome.status):
             raise ValueError(f"{txn.reference_id}: {txn.status} cannot become {outcome.status}")
         now = self._clock.now()
         async with self._uow() as uow:
-            moved = await uow.transactions.move(
+            moved = await uow.record_move(
                 txn,
                 outcome,
                 now,
@@ -232,23 +233,10 @@ class RemitService:
                 lease_until=now + timedelta(seconds=self._policy.lease_seconds)
                 if keep_lease
                 else None,
+                reply=reply,
             )
-            if moved is None:
-                return None
-            announce = moved.status_changed(outcome.status, now)
-            if respond is None:
-                await uow.outbox.add(announce)
-            else:
-                status, body = respond
-                await uow.idempotency.save(
-                    SEND_SCOPE,
-                    str(moved.user_id),
-                    moved.idempotency_key,
-                    status,
-                    body if body is not None else moved.to_json(),
-                    announce=announce,
-                )
-            await uow.commit()
+        if moved is None:
+            return None
         log.info(
             "remit.status_changed",
             txn_id=str(moved.id),
