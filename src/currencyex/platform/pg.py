@@ -82,6 +82,13 @@ class PgIdempotency:
             return None
         return first_response(await conn.fetchrow(_FIND, scope, owner, key), request_hash)
 
+    async def find(
+        self, scope: str, owner: str, key: str, request_hash: str
+    ) -> SavedResponse | None:
+        """The response saved under the key, claiming nothing; 1007 for another request."""
+        row = await (await self._uow.reading()).fetchrow(_FIND, scope, owner, key)
+        return None if row is None else first_response(row, request_hash)
+
     async def save(
         self,
         scope: str,
@@ -204,14 +211,20 @@ class PgUnitOfWork:
         for query, args in held:
             await self.connection.execute(query, *args)
 
-    async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
-        """Run one statement as the whole of this unit, which it ends: in its own implicit
-        transaction, or as the last statement of the one begun already, then committed."""
-        alone = self._transaction is None and not self._held
-        conn = self.connection if alone else await self.transaction()
+    async def alone(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
+        """Run one self-contained statement now: in its own implicit transaction when this unit
+        has begun none and holds no writes, else inside the unit's transaction. Two such
+        statements in a unit that begins none are kept or lost each on its own."""
+        conn = await self.reading()  # the same rule as a read's
         if announces:
             self.announced()
         rows: list[Any] = await conn.fetch(query, *args)
+        return rows
+
+    async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
+        """Run one statement as the whole of this unit, which it ends: in its own implicit
+        transaction, or as the last statement of the one begun already, then committed."""
+        rows = await self.alone(query, *args, announces=announces)
         await self.commit()
         return rows
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self
 from currencyex.kernel.clock import rfc3339
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import IdempotencyStore, Outbox
+from currencyex.kernel.ports import IdempotencyStore, IdempotentRequest, Outbox, SavedResponse
 
 
 class TxnStatus(enum.StrEnum):
@@ -257,6 +257,15 @@ class RemitUnitOfWork(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
     async def commit(self) -> None: ...
+
+    async def add_once(
+        self, txn: Transaction, request: IdempotentRequest, reply: Reply
+    ) -> Transaction | SavedResponse:
+        """`transactions.add`, claiming the send's Idempotency-Key (`request.key`) with `reply`
+        saved, and its `full.txn.status_changed` event in the outbox; then commit, which ends
+        the unit (one statement on the driver). When the key was claimed before, nothing is
+        written and the response saved then is returned; 1007 for another request."""
+        ...
 
     async def record_move(
         self,

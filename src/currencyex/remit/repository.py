@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.money import Money
+from currencyex.kernel.ports import IdempotentRequest, SavedResponse
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
 from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
@@ -149,9 +150,10 @@ def _transaction(row: Any) -> Transaction:
 
 
 def _txn_row(txn: Transaction, request_hash: str, resume_after: float) -> dict[str, Any]:
-    """The row of a new transaction (its reference_id set apart: it may be drawn again)."""
+    """The row of a new transaction."""
     return {
         "id": txn.id,
+        "reference_id": txn.reference_id,
         "user_id": txn.user_id,
         "idempotency_key": txn.idempotency_key,
         "request_hash": request_hash,
@@ -201,24 +203,24 @@ class SqlRemitRepository:
         self._resume_after = resume_after_seconds
 
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
-        row = _txn_row(txn, request_hash, self._resume_after)
         insert = _insert_txn(self._conn.dialect.name)
 
-        async def stored(reference: str) -> bool:
-            added = await self._conn.execute(insert, {**row, "reference_id": reference})
-            return added.first() is not None
+        async def store(candidate: Transaction) -> Transaction | None:
+            row = _txn_row(candidate, request_hash, self._resume_after)
+            added = await self._conn.execute(insert, row)
+            return candidate if added.first() is not None else None
 
-        reference = await _with_free_reference(txn.reference_id, stored)
+        added = await _with_free_reference(txn, store)
         await self._conn.execute(
             _INSERT_HISTORY,
             {
-                "txn_id": txn.id,
-                "status": txn.status.value,
+                "txn_id": added.id,
+                "status": added.status.value,
                 "reason": None,
-                "created_at": txn.created_at,
+                "created_at": added.created_at,
             },
         )
-        return _replace_reference(txn, reference)
+        return added
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
         row = (await self._conn.execute(_BY_ID, {"txn_id": txn_id})).first()
@@ -295,19 +297,21 @@ class SqlRemitRepository:
         await self._conn.execute(_RETRY_LATER, {"txn_id": txn_id, "next_at": at})
 
 
-async def _with_free_reference(first: str, stored: Callable[[str], Awaitable[bool]]) -> str:
-    """Store a new transaction under `first`, or, while `stored` finds its reference taken,
-    under a freshly drawn one; the reference it was stored under."""
-    reference = first
+_Stored = TypeVar("_Stored")
+
+
+async def _with_free_reference(
+    txn: Transaction, store: Callable[[Transaction], Awaitable[_Stored | None]]
+) -> _Stored:
+    """Store a new transaction as it is, or, while `store` finds its reference taken (None),
+    under a freshly drawn one; what `store` gave back."""
+    candidate = txn
     for _ in range(_REFERENCE_DRAWS):
-        if await stored(reference):
-            return reference
-        reference = new_reference_id()
+        stored = await store(candidate)
+        if stored is not None:
+            return stored
+        candidate = replace(txn, reference_id=new_reference_id())
     raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
-
-
-def _replace_reference(txn: Transaction, reference: str) -> Transaction:
-    return txn if reference == txn.reference_id else replace(txn, reference_id=reference)
 
 
 class SqlRemitUnitOfWork(SqlUnitOfWork):
@@ -319,6 +323,25 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
 
     def bind(self, conn: AsyncConnection) -> None:
         self.transactions = SqlRemitRepository(conn, resume_after_seconds=self._resume_after)
+
+    async def add_once(
+        self, txn: Transaction, request: IdempotentRequest, reply: Reply
+    ) -> Transaction | SavedResponse:
+        owner = str(txn.user_id)
+        saved = await self.idempotency.claim(reply.scope, owner, request.key, request.fingerprint)
+        if saved is not None:
+            return saved
+        added = await self.transactions.add(txn, request.fingerprint)
+        await self.idempotency.save(
+            reply.scope,
+            owner,
+            request.key,
+            reply.status,
+            added.to_json() if reply.body is None else reply.body,
+            announce=added.status_changed(added.status, added.created_at),
+        )
+        await self.commit()
+        return added
 
     async def record_move(
         self,
@@ -354,10 +377,11 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
 # The same repository on a bare asyncpg connection (platform/pg.py), for PostgreSQL. A new
 # transaction and a status move each write their history row in the same statement.
 _PG_COLUMNS = ", ".join(column.name for column in transactions.columns)
+_N = len(transactions.columns)
 _PG_ADD = f"""
 WITH added AS (
     INSERT INTO remit_transactions ({_PG_COLUMNS})
-    VALUES ({", ".join(f"${n}" for n in range(1, len(transactions.columns) + 1))})
+    VALUES ({", ".join(f"${n}" for n in range(1, _N + 1))})
     ON CONFLICT (reference_id) DO NOTHING
     RETURNING id, status, created_at
 ), history AS (
@@ -395,6 +419,29 @@ SELECT id FROM moved
 """
 _NOTHING_SAVED: tuple[Any, ...] = (None,) * 5
 _NOTHING_ANNOUNCED: tuple[Any, ...] = (None,) * 4
+# A new transaction with its history row, its key claimed with the reply saved ($N+1-$N+6),
+# and its event ($N+7-$N+10), N being the number of columns. Nothing is written when the
+# user's key or the reference is taken already (the unique indexes); a concurrent send with
+# the same key waits here for the first one to end.
+_PG_ADD_ONCE = f"""
+WITH added AS (
+    INSERT INTO remit_transactions ({_PG_COLUMNS})
+    VALUES ({", ".join(f"${n}" for n in range(1, _N + 1))})
+    ON CONFLICT DO NOTHING
+    RETURNING id, status, created_at
+), history AS (
+    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
+    SELECT id, status, NULL, created_at FROM added
+), claimed AS (
+    INSERT INTO idempotency_keys
+        (scope, owner, key, request_hash, status_code, response, created_at)
+    SELECT ${_N + 1}, ${_N + 2}, ${_N + 3}, ${_N + 4}, ${_N + 5}, ${_N + 6}, created_at FROM added
+), announced AS (
+    INSERT INTO outbox (id, subject, payload, created_at)
+    SELECT ${_N + 7}, ${_N + 8}, ${_N + 9}, ${_N + 10} FROM added
+)
+SELECT id FROM added
+"""  # noqa: S608 (column names and placeholders only)
 _PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
 _PG_BY_REFERENCE = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE reference_id = $1"  # noqa: S608
 _PG_HISTORY = """
@@ -426,13 +473,12 @@ class PgRemitRepository:
 
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:
         conn = await self._uow.transaction()
-        row = _txn_row(txn, request_hash, self._resume_after)
 
-        async def stored(reference: str) -> bool:
-            args = [{**row, "reference_id": reference}.get(c.name) for c in transactions.columns]
-            return await conn.fetchval(_PG_ADD, *args) is not None
+        async def store(candidate: Transaction) -> Transaction | None:
+            args = _pg_txn_args(candidate, request_hash, self._resume_after)
+            return candidate if await conn.fetchval(_PG_ADD, *args) is not None else None
 
-        return _replace_reference(txn, await _with_free_reference(txn.reference_id, stored))
+        return await _with_free_reference(txn, store)
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
         row = await (await self._uow.reading()).fetchrow(_PG_BY_ID, txn_id)
@@ -482,6 +528,12 @@ class PgRemitRepository:
 
     async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
         await (await self._uow.transaction()).execute(_PG_RETRY_LATER, txn_id, at)
+
+
+def _pg_txn_args(txn: Transaction, request_hash: str, resume_after: float) -> list[Any]:
+    """The row of a new transaction as statement arguments, in column order."""
+    row = _txn_row(txn, request_hash, resume_after)
+    return [row.get(column.name) for column in transactions.columns]
 
 
 def _pg_move_args(
@@ -541,3 +593,27 @@ class PgRemitUnitOfWork(PgUnitOfWork):
             announces=True,
         )
         return moved if rows else None
+
+    async def add_once(
+        self, txn: Transaction, request: IdempotentRequest, reply: Reply
+    ) -> Transaction | SavedResponse:
+        owner = str(txn.user_id)
+        claim = (reply.scope, owner, request.key, request.fingerprint, reply.status)
+
+        async def store(candidate: Transaction) -> Transaction | SavedResponse | None:
+            body = candidate.to_json() if reply.body is None else reply.body
+            if await self.alone(
+                _PG_ADD_ONCE,
+                *_pg_txn_args(candidate, request.fingerprint, self._resume_after),
+                *claim,
+                json.dumps(body),
+                *event_args(candidate.status_changed(candidate.status, candidate.created_at)),
+                announces=True,
+            ):
+                return candidate
+            # The key went through before, or else the reference is taken: drawn again.
+            return await self.idempotency.find(reply.scope, owner, request.key, request.fingerprint)
+
+        stored: Transaction | SavedResponse = await _with_free_reference(txn, store)
+        await self.commit()
+        return stored

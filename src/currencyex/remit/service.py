@@ -3,7 +3,8 @@
 A send spans three services without a shared transaction, so it is a saga of idempotent steps,
 each resumable after a crash:
 
-1. claim the Idempotency-Key, take the quote, write the transaction CREATED (one commit);
+1. take the quote, then write the transaction CREATED with its Idempotency-Key claimed (one
+   commit);
 2. hold the total debit on the sender's wallet, the hold id being the transaction id;
 3. PROCESSING (or FAILED with 1001 when the wallet is short), with the response saved for
    repeats of the key;
@@ -30,8 +31,8 @@ from currencyex.auth.client import KycStatus, Principal, Role
 from currencyex.kernel.clock import Clock
 from currencyex.kernel.errors import InsufficientFunds, KycNotApproved, NotFound
 from currencyex.kernel.ids import new_id
-from currencyex.kernel.ports import IdempotentRequest, ObjectStorage
-from currencyex.rates.client import RatesClient
+from currencyex.kernel.ports import IdempotentRequest, ObjectStorage, SavedResponse
+from currencyex.rates.client import Quote, RatesClient, take_quote_or_replay
 from currencyex.remit.domain import (
     Beneficiary,
     Outcome,
@@ -115,80 +116,87 @@ class RemitService:
 
         1005 without approved KYC, 1002/1003 for the quote, 1001 when the wallet is short (the
         quote is then spent: the customer asks for a new one), 1007 for a key reused with
-        another request.
+        another request. The quote is taken before the key is looked at: a repeat of a send
+        that went through finds its quote used, and then the send's first response.
         """
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved()
         owner = str(customer.user_id)
-        async with self._uow() as uow:
-            # Claimed first: a concurrent repeat of the key waits here for this one to commit.
-            saved = await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
-            if saved is None:
-                txn = await self._create(uow, customer, quote_id, beneficiary, purpose, request)
-            elif saved.status_code == _IN_PROGRESS:
-                found = await uow.transactions.find(uuid.UUID(saved.body["txn_id"]))
-                assert found is not None, "a claimed send always has its transaction"
-                txn = found
-            else:
-                return _replayed(saved.status_code, saved.body)
+        taken = await take_quote_or_replay(
+            self._rates, quote_id, customer.user_id, lambda: self._first_response(owner, request)
+        )
+        first = (
+            taken
+            if isinstance(taken, SavedResponse)
+            else await self._create(customer, taken, beneficiary, purpose, request)
+        )
+        if isinstance(first, Transaction):
+            txn = first
+        elif first.status_code == _IN_PROGRESS:  # a send that stopped after its first step
+            async with self._uow() as uow:
+                found = await uow.transactions.find(uuid.UUID(first.body["txn_id"]))
+            assert found is not None, "a claimed send always has its transaction"
+            txn = found
+        else:
+            return _replayed(first.status_code, first.body)
         if txn.status is TxnStatus.CREATED:
             moved = await self._place_hold(txn, lease=False)
             if moved is not None:  # the response saved with the move, without reading it back
                 if moved.status is TxnStatus.FAILED:
                     raise InsufficientFunds()
                 return moved.to_json()
-        async with self._uow() as uow:
-            saved = await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
-        assert saved is not None, "the send's claim was committed above"
+        saved = await self._first_response(owner, request)
+        assert saved is not None, "the send's key was claimed with its transaction"
         return _replayed(saved.status_code, saved.body)
+
+    async def _first_response(self, owner: str, request: IdempotentRequest) -> SavedResponse | None:
+        """The response saved under the send's key, if a send has been through with it; a
+        concurrent first send with the key is waited for."""
+        async with self._uow() as uow:
+            # Not committed: a key found free here stays free.
+            return await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
 
     async def _create(
         self,
-        uow: RemitUnitOfWork,
         customer: Principal,
-        quote_id: str,
+        quote: Quote,
         beneficiary: Beneficiary,
         purpose: str | None,
         request: IdempotentRequest,
-    ) -> Transaction:
-        quote = await self._rates.take_quote(quote_id, customer.user_id)
+    ) -> Transaction | SavedResponse:
+        """The send's transaction, CREATED, with its key claimed; or, when the key went through
+        before with this very request, the response saved then (the quote is given back)."""
         now = self._clock.now()
+        txn = Transaction(
+            id=new_id(),
+            reference_id=new_reference_id(),
+            user_id=customer.user_id,
+            status=TxnStatus.CREATED,
+            quote_id=quote.id,
+            source_amount=quote.source_amount,
+            target_amount=quote.target_amount,
+            fee=quote.fee,
+            total_debit=quote.total_debit,
+            rate=quote.rate,
+            beneficiary=beneficiary,
+            purpose=purpose,
+            idempotency_key=request.key,
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timedelta(seconds=self._policy.deadline_seconds),
+        )
         try:
-            txn = await uow.transactions.add(
-                Transaction(
-                    id=new_id(),
-                    reference_id=new_reference_id(),
-                    user_id=customer.user_id,
-                    status=TxnStatus.CREATED,
-                    quote_id=quote.id,
-                    source_amount=quote.source_amount,
-                    target_amount=quote.target_amount,
-                    fee=quote.fee,
-                    total_debit=quote.total_debit,
-                    rate=quote.rate,
-                    beneficiary=beneficiary,
-                    purpose=purpose,
-                    idempotency_key=request.key,
-                    created_at=now,
-                    updated_at=now,
-                    deadline_at=now + timedelta(seconds=self._policy.deadline_seconds),
-                ),
-                request.fingerprint,
-            )
-            await uow.idempotency.save(
-                SEND_SCOPE,
-                str(customer.user_id),
-                request.key,
-                _IN_PROGRESS,
-                {"txn_id": str(txn.id)},
-                announce=txn.status_changed(TxnStatus.CREATED, now),
-            )
-            await uow.commit()
+            async with self._uow() as uow:
+                first = await uow.add_once(
+                    txn, request, Reply(SEND_SCOPE, _IN_PROGRESS, {"txn_id": str(txn.id)})
+                )
         except BaseException:
             # Nothing was written: the quote stays usable for a retry.
             await self._rates.release_quote(quote)
             raise
-        return txn
+        if isinstance(first, SavedResponse):
+            await self._rates.release_quote(quote)
+        return first
 
     async def _place_hold(self, txn: Transaction, *, lease: bool) -> Transaction | None:
         """Hold the total debit (idempotent by the transaction id), then PROCESSING; FAILED with
