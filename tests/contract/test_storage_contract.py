@@ -8,6 +8,7 @@ expiry) by recomputing the SigV4 signature of its URLs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -278,6 +279,21 @@ async def test_local_upload_leaves_no_partial_file_behind_on_failure(
     with pytest.raises(OSError, match="went away"):
         await local.upload("kyc/u/a.png", BreaksMidway(b"png"), size=3, content_type="image/png")
     assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+
+
+async def test_local_uploads_of_one_path_at_once_leave_one_whole_object(
+    local: LocalFolderStorage, tmp_path: Path
+) -> None:
+    bodies = [bytes([65 + n]) * 4096 for n in range(8)]
+    await asyncio.gather(
+        *(
+            local.upload("receipts/d/x.pdf", stream(b), size=len(b), content_type="application/pdf")
+            for b in bodies
+        )
+    )
+    files = [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == ["x.pdf"]
+    assert files[0].read_bytes() in bodies
 
 
 def test_signing_key_is_made_once_and_then_reused(tmp_path: Path) -> None:

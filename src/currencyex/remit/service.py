@@ -346,9 +346,7 @@ class RemitService:
     ) -> tuple[Transaction, list[StatusChange]]:
         """A transaction and its history, for its owner or staff; 4004 for anyone else."""
         async with self._uow() as uow:
-            txn = await uow.transactions.find_by_reference(reference_id)
-            if txn is None or (viewer.role is Role.CUSTOMER and txn.user_id != viewer.user_id):
-                raise NotFound("No such transaction")
+            txn = await _visible(uow, viewer, reference_id)
             return txn, await uow.transactions.history(txn.id)
 
     # Receipts
@@ -358,17 +356,15 @@ class RemitService:
         its path, or None for a transaction that is not COMPLETED."""
         async with self._uow() as uow:
             txn = await uow.transactions.find(txn_id)
-            history = [] if txn is None else await uow.transactions.history(txn.id)
-        if txn is None:
-            return None
-        return await self._store_receipt(txn, history)
+        return None if txn is None else await self._store_receipt(txn)
 
     async def receipt_url(self, viewer: Principal, reference_id: str) -> tuple[str, datetime]:
         """A signed link to the receipt, for the owner or staff, once the payout COMPLETED
         (4004 before, and for anyone else); a receipt the consumer has not written yet is
         written now."""
-        txn, history = await self.transaction(viewer, reference_id)
-        path = await self._store_receipt(txn, history, only_if_missing=True)
+        async with self._uow() as uow:
+            txn = await _visible(uow, viewer, reference_id)
+        path = await self._store_receipt(txn, only_if_missing=True)
         if path is None:
             raise NotFound("No receipt: the transaction has not completed")
         return (
@@ -377,11 +373,11 @@ class RemitService:
         )
 
     async def _store_receipt(
-        self, txn: Transaction, history: list[StatusChange], *, only_if_missing: bool = False
+        self, txn: Transaction, *, only_if_missing: bool = False
     ) -> str | None:
-        completed_at = next((c.at for c in history if c.status is TxnStatus.COMPLETED), None)
-        if txn.status is not TxnStatus.COMPLETED or completed_at is None:
+        if txn.status is not TxnStatus.COMPLETED:
             return None
+        completed_at = txn.updated_at  # a final transaction changes no more
         path = receipt_path(txn.id, completed_at)
         if only_if_missing and await self._storage.exists(path):
             return path
@@ -403,6 +399,14 @@ class RemitService:
             path, io.BytesIO(pdf), size=len(pdf), content_type="application/pdf"
         )
         return path
+
+
+async def _visible(uow: RemitUnitOfWork, viewer: Principal, reference_id: str) -> Transaction:
+    """The transaction, for its owner or staff; 4004 for anyone else."""
+    txn = await uow.transactions.find_by_reference(reference_id)
+    if txn is None or (viewer.role is Role.CUSTOMER and txn.user_id != viewer.user_id):
+        raise NotFound("No such transaction")
+    return txn
 
 
 def _error_body(error: InsufficientFunds) -> dict[str, Any]:
