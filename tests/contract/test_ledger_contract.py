@@ -1,7 +1,8 @@
 """The ledger repository on SQLite and PostgreSQL: postings, holds, guards and `verify`.
 
 On PostgreSQL money moves through two units of work, SQLAlchemy's and the bare driver's
-(platform/pg.py); every test that moves money runs on both.
+(platform/pg.py); every test that moves money runs on both. Captures are tested through
+WalletService, which owns their rules (NotFound, the fee's fit) together with the unit of work.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,8 @@ import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from currencyex.kernel.errors import IdempotencyKeyReused, InsufficientFunds
+from currencyex.kernel.clock import SystemClock
+from currencyex.kernel.errors import IdempotencyKeyReused, InsufficientFunds, NotFound
 from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
@@ -42,7 +44,10 @@ from currencyex.wallet.repository import (
     SqlWalletUnitOfWork,
     accounts,
     entries,
+    holds,
+    journals,
 )
+from currencyex.wallet.service import WalletService
 
 
 @dataclass(frozen=True)
@@ -404,3 +409,182 @@ async def test_one_key_posted_concurrently_moves_money_once(pg):
     assert [r for r in results if r is not None] == [SavedResponse(201, {"minor": 250})] * 9
     assert await balance(pg, user) == {"USD": (252, 0)}
     assert await problems(pg) == []
+
+
+def wallets(books: Books, directory: AccountDirectory | None = None) -> WalletService:
+    """The wallet service moving money through `books`, enough for holds and their settlement
+    (which ask neither auth nor rates). With one `directory` the house's accounts are read
+    once: on the driver, later captures are then one statement on their own."""
+    known = directory or AccountDirectory()
+    return WalletService(
+        lambda: SqlWalletUnitOfWork(books.db),
+        auth=None,
+        rates=None,
+        clock=SystemClock(),
+        default_currency="USD",
+        supported=lambda _: True,
+        postings=lambda: books.postings(known),
+    )
+
+
+async def held(books: Books, service: WalletService, minor: int = 6_000) -> tuple[uuid.UUID, Hold]:
+    """A customer with 100.00 USD, `minor` of it held for a send."""
+    user = uuid.uuid4()
+    await deposit(books, user, 10_000)
+    return user, await service.hold(user, usd(minor), "send-1")
+
+
+async def capture_journals(books: Books) -> list[tuple[Any, ...]]:
+    """Every capture journal: its user and reference, and its entries as (account kind, amount)
+    in posting order."""
+    async with books.db.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    journals.c.id,
+                    journals.c.user_id,
+                    journals.c.reference,
+                    accounts.c.kind,
+                    entries.c.amount,
+                )
+                .join(entries, entries.c.journal_id == journals.c.id)
+                .join(accounts, accounts.c.id == entries.c.account_id)
+                .where(journals.c.kind == JournalKind.CAPTURE.value)
+                .order_by(entries.c.id)
+            )
+        ).all()
+    found: dict[uuid.UUID, tuple[Any, ...]] = {}
+    for journal_id, user_id, reference, kind, amount in rows:
+        user_id, reference, postings = found.get(journal_id, (user_id, reference, ()))
+        found[journal_id] = (user_id, reference, (*postings, (kind, amount)))
+    return list(found.values())
+
+
+async def hold_journal(books: Books, hold_id: uuid.UUID) -> uuid.UUID | None:
+    async with books.db.connect() as conn:
+        return await conn.scalar(sa.select(holds.c.journal_id).where(holds.c.id == hold_id))
+
+
+@pytest.mark.parametrize(
+    ("fee", "kept"),
+    [(usd(150), 150), (usd(0), 0), (None, 0)],
+    ids=["with-fee", "zero-fee", "fee-unsaid"],
+)
+async def test_capture_sends_the_hold_to_payout_suspense_and_its_fee_to_revenue(books, fee, kept):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    captured = await service.capture(hold.id, fee=fee)
+    assert captured == replace(hold, status=HoldStatus.CAPTURED)
+    postings = (("WALLET", -6_000), ("PAYOUT_SUSPENSE", 6_000 - kept))
+    if kept:
+        postings += (("FEE_REVENUE", kept),)
+    assert await capture_journals(books) == [(user, "send-1", postings)]
+    assert await hold_journal(books, hold.id) is not None
+    assert await balance(books, user) == {"USD": (4_000, 0)}
+    assert await problems(books) == []
+
+
+async def test_capturing_a_hold_twice_posts_once_and_returns_the_captured_hold(books):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    first = await service.capture(hold.id, fee=usd(150))
+    journal = await hold_journal(books, hold.id)
+    assert await service.capture(hold.id, fee=usd(150)) == first
+    assert await service.capture(hold.id, fee=usd(999)) == first  # no fee is looked at again
+    assert await service.capture(hold.id) == first
+    assert first.status is HoldStatus.CAPTURED
+    assert len(await capture_journals(books)) == 1
+    assert await hold_journal(books, hold.id) == journal
+    assert await balance(books, user) == {"USD": (4_000, 0)}
+    assert await problems(books) == []
+
+
+async def test_capturing_a_released_hold_changes_nothing(books):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    released = await service.release(hold.id)
+    assert released.status is HoldStatus.RELEASED
+    assert await service.capture(hold.id, fee=usd(150)) == released
+    assert await service.capture(hold.id) == released
+    assert await capture_journals(books) == []
+    assert await hold_journal(books, hold.id) is None
+    assert await balance(books, user) == {"USD": (10_000, 0)}
+    assert await problems(books) == []
+
+
+@pytest.mark.parametrize("fee", [Money(150, "EUR"), usd(-1), usd(6_000), usd(6_001)], ids=str)
+async def test_a_fee_that_does_not_fit_in_the_hold_is_refused_and_keeps_nothing(books, fee):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    async with books.db.connect() as conn:
+        opened = await conn.scalar(sa.select(sa.func.count()).select_from(accounts))
+    with pytest.raises(ValueError, match=f"^fee {fee} does not fit in hold 60.00 USD$"):
+        await service.capture(hold.id, fee=fee)
+    async with books.db.connect() as conn:  # not even the accounts of another currency
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(accounts)) == opened
+    assert await capture_journals(books) == []
+    assert await balance(books, user) == {"USD": (10_000, 6_000)}
+    assert (await service.capture(hold.id, fee=usd(5_999))).status is HoldStatus.CAPTURED
+    assert await balance(books, user) == {"USD": (4_000, 0)}
+    assert await problems(books) == []
+
+
+async def test_concurrent_captures_of_one_hold_post_one_journal(books):
+    directory = AccountDirectory()
+    service = wallets(books, directory)
+    _, warm_up = await held(books, service, 100)  # the house's accounts are known below
+    await service.capture(warm_up.id, fee=usd(1))
+    user, hold = await held(books, service)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(service.capture(hold.id, fee=usd(150)) for _ in range(10))),
+        timeout=20,
+    )
+    assert results == [replace(hold, status=HoldStatus.CAPTURED)] * 10
+    assert [journal[0] for journal in await capture_journals(books)].count(user) == 1
+    assert await balance(books, user) == {"USD": (4_000, 0)}
+    assert await problems(books) == []
+
+
+async def test_capturing_a_hold_that_does_not_exist_is_not_found(books):
+    service = wallets(books)
+    await held(books, service)
+    for fee in (usd(150), None):
+        with pytest.raises(NotFound):
+            await service.capture(uuid.uuid4(), fee=fee)
+    assert await capture_journals(books) == []
+
+
+@pytest.mark.integration
+async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settings):
+    sent: list[str] = []
+
+    def log(query: Any) -> None:
+        sent.append(" ".join(query.query.split()))
+
+    class Counted(PgWalletUnitOfWork):
+        """Logs every statement it sends, BEGIN and COMMIT included."""
+
+        async def __aenter__(self) -> Counted:
+            await super().__aenter__()
+            self.connection.add_query_logger(log)
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            self.connection.remove_query_logger(log)
+            await super().__aexit__(*exc)
+
+    books = Books((await open_books(make_settings, "real", "driver")).db, Counted)
+    try:
+        service = wallets(books, AccountDirectory())
+        _, warm_up = await held(books, service, 100)  # the house's accounts are known below
+        await service.capture(warm_up.id, fee=usd(1))
+        _, hold = await held(books, service)
+        sent.clear()
+        await service.capture(hold.id, fee=usd(150))
+        assert len(sent) == 1
+        assert sent[0].startswith("SELECT * FROM ledger_capture(")
+        sent.clear()
+        await service.capture(hold.id, fee=usd(150))  # settled: the same one statement
+        assert len(sent) == 1
+    finally:
+        await books.db.close()

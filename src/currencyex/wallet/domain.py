@@ -123,6 +123,43 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Capture:
+    """A hold to capture as paid out, by the journal `journal_id` made at `created_at`: `fee` of
+    it goes to fee revenue and the rest to payout suspense (the house's accounts in the fee's
+    currency)."""
+
+    hold_id: uuid.UUID
+    fee: Money
+    suspense: Account
+    revenue: Account
+    journal_id: uuid.UUID
+    created_at: datetime
+
+    def check_fits(self, held: Money) -> None:
+        """ValueError unless the fee is in the held amount's currency and less than it."""
+        if self.fee.currency != held.currency or not 0 <= self.fee.minor < held.minor:
+            raise ValueError(f"fee {self.fee} does not fit in hold {held}")
+
+    def journal(self, held: Hold) -> Journal:
+        """The capture journal of `held` (migration 0007 builds the same in SQL)."""
+        self.check_fits(held.amount)
+        postings = [
+            Posting(held.account, -held.amount),
+            Posting(self.suspense, held.amount - self.fee),
+        ]
+        if self.fee.minor:
+            postings.append(Posting(self.revenue, self.fee))
+        return Journal(
+            id=self.journal_id,
+            kind=JournalKind.CAPTURE,
+            postings=tuple(postings),
+            created_at=self.created_at,
+            user_id=held.account.user_id,
+            reference=held.reference,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class StatementLine:
     entry_id: int
     journal_id: uuid.UUID
@@ -224,6 +261,13 @@ class PostingUnitOfWork(Protocol):
         before, nothing is written and its first response is returned (a concurrent holder of
         the key is waited for); 1007 if that was another request. 1001, with nothing kept,
         when a wallet would go short."""
+        ...
+
+    async def capture_once(self, capture: Capture) -> Hold | None:
+        """Capture the hold as `capture` says, unlocking it and posting its journal, and commit:
+        the hold as it stands afterwards, None when there is no such hold. A hold not HELD is
+        returned as it is, with nothing written, so of concurrent captures of one hold one
+        posts. ValueError, with nothing kept, when the fee does not fit in the hold."""
         ...
 
 

@@ -29,6 +29,7 @@ from currencyex.wallet.domain import (
     Account,
     AccountKind,
     AccountSpec,
+    Capture,
     Hold,
     HoldStatus,
     Journal,
@@ -497,6 +498,18 @@ class SqlWalletUnitOfWork(SqlUnitOfWork):
         await self.commit()
         return None
 
+    async def capture_once(self, capture: Capture) -> Hold | None:
+        held = await self.ledger.find_hold(capture.hold_id)
+        if held is None or held.status is not HoldStatus.HELD:
+            return held
+        journal = capture.journal(held)
+        captured = await self.ledger.settle_hold(held.id, HoldStatus.CAPTURED, journal.id)
+        if captured is None:  # settled by a concurrent call meanwhile (committed by now)
+            return await self.ledger.find_hold(held.id)
+        await self.ledger.post(journal)
+        await self.commit()
+        return captured
+
 
 # The same ledger on a bare asyncpg connection (platform/pg.py): the statements that move
 # money, on PostgreSQL. Reads (balances, statements, verify) stay on SQLAlchemy.
@@ -515,7 +528,9 @@ SELECT * FROM ledger_post_once(
     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22
 )
 """
-_SHORT = "CX001"  # raised by ledger_post_once when a wallet would go short
+_PG_LEDGER_CAPTURE = "SELECT * FROM ledger_capture($1, $2, $3, $4, $5, $6, $7, $8)"
+_SHORT = "CX001"  # a wallet would go short: raised by ledger_post_once and ledger_capture
+_MISFIT = "CX002"  # raised by ledger_capture when the fee does not fit in the hold
 # The hold row and the lock in one statement. A hold with this id placed already inserts
 # nothing and locks nothing (a concurrent one waits on its row). A wallet without enough
 # available money fails the statement on the table's own guard, ck_wallet_accounts_available
@@ -650,3 +665,28 @@ class PgWalletUnitOfWork(PgUnitOfWork):
                 raise InsufficientFunds() from None
             raise
         return first_response(rows[0], once.request.fingerprint) if rows else None
+
+    async def capture_once(self, capture: Capture) -> Hold | None:
+        # One statement (migration 0007); on its own when the house's accounts are known.
+        try:
+            rows = await self.autocommit(
+                _PG_LEDGER_CAPTURE,
+                capture.hold_id,
+                capture.fee.minor,
+                capture.fee.currency,
+                capture.suspense.id,
+                capture.revenue.id,
+                capture.journal_id,
+                capture.created_at,
+                datetime.now(UTC),
+            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _SHORT:
+                raise InsufficientFunds() from None
+            if exc.sqlstate == _MISFIT:
+                minor, currency = exc.detail.split()  # the hold's amount
+                capture.check_fits(Money(int(minor), currency))
+            raise
+        if not rows:
+            return None
+        return _hold(capture.hold_id, rows[0], HoldStatus(rows[0]["status"]))
