@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +12,6 @@ from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
     KycNotApproved,
     NotFound,
-    QuoteExpired,
-    QuoteUnavailable,
     UnsupportedCurrency,
     ValidationFailed,
 )
@@ -22,7 +19,7 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import IdempotentRequest, SavedResponse
-from currencyex.rates.client import RatesClient
+from currencyex.rates.client import RatesClient, take_quote_or_replay
 from currencyex.wallet.domain import (
     Account,
     AccountKind,
@@ -40,10 +37,6 @@ from currencyex.wallet.domain import (
     WalletBalance,
     WalletUnitOfWork,
 )
-
-# How long a repeat of an exchange that found its quote taken waits before it looks again for the
-# first request's response (see WalletService._first_response).
-QUOTE_RACE_SECONDS = 0.05
 
 WALLET_DEPOSITED = "full.wallet.deposited"
 WALLET_EXCHANGED = "full.wallet.exchanged"
@@ -183,13 +176,11 @@ class WalletService:
             raise KycNotApproved()
         owner = str(customer.user_id)
         once = PostOnce("wallet.exchange", owner, request)
-        try:
-            quote = await self._rates.take_quote(quote_id, customer.user_id)
-        except (QuoteUnavailable, QuoteExpired):
-            saved = await self._first_response(once)
-            if saved is None:
-                raise
-            return Movement.from_json(saved.body)
+        quote = await take_quote_or_replay(
+            self._rates, quote_id, customer.user_id, lambda: self._first_response(once)
+        )
+        if isinstance(quote, SavedResponse):
+            return Movement.from_json(quote.body)
         try:
             async with self._postings() as uow:
                 source, target = quote.source_amount.currency, quote.target_amount.currency
@@ -249,23 +240,13 @@ class WalletService:
         return Movement.from_json(saved.body)
 
     async def _first_response(self, once: PostOnce) -> SavedResponse | None:
-        """The response saved for `once`'s key, if a request has been through with it.
-
-        A repeat of the key sent while the first request is still running waits for it.
-        Checked twice, QUOTE_RACE_SECONDS apart: a concurrent repeat may find the quote taken
-        by the first request a moment before that request claims the key.
-        """
-        for attempt in range(2):
-            if attempt:
-                await asyncio.sleep(QUOTE_RACE_SECONDS)
-            async with self._postings() as uow:
-                # Not committed: a key found free here stays free.
-                saved = await uow.idempotency.claim(
-                    once.scope, once.owner, once.request.key, once.request.fingerprint
-                )
-            if saved is not None:
-                return saved
-        return None
+        """The response saved for `once`'s key, if a request has been through with it; a
+        concurrent first request with the key is waited for."""
+        async with self._postings() as uow:
+            # Not committed: a key found free here stays free.
+            return await uow.idempotency.claim(
+                once.scope, once.owner, once.request.key, once.request.fingerprint
+            )
 
     async def hold(
         self,
