@@ -144,8 +144,14 @@ def _font(base_font: bytes) -> bytes:
     return b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>" % base_font
 
 
+# The escapes of a literal string's own delimiters.
+_ESCAPED = str.maketrans({"(": "\\(", ")": "\\)", "\\": "\\\\"})
+
+
 def _pdf_string(text: str) -> bytes:
     """A literal string: ``(`` ``)`` and ``\\`` escaped, every non-ASCII byte as octal."""
+    if text.isascii() and text.isprintable():  # most text: its bytes are its characters
+        return b"(" + text.translate(_ESCAPED).encode() + b")"
     out = bytearray(b"(")
     for byte in _winansi(text):
         if byte in b"()\\":
