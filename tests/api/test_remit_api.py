@@ -309,25 +309,28 @@ async def test_every_status_change_is_in_the_audit_log(api):
 
 
 async def test_a_status_change_delivered_twice_is_audited_once(api):
-    event = Event(
-        TXN_STATUS_CHANGED,
-        {
-            "txn_id": str(uuid.uuid4()),
-            "reference_id": "TXN-TWICE0001",
-            "user_id": str(uuid.uuid4()),
-            "status": "PROCESSING",
-            "timestamp": "2026-11-26T02:00:00Z",
-        },
-    )
+    txn_id = str(uuid.uuid4())
+
+    def change(status: str) -> Event:
+        return Event(
+            TXN_STATUS_CHANGED,
+            {
+                "txn_id": txn_id,
+                "reference_id": "TXN-TWICE0001",
+                "user_id": str(uuid.uuid4()),
+                "status": status,
+                "timestamp": "2026-11-26T02:00:00Z",
+            },
+        )
+
+    processing, completed = change("PROCESSING"), change("COMPLETED")
     handle = audit_writer(api.container.uow)
-    await handle(event)
-    await handle(event)  # a redelivery
+    await handle([processing])
+    await handle([processing, completed, processing])  # redeliveries, in a batch and across
     async with api.container.db.connect() as conn:
         rows = list(
             await conn.execute(
-                sa.select(audit_table.c.detail).where(
-                    audit_table.c.subject_id == event.data["txn_id"]
-                )
+                sa.select(audit_table.c.detail).where(audit_table.c.subject_id == txn_id)
             )
         )
-    assert [json.loads(r.detail)["status"] for r in rows] == ["PROCESSING"]
+    assert sorted(json.loads(r.detail)["status"] for r in rows) == ["COMPLETED", "PROCESSING"]

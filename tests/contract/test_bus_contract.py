@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -309,3 +309,70 @@ async def test_connecting_to_a_port_with_nothing_listening_fails_promptly() -> N
     with pytest.raises(RuntimeError, match="not connected"):
         await bus.publish(Event(type="full.user.registered", data={}))
     await bus.close()
+
+
+class BatchInbox:
+    """A batch handler that records every batch it is handed, fails on the attempts named in
+    `fail_on`, and holds each call while its gate is closed."""
+
+    def __init__(self, *, fail_on: frozenset[int] = frozenset()) -> None:
+        self.handed: list[list[Event]] = []  # every call's events, failed ones included
+        self.events: list[Event] = []  # the events of the calls that succeeded
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self._fail_on = fail_on
+        self._changed = asyncio.Event()
+
+    async def __call__(self, events: Sequence[Event]) -> None:
+        self.handed.append(list(events))
+        self._changed.set()
+        await self.gate.wait()
+        if len(self.handed) in self._fail_on:
+            raise RuntimeError("batch handler failed on purpose")
+        self.events.extend(events)
+        self._changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def test_events_that_wait_reach_a_batch_handler_together_in_order(buses: Buses) -> None:
+    bus = await buses.new()
+    inbox = BatchInbox()
+    await bus.subscribe_batch(f"{buses.root}.txn.changed", f"d{_unique()}", inbox, max_batch=3)
+    events = [buses.event("txn.changed", n=n) for n in range(6)]
+    inbox.gate.clear()
+    await bus.publish(events[0])
+    await inbox.until(lambda: len(inbox.handed) == 1)  # the first is being handled
+    for event in events[1:]:
+        await bus.publish(event)
+    await asyncio.sleep(0.2)  # the rest wait behind it
+    inbox.gate.set()
+    await inbox.until(lambda: len(inbox.events) == len(events))
+    await buses.settle(bus)
+
+    assert inbox.events == events
+    assert inbox.handed[0] == events[:1]
+    assert [len(batch) for batch in inbox.handed[1:]] == [3, 2]
+
+
+async def test_a_batch_handler_that_raises_gets_the_whole_batch_again(buses: Buses) -> None:
+    bus = await buses.new()
+    inbox = BatchInbox(fail_on=frozenset({2}))
+    await bus.subscribe_batch(f"{buses.root}.txn.changed", f"d{_unique()}", inbox)
+    events = [buses.event("txn.changed", n=n) for n in range(3)]
+    inbox.gate.clear()
+    await bus.publish(events[0])
+    await inbox.until(lambda: len(inbox.handed) == 1)
+    await bus.publish(events[1])
+    await bus.publish(events[2])
+    await asyncio.sleep(0.2)
+    inbox.gate.set()
+    await inbox.until(lambda: len(inbox.events) == len(events))
+    await buses.settle(bus)
+
+    assert inbox.handed[1] == events[1:]  # the batch that failed
+    assert sorted(e.data["n"] for e in inbox.events) == [0, 1, 2]  # each kept once

@@ -7,7 +7,7 @@ both pass the same contract suite in tests/contract.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol, Self
@@ -69,6 +69,8 @@ class RateLimitStore(Protocol):
 
 
 EventHandler = Callable[[Event], Awaitable[None]]
+# Takes several events at once, in order: all of them, or (raising) none.
+BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class EventBus(Protocol):
@@ -89,6 +91,14 @@ class EventBus(Protocol):
         `transient`: the consumer belongs to this process alone (say, its WebSocket clients);
         the bus may forget it, and what it missed, once the process has been gone a while.
         """
+        ...
+
+    async def subscribe_batch(
+        self, subject: str, durable: str, handler: BatchHandler, *, max_batch: int = 50
+    ) -> None:
+        """As `subscribe`, handing `handler` the events waiting for the durable together, up
+        to `max_batch` at a time: for a consumer that writes many events in one statement.
+        A handler that raises gets every event of the batch again later."""
         ...
 
     async def ping(self) -> None: ...

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.client import JetStreamContext
 
 from currencyex.kernel.events import Event
-from currencyex.kernel.ports import EventHandler
+from currencyex.kernel.ports import BatchHandler, EventHandler
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +38,21 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(parts) == len(wanted)
 
 
+def _one_at_a_time(handler: EventHandler) -> BatchHandler:
+    """`handler` as a batch handler, for batches of one."""
+
+    async def handle(events: Sequence[Event]) -> None:
+        (event,) = events
+        await handler(event)
+
+    return handle
+
+
 @dataclass(eq=False, slots=True)
 class _LocalConsumer:
     subject: str
-    handler: EventHandler
+    handler: BatchHandler
+    max_batch: int
     # Each entry is (serialised event, how many times it has been handed to the handler).
     queue: asyncio.Queue[tuple[bytes, int]] = field(default_factory=asyncio.Queue)
     redeliveries: set[asyncio.TimerHandle] = field(default_factory=set)
@@ -99,12 +110,17 @@ class InProcessBus:
         *,
         transient: bool = False,  # noqa: ARG002 (every consumer here lives with the process)
     ) -> None:
+        await self.subscribe_batch(subject, durable, _one_at_a_time(handler), max_batch=1)
+
+    async def subscribe_batch(
+        self, subject: str, durable: str, handler: BatchHandler, *, max_batch: int = 50
+    ) -> None:
         self._check_open()
         if durable in self._consumers:
             # One durable is one consumer: a second subscribe must not deliver everything twice.
             log.warning("bus.durable_already_subscribed", durable=durable, subject=subject)
             return
-        consumer = _LocalConsumer(subject=subject, handler=handler)
+        consumer = _LocalConsumer(subject=subject, handler=handler, max_batch=max_batch)
         consumer.task = asyncio.create_task(
             self._consume(durable, consumer), name=f"bus-consumer-{durable}"
         )
@@ -140,29 +156,33 @@ class InProcessBus:
 
     async def _consume(self, durable: str, consumer: _LocalConsumer) -> None:
         while True:
-            payload, delivery = await consumer.queue.get()
-            event = Event.from_json(payload)
+            batch = [await consumer.queue.get()]
+            while len(batch) < consumer.max_batch and not consumer.queue.empty():
+                batch.append(consumer.queue.get_nowait())
+            events = [Event.from_json(payload) for payload, _ in batch]
             try:
-                await consumer.handler(event)
+                await consumer.handler(events)
             except Exception:
-                if delivery >= self._max_deliveries:
-                    log.exception(
-                        "bus.event_dropped",
-                        durable=durable,
-                        event_id=event.id,
-                        deliveries=delivery,
-                    )
-                    self._settled()
-                else:
-                    log.exception(
-                        "bus.handler_failed",
-                        durable=durable,
-                        event_id=event.id,
-                        delivery=delivery,
-                    )
-                    self._redeliver_later(consumer, payload, delivery + 1)
+                for (payload, delivery), event in zip(batch, events, strict=True):
+                    if delivery >= self._max_deliveries:
+                        log.exception(
+                            "bus.event_dropped",
+                            durable=durable,
+                            event_id=event.id,
+                            deliveries=delivery,
+                        )
+                        self._settled()
+                    else:
+                        log.exception(
+                            "bus.handler_failed",
+                            durable=durable,
+                            event_id=event.id,
+                            delivery=delivery,
+                        )
+                        self._redeliver_later(consumer, payload, delivery + 1)
             else:
-                self._settled()
+                for _ in batch:
+                    self._settled()
 
     def _settled(self) -> None:
         self._outstanding -= 1
@@ -279,6 +299,22 @@ class NatsJetStreamBus:
     async def subscribe(
         self, subject: str, durable: str, handler: EventHandler, *, transient: bool = False
     ) -> None:
+        await self._subscribe(subject, durable, _one_at_a_time(handler), 1, transient=transient)
+
+    async def subscribe_batch(
+        self, subject: str, durable: str, handler: BatchHandler, *, max_batch: int = 50
+    ) -> None:
+        await self._subscribe(subject, durable, handler, max_batch, transient=False)
+
+    async def _subscribe(
+        self,
+        subject: str,
+        durable: str,
+        handler: BatchHandler,
+        max_batch: int,
+        *,
+        transient: bool,
+    ) -> None:
         js = self._jetstream()
         if durable in self._consumers:
             # Pull consumers share a durable's messages, so this would not deliver twice, but a
@@ -300,7 +336,8 @@ class NatsJetStreamBus:
             subject, durable=durable, stream=self._stream, config=config
         )
         self._consumers[durable] = asyncio.create_task(
-            self._consume(durable, subscription, handler), name=f"bus-consumer-{durable}"
+            self._consume(durable, subscription, handler, max_batch),
+            name=f"bus-consumer-{durable}",
         )
 
     async def ping(self) -> None:
@@ -341,12 +378,18 @@ class NatsJetStreamBus:
             await js.update_stream(config)
 
     async def _consume(
-        self, durable: str, subscription: JetStreamContext.PullSubscription, handler: EventHandler
+        self,
+        durable: str,
+        subscription: JetStreamContext.PullSubscription,
+        handler: BatchHandler,
+        max_batch: int,
     ) -> None:
         backoff = _FETCH_BACKOFF_SECONDS
         while True:
             try:
-                messages = await subscription.fetch(_FETCH_BATCH, timeout=_FETCH_WAIT_SECONDS)
+                messages = await subscription.fetch(
+                    max(_FETCH_BATCH, max_batch), timeout=_FETCH_WAIT_SECONDS
+                )
             except TimeoutError:
                 continue  # nothing new: the normal state of an idle consumer
             except Exception:
@@ -356,34 +399,41 @@ class NatsJetStreamBus:
                 backoff = min(backoff * 2, _FETCH_BACKOFF_MAX_SECONDS)
                 continue
             backoff = _FETCH_BACKOFF_SECONDS
-            for index, message in enumerate(messages):
+            for start in range(0, len(messages), max_batch):
                 try:
-                    await self._handle(durable, message, handler)
+                    await self._handle(durable, messages[start : start + max_batch], handler)
                 except asyncio.CancelledError:
-                    # Closing: hand back what this batch did not finish, so it is redelivered
+                    # Closing: hand back what this fetch did not finish, so it is redelivered
                     # now rather than after ack_wait.
-                    for unfinished in messages[index:]:
+                    for unfinished in messages[start:]:
                         with contextlib.suppress(Exception):
                             await unfinished.nak()
                     raise
 
-    async def _handle(self, durable: str, message: Msg, handler: EventHandler) -> None:
-        try:
-            event = Event.from_json(message.data)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            # Redelivering cannot fix a malformed payload.
-            log.exception("bus.undecodable_event", durable=durable, subject=message.subject)
-            await self._settle(message.term())
+    async def _handle(self, durable: str, messages: Sequence[Msg], handler: BatchHandler) -> None:
+        decoded: list[tuple[Msg, Event]] = []
+        for message in messages:
+            try:
+                decoded.append((message, Event.from_json(message.data)))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # Redelivering cannot fix a malformed payload.
+                log.exception("bus.undecodable_event", durable=durable, subject=message.subject)
+                await self._settle(message.term())
+        if not decoded:
             return
         try:
-            await handler(event)
+            await handler([event for _, event in decoded])
         except Exception:
-            delivery = message.metadata.num_delivered or 0
-            name = "bus.event_dropped" if delivery >= self._max_deliver else "bus.handler_failed"
-            log.exception(name, durable=durable, event_id=event.id, delivery=delivery)
-            await self._settle(message.nak(delay=self._redelivery_delay))
+            for message, event in decoded:
+                delivery = message.metadata.num_delivered or 0
+                name = (
+                    "bus.event_dropped" if delivery >= self._max_deliver else "bus.handler_failed"
+                )
+                log.exception(name, durable=durable, event_id=event.id, delivery=delivery)
+                await self._settle(message.nak(delay=self._redelivery_delay))
         else:
-            await self._settle(message.ack())
+            for message, _ in decoded:
+                await self._settle(message.ack())
 
     async def _settle(self, reply: Awaitable[None]) -> None:
         try:

@@ -145,9 +145,9 @@ class PgUnitOfWork:
     unit whose only work is one self-contained statement can run it without BEGIN and COMMIT
     (`autocommit`), and reads before it need neither (`reading()`). Writes whose result nobody
     waits for (outbox events, saved responses, audit entries) are held (`write`) until the next
-    statement or the commit, and sent in order then; a unit whose only work is one such write
-    commits it without BEGIN and COMMIT too. An error in such a write surfaces from the
-    statement or the commit that sent it.
+    statement or the commit, and sent in order then, a run of the same statement in one round
+    trip; a unit whose only work is such a run commits it without BEGIN and COMMIT too. An
+    error in such a write surfaces from the statement or the commit that sent it.
     """
 
     connection: asyncpg.Connection
@@ -208,8 +208,16 @@ class PgUnitOfWork:
 
     async def _send_held(self) -> None:
         held, self._held = self._held, []
-        for query, args in held:
-            await self.connection.execute(query, *args)
+        for query, many in _runs(held):
+            await self._send(query, many)
+
+    async def _send(self, query: str, many: list[tuple[Any, ...]]) -> None:
+        """One statement, or a run of the same statement in one round trip (atomic on its own:
+        asyncpg's executemany sends a single Sync)."""
+        if len(many) == 1:
+            await self.connection.execute(query, *many[0])
+        else:
+            await self.connection.executemany(query, many)
 
     async def alone(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one self-contained statement now: in its own implicit transaction when this unit
@@ -229,9 +237,10 @@ class PgUnitOfWork:
         return rows
 
     async def commit(self) -> None:
-        if self._transaction is None and len(self._held) == 1:
-            query, args = self._held.pop()
-            await self.connection.execute(query, *args)  # a transaction of its own
+        runs = _runs(self._held) if self._transaction is None else []
+        if len(runs) == 1:  # one statement, or a run of one: a transaction of its own
+            self._held.clear()
+            await self._send(*runs[0])
         elif self._held:
             await self.transaction()
         if self._transaction is not None:
@@ -252,3 +261,14 @@ class PgUnitOfWork:
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         conn = await self.transaction()
         return await conn.fetchval(_MARK, consumer, event_id, datetime.now(UTC)) is not None
+
+
+def _runs(held: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Held writes in order, each run of one statement together with its arguments."""
+    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for query, args in held:
+        if runs and runs[-1][0] == query:
+            runs[-1][1].append(args)
+        else:
+            runs.append((query, [args]))
+    return runs

@@ -4,11 +4,11 @@ COMPLETED, and a row in the audit log for every change."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
-from currencyex.kernel.ports import AuditEntry, EventBus, EventHandler, UnitOfWork
+from currencyex.kernel.ports import AuditEntry, BatchHandler, EventBus, EventHandler, UnitOfWork
 from currencyex.remit.client import RemitClient
 
 RECEIPTS = "txn-receipts"
@@ -30,29 +30,30 @@ def receipt_writer(remit: RemitClient) -> EventHandler:
     return handle
 
 
-def audit_writer(uow: Callable[[], UnitOfWork]) -> EventHandler:
-    async def handle(event: Event) -> None:
-        status = str(event.data["status"])
-        async with uow() as tx:
-            # The entry's id comes from the event's: a redelivery records nothing more.
-            await tx.audit.record(
-                AuditEntry(
-                    id=uuid.uuid5(_AUDIT_IDS, event.id),
-                    actor_id=(
-                        uuid.UUID(event.data["user_id"]) if status in _BY_SENDER else SYSTEM_ACTOR
-                    ),
-                    action=AUDIT_ACTION,
-                    subject_type="transaction",
-                    subject_id=str(event.data["txn_id"]),
-                    at=datetime.fromisoformat(event.data["timestamp"].replace("Z", "+00:00")),
-                    detail={"status": status, "reference_id": event.data.get("reference_id")},
-                )
-            )
+def audit_writer(uow: Callable[[], UnitOfWork]) -> BatchHandler:
+    async def handle(events: Sequence[Event]) -> None:
+        async with uow() as tx:  # one transaction for the batch (one statement on the driver)
+            for event in events:
+                await tx.audit.record(_audit_entry(event))
             await tx.commit()
 
     return handle
 
 
+def _audit_entry(event: Event) -> AuditEntry:
+    status = str(event.data["status"])
+    return AuditEntry(
+        # From the event's id: a redelivery records nothing more.
+        id=uuid.uuid5(_AUDIT_IDS, event.id),
+        actor_id=uuid.UUID(event.data["user_id"]) if status in _BY_SENDER else SYSTEM_ACTOR,
+        action=AUDIT_ACTION,
+        subject_type="transaction",
+        subject_id=str(event.data["txn_id"]),
+        at=datetime.fromisoformat(event.data["timestamp"].replace("Z", "+00:00")),
+        detail={"status": status, "reference_id": event.data.get("reference_id")},
+    )
+
+
 async def subscribe(bus: EventBus, remit: RemitClient, uow: Callable[[], UnitOfWork]) -> None:
     await bus.subscribe(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit))
-    await bus.subscribe(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow))
+    await bus.subscribe_batch(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow))
