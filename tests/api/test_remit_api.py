@@ -250,11 +250,17 @@ async def test_a_completed_send_has_its_pdf_receipt_behind_a_signed_url(api):
     reference, txn_id = sent.json()["reference_id"], sent.json()["txn_id"]
     done = await settled(api, headers, reference)
     assert done["status"] == "COMPLETED"
+    completed_on = done["history"][-1]["at"][:10]
+    path = f"receipts/{completed_on}/{txn_id}.pdf"
+    for _ in range(100):  # written by the receipt consumer, before anyone asks for it
+        if await api.container.storage.exists(path):
+            break
+        await asyncio.sleep(0.05)
+    assert await api.container.storage.exists(path)
     response = await api.http.get(f"/v1/remit/transactions/{reference}/receipt", headers=headers)
     assert response.status_code == 200, response.text
     link = response.json()
-    completed_on = done["history"][-1]["at"][:10]
-    assert f"receipts/{completed_on}/{txn_id}.pdf" in link["url"]
+    assert path in link["url"]
     pdf = await fetch(api, link["url"])
     assert pdf.status_code == 200
     assert pdf.content.startswith(b"%PDF-1.4")

@@ -103,6 +103,17 @@ async def test_a_new_transaction_is_stored_whole_with_its_first_history_row(remi
     assert [(c.status, c.at, c.reason) for c in history] == [(TxnStatus.CREATED, NOW, None)]
 
 
+async def test_many_transactions_are_found_at_once(remits) -> None:
+    user = uuid.uuid4()
+    first = await add(remits, a_transaction(user, "TXN-MANY00001"))
+    second = await add(remits, a_transaction(user, "TXN-MANY00002"))
+    async with remits.uow() as uow:
+        found = await uow.transactions.find_many([second.id, uuid.uuid4(), first.id])
+        none = await uow.transactions.find_many([])
+    assert sorted(found, key=lambda t: t.reference_id) == [first, second]
+    assert none == []
+
+
 async def test_a_taken_reference_is_drawn_again(remits, monkeypatch) -> None:
     first = await add(remits, a_transaction(uuid.uuid4(), "TXN-TAKEN0001"))
     monkeypatch.setattr(repository, "new_reference_id", lambda: "TXN-FRESH0001")

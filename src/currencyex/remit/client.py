@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -13,6 +14,6 @@ class PayoutRunner(Protocol):
 
 
 class RemitClient(Protocol):
-    async def write_receipt(self, txn_id: uuid.UUID) -> str | None:
-        """Store the PDF receipt of a COMPLETED transaction; its path (None if not COMPLETED)."""
+    async def write_receipts(self, txn_ids: Sequence[uuid.UUID]) -> list[str]:
+        """Store the PDF receipts of those transactions that are COMPLETED; their paths."""
         ...

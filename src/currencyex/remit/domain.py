@@ -13,6 +13,7 @@ import enum
 import secrets
 import string
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -208,6 +209,10 @@ class RemitRepository(Protocol):
         ...
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None: ...
+
+    async def find_many(self, txn_ids: Sequence[uuid.UUID]) -> list[Transaction]:
+        """Those of the transactions that exist, in no particular order."""
+        ...
 
     async def find_by_reference(self, reference_id: str) -> Transaction | None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -225,6 +225,10 @@ class SqlRemitRepository:
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
         row = (await self._conn.execute(_BY_ID, {"txn_id": txn_id})).first()
         return None if row is None else _transaction(row)
+
+    async def find_many(self, txn_ids: Sequence[uuid.UUID]) -> list[Transaction]:
+        rows = await self._conn.execute(sa.select(transactions).where(_T.id.in_(txn_ids)))
+        return [_transaction(row) for row in rows]
 
     async def find_by_reference(self, reference_id: str) -> Transaction | None:
         row = (await self._conn.execute(_BY_REFERENCE, {"reference_id": reference_id})).first()
@@ -443,6 +447,7 @@ WITH added AS (
 SELECT id FROM added
 """  # noqa: S608 (column names and placeholders only)
 _PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
+_PG_BY_IDS = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = ANY($1::uuid[])"  # noqa: S608
 _PG_BY_REFERENCE = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE reference_id = $1"  # noqa: S608
 _PG_HISTORY = """
 SELECT status, reason, created_at FROM remit_status_history WHERE txn_id = $1 ORDER BY id
@@ -483,6 +488,10 @@ class PgRemitRepository:
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
         row = await (await self._uow.reading()).fetchrow(_PG_BY_ID, txn_id)
         return None if row is None else _transaction(row)
+
+    async def find_many(self, txn_ids: Sequence[uuid.UUID]) -> list[Transaction]:
+        rows = await (await self._uow.reading()).fetch(_PG_BY_IDS, list(txn_ids))
+        return [_transaction(row) for row in rows]
 
     async def find_by_reference(self, reference_id: str) -> Transaction | None:
         row = await (await self._uow.reading()).fetchrow(_PG_BY_REFERENCE, reference_id)

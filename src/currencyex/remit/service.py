@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -351,12 +351,13 @@ class RemitService:
 
     # Receipts
 
-    async def write_receipt(self, txn_id: uuid.UUID) -> str | None:
-        """Store the PDF receipt of a COMPLETED transaction (again: the same bytes each time);
-        its path, or None for a transaction that is not COMPLETED."""
+    async def write_receipts(self, txn_ids: Sequence[uuid.UUID]) -> list[str]:
+        """Store the PDF receipts of those transactions that are COMPLETED (again: the same
+        bytes each time); their paths."""
         async with self._uow() as uow:
-            txn = await uow.transactions.find(txn_id)
-        return None if txn is None else await self._store_receipt(txn)
+            found = await uow.transactions.find_many(txn_ids)
+        stored = await asyncio.gather(*(self._store_receipt(txn) for txn in found))
+        return [path for path in stored if path is not None]
 
     async def receipt_url(self, viewer: Principal, reference_id: str) -> tuple[str, datetime]:
         """A signed link to the receipt, for the owner or staff, once the payout COMPLETED

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
-from currencyex.kernel.ports import AuditEntry, BatchHandler, EventBus, EventHandler, UnitOfWork
+from currencyex.kernel.ports import AuditEntry, BatchHandler, EventBus, UnitOfWork
 from currencyex.remit.client import RemitClient
 
 RECEIPTS = "txn-receipts"
@@ -21,11 +21,12 @@ _AUDIT_IDS = uuid.UUID("6f1c2a52-3d1e-4b7a-9c55-2e4f0b8d7a10")
 _BY_SENDER = frozenset({"CREATED", "PROCESSING"})
 
 
-def receipt_writer(remit: RemitClient) -> EventHandler:
-    async def handle(event: Event) -> None:
+def receipt_writer(remit: RemitClient) -> BatchHandler:
+    async def handle(events: Sequence[Event]) -> None:
         # Idempotent by nature: the same transaction renders the same PDF at the same path.
-        if event.data["status"] == "COMPLETED":
-            await remit.write_receipt(uuid.UUID(event.data["txn_id"]))
+        completed = [uuid.UUID(e.data["txn_id"]) for e in events if e.data["status"] == "COMPLETED"]
+        if completed:
+            await remit.write_receipts(completed)
 
     return handle
 
@@ -55,5 +56,5 @@ def _audit_entry(event: Event) -> AuditEntry:
 
 
 async def subscribe(bus: EventBus, remit: RemitClient, uow: Callable[[], UnitOfWork]) -> None:
-    await bus.subscribe(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit))
+    await bus.subscribe_batch(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit))
     await bus.subscribe_batch(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow))
