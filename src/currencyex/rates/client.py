@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -13,7 +14,7 @@ from currencyex.rates.domain import RATE_UPDATED, Quote
 from currencyex.rates.service import RateService
 
 __all__ = [
-    "QUOTE_RACE_SECONDS",
+    "QUOTE_RACE_LOOKS",
     "RATE_UPDATED",
     "InProcessRatesClient",
     "Quote",
@@ -21,8 +22,10 @@ __all__ = [
     "take_quote_or_replay",
 ]
 
-# How long a repeat that finds its quote taken waits before it looks at its key once more.
-QUOTE_RACE_SECONDS = 0.05
+# When a repeat of a request finds its quote taken, it looks at its key this long after the
+# take failed, once each: the first request may have taken the quote a moment before saving its
+# response, later under load. A quote taken by another request is refused after the last look.
+QUOTE_RACE_LOOKS = (0.0, 0.05, 0.25)
 
 
 class RatesClient(Protocol):
@@ -61,16 +64,21 @@ async def take_quote_or_replay(
     request that went through finds its quote used. The quote's error stands when nothing is
     saved.
 
-    The key is looked at twice, QUOTE_RACE_SECONDS apart: a repeat sent while the first
-    request runs may find the quote taken a moment before that request saves its response.
+    A used quote's key is looked at several times (QUOTE_RACE_LOOKS): a repeat sent while the
+    first request runs may find the quote taken before that request saves its response. An
+    expired quote was not taken by anyone: one look.
     """
     try:
         return await rates.take_quote(quote_id, owner)
-    except (QuoteUnavailable, QuoteExpired):
-        for attempt in range(2):
-            if attempt:
-                await asyncio.sleep(QUOTE_RACE_SECONDS)
-            saved = await first_response()
-            if saved is not None:
-                return saved
-        raise
+    except QuoteExpired as expired:
+        looks: tuple[float, ...] = (0.0,)
+        refusal: Exception = expired
+    except QuoteUnavailable as unavailable:
+        looks, refusal = QUOTE_RACE_LOOKS, unavailable
+    started = time.monotonic()
+    for at in looks:
+        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+        saved = await first_response()
+        if saved is not None:
+            return saved
+    raise refusal

@@ -594,9 +594,9 @@ class PgLedgerRepository(_AccountsByKey):
             raise InsufficientFunds()
 
     async def hold(self, hold: Hold) -> bool:
-        conn = await self._uow.transaction()
+        # Self-contained: alone (no BEGIN, no COMMIT) when it is the unit's first statement.
         try:
-            placed = await conn.fetchval(
+            placed = await self._uow.alone(
                 _PG_PLACE_HOLD,
                 hold.id,
                 hold.account.id,
@@ -608,7 +608,7 @@ class PgLedgerRepository(_AccountsByKey):
             if exc.constraint_name == _AVAILABLE_GUARD:
                 raise InsufficientFunds() from None
             raise
-        return placed is not None
+        return bool(placed)
 
     async def settle_hold(
         self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
