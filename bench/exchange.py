@@ -6,7 +6,7 @@ what it made: two fresh databases (dropped), one `currencyex serve` process (sto
 data directory (removed). See bench/README.md for how to read the output.
 
     .venv/bin/python bench/exchange.py [--scenario exchange|send] [--clients 32] [--duration 20]
-                                       [--users 32] [--workers 1]
+                                       [--users 32] [--workers 1] [--split]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ PG_HOST = "127.0.0.1"
 PG_PORT = "5432"
 PG_USER = "postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+NATS_URL = "nats://127.0.0.1:4222"
 CLI = [sys.executable, "-m", "currencyex.cli"]
 
 
@@ -118,10 +119,13 @@ def machine_ticks() -> tuple[int, int]:
 class Server:
     """`currencyex serve` processes, one per worker, each on its own loopback port."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, workers: int, *, split: bool = False
+    ) -> None:
         self.env = env
         self.workdir = workdir
         self.ports = [free_port() for _ in range(workers)]
+        self.split = split  # plus one `currencyex worker` for payouts and consumers (NATS)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
@@ -147,6 +151,19 @@ class Server:
                 )
             self.logs.append(log)
             self.wait_healthy(self.bases[index])
+        if self.split:
+            log = self.workdir / "worker.log"
+            with log.open("wb") as sink:
+                self.processes.append(
+                    subprocess.Popen(
+                        [*CLI, "worker"],
+                        env=dict(self.env, CURRENCYEX_MIGRATE_ON_START="false"),
+                        cwd=self.workdir,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            self.logs.append(log)
 
     def wait_healthy(self, base: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -467,12 +484,14 @@ def pgbench(db: str, clients: int, duration: int) -> tuple[float, str]:
 # Main
 
 
-def server_env(db: str, data_dir: Path) -> dict[str, str]:
+def server_env(db: str, data_dir: Path, *, split: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
     env.update(
         CURRENCYEX_DATABASE_URL=f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}",
         CURRENCYEX_REDIS_URL=REDIS_URL,
-        CURRENCYEX_NATS_URL="",  # in-process bus: its consumers run inside `serve`
+        # Split: events go through NATS to a `currencyex worker`, which runs the payouts and the
+        # consumers. Else the in-process bus: its consumers run inside `serve`.
+        CURRENCYEX_NATS_URL=NATS_URL if split else "",
         CURRENCYEX_RATE_LIMITS_ENABLED="false",
         CURRENCYEX_LOG_LEVEL="WARNING",
         CURRENCYEX_DATA_DIR=str(data_dir),
@@ -499,9 +518,17 @@ def bench(args: argparse.Namespace) -> int:
         database(f"cx_pgbench_{run}") as pgbench_db,
     ):
         workdir = Path(tmp)
-        server = Server(server_env(db, workdir / "var"), workdir, args.workers)
+        server = Server(
+            server_env(db, workdir / "var", split=args.split),
+            workdir,
+            args.workers,
+            split=args.split,
+        )
         try:
-            print(f"databases {db} and {pgbench_db}; starting {args.workers} server process(es)")
+            print(
+                f"databases {db} and {pgbench_db}; starting {args.workers} server process(es)"
+                + (" and one worker process (NATS)" if args.split else "")
+            )
             server.start()
             started = time.perf_counter()
             tokens = run_loop(set_up(server, args.users, run))
@@ -575,6 +602,7 @@ def bench(args: argparse.Namespace) -> int:
         f"{noun} counted: {stats.ok} in {args.duration:g} s "
         f"(+{stats.warmup_exchanges} in {args.warmup:g} s warm-up), "
         f"{args.clients} clients, {args.users} users, {args.workers} server process(es)"
+        + (" + 1 worker process (NATS)" if args.split else "")
     )
     print(
         f"pgbench TPC-B tps: {tps:.1f} "
@@ -644,6 +672,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-requests", type=int, default=200_000, help="hard cap on HTTP requests in the load"
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="production split: events over NATS JetStream (127.0.0.1:4222) to one "
+        "`currencyex worker`, which runs the payouts and the consumers",
     )
     args = parser.parse_args(argv)
     for name in ("clients", "users", "workers", "max_requests"):
