@@ -48,6 +48,19 @@ def outbox_row(event: Event) -> dict[str, Any]:
     }
 
 
+# On PostgreSQL's bare driver: a batch of unpublished events, marked published as it is taken.
+_PG_TAKE = """
+UPDATE outbox SET published_at = $2
+WHERE id IN (
+    SELECT id FROM outbox WHERE published_at IS NULL
+    ORDER BY created_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, payload, created_at
+"""
+_PG_UNTAKE = "UPDATE outbox SET published_at = NULL WHERE id = ANY($1::varchar[])"
+
 # After a commit wakes the relay, it waits this long before reading, so that under load one
 # pass publishes many events rather than one each.
 NOTIFIED_BATCH_SECONDS = 0.005
@@ -69,26 +82,17 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many events were published."""
+        if self._db.dialect == "postgresql":
+            return await self._relay_on_driver()
         query = (
             sa.select(outbox_table.c.id, outbox_table.c.payload)
             .where(outbox_table.c.published_at.is_(None))
             .order_by(outbox_table.c.created_at, outbox_table.c.id)
             .limit(self._batch)
         )
-        if self._db.dialect == "postgresql":
-            # Two relays (two processes) split the work instead of publishing twice.
-            query = query.with_for_update(skip_locked=True)
-        published: list[str] = []
-        failure: Exception | None = None
         async with self._db.connect() as conn, conn.begin():
             rows = (await conn.execute(query)).all()
-            for row in rows:
-                try:
-                    await self._bus.publish(Event.from_json(row.payload))
-                except Exception as exc:  # mark what went out, retry the rest later
-                    failure = exc
-                    break
-                published.append(row.id)
+            published, failure = await self._publish([(row.id, row.payload) for row in rows])
             if published:
                 await conn.execute(
                     outbox_table.update()
@@ -98,6 +102,31 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return len(published)
+
+    async def _relay_on_driver(self) -> int:
+        # The batch is marked as it is taken (rows locked, SKIP LOCKED: two relays split the
+        # work) and what the bus did not take is unmarked before the commit.
+        async with self._db.driver() as conn, conn.transaction():
+            rows = await conn.fetch(_PG_TAKE, self._batch, datetime.now(UTC))
+            rows.sort(key=lambda row: (row["created_at"], row["id"]))
+            published, failure = await self._publish([(row["id"], row["payload"]) for row in rows])
+            if len(published) < len(rows):
+                await conn.execute(_PG_UNTAKE, [row["id"] for row in rows[len(published) :]])
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def _publish(self, rows: list[tuple[str, str]]) -> tuple[list[str], Exception | None]:
+        """Publish (id, payload) rows in order until one fails: the ids published, and the
+        failure (None when all went out)."""
+        published: list[str] = []
+        for row_id, payload in rows:
+            try:
+                await self._bus.publish(Event.from_json(payload))
+            except Exception as exc:  # mark what went out, retry the rest later
+                return published, exc
+            published.append(row_id)
+        return published, None
 
     async def pending(self) -> int:
         async with self._db.connect() as conn:
