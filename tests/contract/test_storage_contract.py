@@ -296,6 +296,28 @@ async def test_local_uploads_of_one_path_at_once_leave_one_whole_object(
     assert files[0].read_bytes() in bodies
 
 
+async def test_local_uploads_started_together_fail_or_land_each_on_its_own(
+    local: LocalFolderStorage, tmp_path: Path
+) -> None:
+    class BreaksMidway(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() > 0:
+                raise OSError("the source went away")
+            return super().read(1)
+
+    outcomes = await asyncio.gather(
+        local.upload("r/a.pdf", stream(b"aaa"), size=3, content_type="application/pdf"),
+        local.upload("r/b.pdf", BreaksMidway(b"bbb"), size=3, content_type="application/pdf"),
+        local.upload("r/c.pdf", stream(b"ccc"), size=3, content_type="application/pdf"),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], OSError)
+    assert outcomes[2] is None
+    files = {p.name: p.read_bytes() for p in (tmp_path / "objects").rglob("*") if p.is_file()}
+    assert files == {"a.pdf": b"aaa", "c.pdf": b"ccc"}
+
+
 def test_signing_key_is_made_once_and_then_reused(tmp_path: Path) -> None:
     key = load_signing_key(tmp_path / "storage.key")
     assert len(key) == 64
