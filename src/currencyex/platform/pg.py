@@ -80,7 +80,9 @@ class PgIdempotency:
         )
         if claimed is not None:
             return None
-        return first_response(await conn.fetchrow(_FIND, scope, owner, key), request_hash)
+        saved = await self.find(scope, owner, key, request_hash)
+        assert saved is not None, "a key that could not be claimed is taken"
+        return saved
 
     async def find(
         self, scope: str, owner: str, key: str, request_hash: str

@@ -128,13 +128,11 @@ def _write_each(batch: list[_Write]) -> None:
 
 def _settle(batch: list[_Write], finished: asyncio.Future[None]) -> None:
     """Back on the loop: tell each upload of `batch` how its write went."""
-    failure = None if finished.cancelled() else finished.exception()
+    failure = asyncio.CancelledError() if finished.cancelled() else finished.exception()
     for write in batch:
         if write.done.done():  # its caller gave up waiting
             continue
         error = write.error or failure
-        if error is None and finished.cancelled():
-            error = asyncio.CancelledError()
         if error is None:
             write.done.set_result(None)
         else:

@@ -208,6 +208,10 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
 
+    def body_for(self, txn: Transaction) -> dict[str, Any]:
+        """The body to save with the move that leaves `txn` as it is."""
+        return txn.to_json() if self.body is None else self.body
+
 
 class RemitRepository(Protocol):
     async def add(self, txn: Transaction, request_hash: str) -> Transaction:

@@ -341,7 +341,7 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
             owner,
             request.key,
             reply.status,
-            added.to_json() if reply.body is None else reply.body,
+            reply.body_for(added),
             announce=added.status_changed(added.status, added.created_at),
         )
         await self.commit()
@@ -371,7 +371,7 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
                 str(moved.user_id),
                 moved.idempotency_key,
                 reply.status,
-                moved.to_json() if reply.body is None else reply.body,
+                reply.body_for(moved),
                 announce=announce,
             )
         await self.commit()
@@ -591,7 +591,7 @@ class PgRemitUnitOfWork(PgUnitOfWork):
         moved = txn.after(outcome, at)
         saved = _NOTHING_SAVED
         if reply is not None:
-            body = moved.to_json() if reply.body is None else reply.body
+            body = reply.body_for(moved)
             key = (reply.scope, str(txn.user_id), txn.idempotency_key)
             saved = (reply.status, json.dumps(body), *key)
         rows = await self.autocommit(
@@ -610,7 +610,7 @@ class PgRemitUnitOfWork(PgUnitOfWork):
         claim = (reply.scope, owner, request.key, request.fingerprint, reply.status)
 
         async def store(candidate: Transaction) -> Transaction | SavedResponse | None:
-            body = candidate.to_json() if reply.body is None else reply.body
+            body = reply.body_for(candidate)
             if await self.alone(
                 _PG_ADD_ONCE,
                 *_pg_txn_args(candidate, request.fingerprint, self._resume_after),
