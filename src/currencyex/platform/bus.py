@@ -53,8 +53,8 @@ class _LocalConsumer:
     subject: str
     handler: BatchHandler
     max_batch: int
-    # Each entry is (serialised event, how many times it has been handed to the handler).
-    queue: asyncio.Queue[tuple[bytes, int]] = field(default_factory=asyncio.Queue)
+    # Each entry is (event, how many times it has been handed to the handler).
+    queue: asyncio.Queue[tuple[Event, int]] = field(default_factory=asyncio.Queue)
     redeliveries: set[asyncio.TimerHandle] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
@@ -90,9 +90,10 @@ class InProcessBus:
         if event.id in self._seen:
             log.debug("bus.duplicate_dropped", event_id=event.id, subject=event.subject)
             return
-        # Serialising here fails a bad event at publish time, as NATS would, and gives every
-        # consumer its own copy of `data` to read.
-        payload = event.to_json()
+        # Through JSON and back, once: a bad event fails at publish time, as on NATS, and the
+        # consumers see what a JSON round trip keeps (and nothing the publisher changes later).
+        # They share that copy: handlers only read events.
+        delivered = Event.from_json(event.to_json())
         self._seen[event.id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
@@ -100,7 +101,7 @@ class InProcessBus:
             if subject_matches(consumer.subject, event.subject):
                 self._outstanding += 1
                 self._idle.clear()
-                consumer.queue.put_nowait((payload, 1))
+                consumer.queue.put_nowait((delivered, 1))
 
     async def subscribe(
         self,
@@ -159,11 +160,11 @@ class InProcessBus:
             batch = [await consumer.queue.get()]
             while len(batch) < consumer.max_batch and not consumer.queue.empty():
                 batch.append(consumer.queue.get_nowait())
-            events = [Event.from_json(payload) for payload, _ in batch]
+            events = [event for event, _ in batch]
             try:
                 await consumer.handler(events)
             except Exception:
-                for (payload, delivery), event in zip(batch, events, strict=True):
+                for event, delivery in batch:
                     if delivery >= self._max_deliveries:
                         log.exception(
                             "bus.event_dropped",
@@ -179,7 +180,7 @@ class InProcessBus:
                             event_id=event.id,
                             delivery=delivery,
                         )
-                        self._redeliver_later(consumer, payload, delivery + 1)
+                        self._redeliver_later(consumer, event, delivery + 1)
             else:
                 for _ in batch:
                     self._settled()
@@ -189,12 +190,12 @@ class InProcessBus:
         if self._outstanding == 0:
             self._idle.set()
 
-    def _redeliver_later(self, consumer: _LocalConsumer, payload: bytes, delivery: int) -> None:
+    def _redeliver_later(self, consumer: _LocalConsumer, event: Event, delivery: int) -> None:
         # A timer rather than a sleep in the consumer: a failing event must not hold up the
         # events queued behind it, as with a JetStream nak.
         def redeliver() -> None:
             consumer.redeliveries.discard(handle)
-            consumer.queue.put_nowait((payload, delivery))
+            consumer.queue.put_nowait((event, delivery))
 
         handle = asyncio.get_running_loop().call_later(self._redelivery_delay, redeliver)
         consumer.redeliveries.add(handle)
