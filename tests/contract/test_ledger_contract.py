@@ -583,6 +583,54 @@ async def test_capturing_a_hold_that_does_not_exist_is_not_found(books):
     assert await capture_journals(books) == []
 
 
+async def test_holds_captured_together_each_post_their_journal(books):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    other = uuid.uuid4()
+    await deposit(books, other, 10_000, "EUR")
+    euros = await service.hold(other, Money(2_000, "EUR"), "send-2")
+    _, released = await held(books, service, 1_000)
+    await service.release(released.id)
+    captured = await service.capture_many(
+        {
+            hold.id: usd(150),
+            euros.id: Money(0, "EUR"),
+            released.id: usd(10),
+            uuid.uuid4(): usd(10),  # no such hold: left out
+        }
+    )
+    assert sorted(captured, key=lambda h: h.id) == sorted(
+        [
+            replace(hold, status=HoldStatus.CAPTURED),
+            replace(euros, status=HoldStatus.CAPTURED),
+            replace(released, status=HoldStatus.RELEASED),
+        ],
+        key=lambda h: h.id,
+    )
+    assert sorted(await capture_journals(books), key=lambda j: j[1]) == [
+        (user, "send-1", (("WALLET", -6_000), ("PAYOUT_SUSPENSE", 5_850), ("FEE_REVENUE", 150))),
+        (other, "send-2", (("WALLET", -2_000), ("PAYOUT_SUSPENSE", 2_000))),
+    ]
+    assert await balance(books, user) == {"USD": (4_000, 0)}
+    assert await balance(books, other) == {"EUR": (8_000, 0)}
+    again = await service.capture_many({hold.id: usd(150)})  # once
+    assert again == [replace(hold, status=HoldStatus.CAPTURED)]
+    assert len(await capture_journals(books)) == 2
+    assert await service.capture_many({}) == []
+    assert await problems(books) == []
+
+
+async def test_holds_captured_together_are_all_kept_or_none(books):
+    service = wallets(books)
+    user, hold = await held(books, service)
+    other, misfit = await held(books, service)
+    with pytest.raises(ValueError, match="does not fit in"):
+        await service.capture_many({hold.id: usd(150), misfit.id: usd(6_000)})
+    assert await capture_journals(books) == []
+    assert await balance(books, user) == await balance(books, other) == {"USD": (10_000, 6_000)}
+    assert await problems(books) == []
+
+
 @pytest.mark.integration
 async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settings):
     sent: list[str] = []
@@ -615,5 +663,12 @@ async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settin
         sent.clear()
         await service.capture(hold.id, fee=usd(150))  # settled: the same one statement
         assert len(sent) == 1
+        _, first = await held(books, service)
+        _, second = await held(books, service)
+        sent.clear()
+        captured = await service.capture_many({first.id: usd(150), second.id: usd(150)})
+        assert {h.status for h in captured} == {HoldStatus.CAPTURED}
+        assert len(sent) == 1
+        assert sent[0].startswith("SELECT c.hold_id, r.* FROM unnest(")
     finally:
         await books.db.close()

@@ -264,6 +264,55 @@ async def test_a_recorded_move_from_a_status_no_longer_stored_keeps_nothing(remi
     assert await saved_response(remits, txn) == "pending"
 
 
+async def processing(remits: Remits, reference: str) -> Transaction:
+    txn = await claimed(remits, a_transaction(uuid.uuid4(), reference))
+    async with remits.uow() as uow:
+        moved = await uow.record_move(txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW)
+    assert moved is not None
+    return moved
+
+
+async def test_moves_recorded_together_keep_each_move_with_its_history_and_event(remits) -> None:
+    paid, rejected, stale = [await processing(remits, f"TXN-MANYMOVE{n}") for n in range(3)]
+    async with remits.uow() as uow:  # `stale` moved on meanwhile
+        await uow.record_move(stale, Outcome(TxnStatus.COMPLETED), NOW, next_attempt_at=NOW)
+    later = NOW + timedelta(seconds=5)
+    outcomes = [
+        (paid, Outcome(TxnStatus.COMPLETED, partner_reference="P-1")),
+        (rejected, Outcome(TxnStatus.FAILED, "rejected", failure_code=4000)),
+        (stale, Outcome(TxnStatus.FAILED, "late", failure_code=4000)),
+    ]
+    async with remits.uow() as uow:
+        moved = await uow.record_moves(outcomes, later)
+    assert sorted(moved, key=lambda t: t.reference_id) == [
+        paid.after(outcomes[0][1], later),
+        rejected.after(outcomes[1][1], later),
+    ]
+    async with remits.uow() as uow:
+        for txn in moved:
+            assert await uow.transactions.find(txn.id) == txn
+            history = await uow.transactions.history(txn.id)
+            assert [(c.status, c.at) for c in history][-1] == (txn.status, later)
+        stored = await uow.transactions.find(stale.id)
+        assert stored is not None
+        assert (stored.status, stored.updated_at) == (TxnStatus.COMPLETED, NOW)
+        assert len(await uow.transactions.history(stale.id)) == 3
+    assert (moved[0].partner_reference, moved[1].failure_reason) == ("P-1", "rejected")
+    assert await events_of(remits, paid) == ["COMPLETED", "PROCESSING"]
+    assert await events_of(remits, rejected) == ["FAILED", "PROCESSING"]
+    assert await events_of(remits, stale) == ["COMPLETED", "PROCESSING"]
+    async with remits.uow() as uow:
+        assert await uow.record_moves([], later) == []
+
+
+async def test_moves_recorded_together_go_only_to_final_statuses(remits) -> None:
+    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-MANYMOVE9"))
+    async with remits.uow() as uow:
+        with pytest.raises(ValueError, match="not a final status"):
+            await uow.record_moves([(txn, Outcome(TxnStatus.PROCESSING))], NOW)
+    assert await events_of(remits, txn) == []
+
+
 async def test_due_work_is_leased_once_and_retried_later(remits) -> None:
     user = uuid.uuid4()
     txn = await add(remits, a_transaction(user, "TXN-LEASE0001", at=NOW - timedelta(minutes=5)))

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
+
 from currencyex.remit.partner import SimulatedPartner
+from currencyex.remit.repository import transactions
 
 from conftest import running_app
 from remit_support import funded_customer, quote, send, settled, usd
@@ -102,3 +105,36 @@ async def test_worker_killed_mid_payout_is_replaced_and_each_send_pays_out_once(
             assert Decimal(wallet["balance"]) + Decimal(total_debit) == Decimal("300.00")
         assert sorted(partner.payouts_made.values()) == [1] * len(sends)
         assert await second.container.wallet.verify() == []
+
+
+async def test_a_payout_batch_completes_the_others_when_one_capture_cannot_go_through(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    settings = await make_settings(backend, payout_simulated_latency_seconds=0.0)
+    async with running_app(settings) as api:
+        await api.container.payout_worker.stop()  # the batch is run by hand below
+        customers = [await funded_customer(api, "300.00") for _ in range(3)]
+        references = []
+        for _, headers in customers:
+            sent = await send(api, headers, (await quote(api, headers))["quote_id"])
+            assert sent.status_code == 201, sent.text
+            references.append(sent.json()["reference_id"])
+        # The last one's fee now fills its whole hold: its capture is refused (a fee must be
+        # less than the hold), which fails the batch's capture as a whole.
+        async with api.container.db.connect() as conn:
+            await conn.execute(
+                sa.update(transactions)
+                .where(transactions.c.reference_id == references[-1])
+                .values(fee=transactions.c.total_debit)
+            )
+            await conn.commit()
+        assert await api.container.remit.run_payouts_once() == 3
+        for (_, headers), reference in zip(customers[:-1], references[:-1], strict=True):
+            done = await settled(api, headers, reference, within_seconds=1.0)
+            assert done["status"] == "COMPLETED"
+            assert (await usd(api, headers))["locked_balance"] == "0.00"
+        _, headers = customers[-1]
+        stuck = await api.http.get(f"/v1/remit/transactions/{references[-1]}", headers=headers)
+        assert stuck.json()["status"] == "PROCESSING"  # leased; tried again when that runs out
+        assert (await usd(api, headers))["locked_balance"] != "0.00"
+        assert await api.container.wallet.verify() == []

@@ -298,3 +298,11 @@ class RemitUnitOfWork(Protocol):
         (one statement on the driver). None, and nothing kept, when the stored status is no
         longer `txn.status`."""
         ...
+
+    async def record_moves(
+        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
+    ) -> list[Transaction]:
+        """`record_move` for each of `moves` (to final statuses, with no reply), together, then
+        commit (one statement on the driver): the moved transactions. A move whose stored
+        status is no longer its transaction's is left out; the others are kept."""
+        ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -377,6 +377,25 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
         await self.commit()
         return moved
 
+    async def record_moves(
+        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
+    ) -> list[Transaction]:
+        _check_final(moves)
+        done = []
+        for txn, outcome in moves:
+            moved = await self.transactions.move(txn, outcome, at, next_attempt_at=at)
+            if moved is not None:
+                await self.outbox.add(moved.status_changed(outcome.status, at))
+                done.append(moved)
+        await self.commit()
+        return done
+
+
+def _check_final(moves: Sequence[tuple[Transaction, Outcome]]) -> None:
+    for txn, outcome in moves:
+        if not outcome.status.final:
+            raise ValueError(f"{txn.reference_id}: {outcome.status} is not a final status")
+
 
 # The same repository on a bare asyncpg connection (platform/pg.py), for PostgreSQL. A new
 # transaction and a status move each write their history row in the same statement.
@@ -418,6 +437,36 @@ WITH moved AS (
     INSERT INTO outbox (id, subject, payload, created_at)
     SELECT $16::varchar, $17::varchar, $18::text, $19::timestamptz FROM moved
     WHERE $16::varchar IS NOT NULL
+)
+SELECT id FROM moved
+"""
+# Moves to final statuses, one per row of the arrays, each with its history row and event:
+# one statement, so all of them are kept or none.
+_PG_MOVE_ALL = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::varchar[], $3::varchar[], $4::int[], $5::varchar[], $6::varchar[],
+        $7::varchar[], $8::varchar[], $9::varchar[], $10::text[], $11::timestamptz[]
+    ) AS i(id, from_status, to_status, failure_code, failure_reason, partner_reference,
+        reason, event_id, subject, payload, event_at)
+), moved AS (
+    UPDATE remit_transactions AS t SET
+        status = i.to_status,
+        updated_at = $12,
+        failure_code = i.failure_code,
+        failure_reason = i.failure_reason,
+        partner_reference = i.partner_reference,
+        next_attempt_at = NULL,
+        lease_until = NULL
+    FROM input AS i
+    WHERE t.id = i.id AND t.status = i.from_status
+    RETURNING t.id
+), history AS (
+    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
+    SELECT i.id, i.to_status, i.reason, $12 FROM input AS i JOIN moved USING (id)
+), announced AS (
+    INSERT INTO outbox (id, subject, payload, created_at)
+    SELECT i.event_id, i.subject, i.payload, i.event_at FROM input AS i JOIN moved USING (id)
 )
 SELECT id FROM moved
 """
@@ -545,6 +594,11 @@ def _pg_txn_args(txn: Transaction, request_hash: str, resume_after: float) -> li
     return [row.get(column.name) for column in transactions.columns]
 
 
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of statement arguments as columns: the arrays of an unnest."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def _pg_move_args(
     txn: Transaction,
     outcome: Outcome,
@@ -602,6 +656,36 @@ class PgRemitUnitOfWork(PgUnitOfWork):
             announces=True,
         )
         return moved if rows else None
+
+    async def record_moves(
+        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
+    ) -> list[Transaction]:
+        _check_final(moves)
+        if not moves:
+            await self.commit()
+            return []
+        after = [txn.after(outcome, at) for txn, outcome in moves]
+        # Column by column: of each move (id, from, to, at, code, reason, partner, next, lease,
+        # history reason), of each event (id, subject, payload, created_at).
+        ids, from_, to, _, codes, reasons, partners, _, _, notes = _columns(
+            _pg_move_args(txn, outcome, at, at, None) for txn, outcome in moves
+        )
+        events = _columns(event_args(txn.status_changed(txn.status, at)) for txn in after)
+        rows = await self.autocommit(
+            _PG_MOVE_ALL,
+            ids,
+            from_,
+            to,
+            codes,
+            reasons,
+            partners,
+            notes,
+            *events,
+            at,
+            announces=True,
+        )
+        stored = {row["id"] for row in rows}
+        return [txn for txn in after if txn.id in stored]
 
     async def add_once(
         self, txn: Transaction, request: IdempotentRequest, reply: Reply

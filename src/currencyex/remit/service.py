@@ -243,51 +243,54 @@ class RemitService:
                 else None,
                 reply=reply,
             )
-        if moved is None:
-            return None
-        log.info(
-            "remit.status_changed",
-            txn_id=str(moved.id),
-            reference_id=moved.reference_id,
-            status=moved.status.value,
-            reason=outcome.reason,
-        )
+        if moved is not None:
+            _log_moved(moved, outcome.reason)
         return moved
 
     # Paying out
 
     async def run_payouts_once(self) -> int:
         """Take up the transactions that are due (new PROCESSING ones, retries, sends that died
-        midway) and move each as far as it goes; how many were taken."""
+        midway) and move each as far as it goes; how many were taken.
+
+        The partner is asked about each on its own; the payouts it made are then captured and
+        COMPLETED together (one statement each on PostgreSQL)."""
         now = self._clock.now()
         async with self._uow() as uow:
             leased = await uow.transactions.lease_due(
                 now, now + timedelta(seconds=self._policy.lease_seconds), self._policy.batch
             )
             await uow.commit()
-        results = await asyncio.gather(
+        answers = await asyncio.gather(
             *(self._advance(txn) for txn in leased), return_exceptions=True
         )
-        for txn, result in zip(leased, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                # Left leased: another try comes once the lease runs out.
-                log.error("remit.payout_step_failed", txn_id=str(txn.id), exc_info=result)
+        paid: list[_Paid] = []
+        for txn, answer in zip(leased, answers, strict=True):
+            if isinstance(answer, BaseException):
+                _step_failed(txn, answer)
+            elif answer is not None:
+                paid.append(answer)
+        if paid:
+            await self._complete(paid)
         return len(leased)
 
-    async def _advance(self, txn: Transaction) -> None:
+    async def _advance(self, txn: Transaction) -> _Paid | None:
+        """Move `txn` as far as it goes short of its capture: its payout, when the partner made
+        it (the caller completes it)."""
         # A transaction taken up before may have reached the partner: ask before paying.
         ask_first = txn.attempts > 1
         if txn.status is TxnStatus.CREATED:
             moved = await self._place_hold(txn, lease=True)
             if moved is None or moved.status is not TxnStatus.PROCESSING:
-                return
+                return None
             txn, ask_first = moved, False  # never sent to the partner while CREATED
         if txn.status is TxnStatus.PROCESSING:
-            await self._pay(txn, ask_first=ask_first)
+            return await self._pay(txn, ask_first=ask_first)
+        return None
 
-    async def _pay(self, txn: Transaction, *, ask_first: bool) -> None:
+    async def _pay(self, txn: Transaction, *, ask_first: bool) -> _Paid | None:
+        """Have the partner pay (or say whether it has); a rejection or no answer is dealt
+        with here, a payout made is returned for its capture."""
         try:
             result: PayoutResult | None = await self._partner.lookup(txn.id) if ask_first else None
             if result is None:
@@ -296,16 +299,44 @@ class RemitService:
                 )
         except PartnerUnavailable as exc:
             await self._unanswered(txn, exc)
-            return
+            return None
         if result.outcome is PayoutOutcome.PAID:
-            await self._wallets.capture(txn.hold_id, fee=txn.fee)
-            await self._move(
-                txn,
-                Outcome(TxnStatus.COMPLETED, partner_reference=result.partner_reference),
-            )
-        else:
-            await self._wallets.release(txn.hold_id)
-            await self._move(txn, Outcome(TxnStatus.FAILED, result.reason or "rejected"))
+            return _Paid(txn, result)
+        await self._wallets.release(txn.hold_id)
+        await self._move(txn, Outcome(TxnStatus.FAILED, result.reason or "rejected"))
+        return None
+
+    async def _complete(self, paid: Sequence[_Paid]) -> None:
+        """Capture the holds of payouts made and move them COMPLETED: together, or, if that
+        fails, each on its own (every step is idempotent, so a part done together is not done
+        twice), so that one that cannot go through does not hold back the others."""
+        if len(paid) > 1:
+            try:
+                await self._complete_together(paid)
+            except Exception:
+                log.warning("remit.payout_batch_failed", count=len(paid), exc_info=True)
+            else:
+                return
+        results = await asyncio.gather(
+            *(self._complete_one(p) for p in paid), return_exceptions=True
+        )
+        for done, result in zip(paid, results, strict=True):
+            if isinstance(result, BaseException):
+                _step_failed(done.txn, result)
+
+    async def _complete_together(self, paid: Sequence[_Paid]) -> None:
+        captured = await self._wallets.capture_many({p.txn.hold_id: p.txn.fee for p in paid})
+        if len(captured) < len(paid):
+            raise NotFound("No such hold")  # which one, the one-by-one path tells
+        now = self._clock.now()
+        async with self._uow() as uow:
+            moved = await uow.record_moves([(p.txn, p.outcome) for p in paid], now)
+        for txn in moved:
+            _log_moved(txn, None)
+
+    async def _complete_one(self, paid: _Paid) -> None:
+        await self._wallets.capture(paid.txn.hold_id, fee=paid.txn.fee)
+        await self._move(paid.txn, paid.outcome)
 
     async def _unanswered(self, txn: Transaction, exc: PartnerUnavailable) -> None:
         now = self._clock.now()
@@ -400,6 +431,36 @@ class RemitService:
             path, io.BytesIO(pdf), size=len(pdf), content_type="application/pdf"
         )
         return path
+
+
+@dataclass(frozen=True, slots=True)
+class _Paid:
+    """A payout the partner made, its transaction waiting for its capture."""
+
+    txn: Transaction
+    result: PayoutResult
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(TxnStatus.COMPLETED, partner_reference=self.result.partner_reference)
+
+
+def _log_moved(txn: Transaction, reason: str | None) -> None:
+    log.info(
+        "remit.status_changed",
+        txn_id=str(txn.id),
+        reference_id=txn.reference_id,
+        status=txn.status.value,
+        reason=reason,
+    )
+
+
+def _step_failed(txn: Transaction, error: BaseException) -> None:
+    """A payout step that raised: logged, and the transaction left leased (another try comes
+    once the lease runs out). Anything but an Exception (a cancellation) goes on up."""
+    if not isinstance(error, Exception):
+        raise error
+    log.error("remit.payout_step_failed", txn_id=str(txn.id), exc_info=error)
 
 
 async def _visible(uow: RemitUnitOfWork, viewer: Principal, reference_id: str) -> Transaction:

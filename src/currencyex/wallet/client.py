@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Protocol
 
 from currencyex.kernel.money import Money
@@ -31,6 +32,11 @@ class WalletClient(Protocol):
         """Settle the hold as paid out, `fee` of it going to fee revenue. Idempotent."""
         ...
 
+    async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
+        """`capture` for several holds (hold id -> fee) at once: the holds that exist, as they
+        stand afterwards. All or nothing: when one cannot be captured, none is."""
+        ...
+
     async def release(self, hold_id: uuid.UUID) -> Hold: ...
 
 
@@ -53,6 +59,9 @@ class InProcessWalletClient:
 
     async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
         return await self._service.capture(hold_id, fee=fee)
+
+    async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
+        return await self._service.capture_many(fees)
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         return await self._service.release(hold_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, Self
@@ -268,6 +269,12 @@ class PostingUnitOfWork(Protocol):
         the hold as it stands afterwards, None when there is no such hold. A hold not HELD is
         returned as it is, with nothing written, so of concurrent captures of one hold one
         posts. ValueError, with nothing kept, when the fee does not fit in the hold."""
+        ...
+
+    async def capture_all(self, captures: Sequence[Capture]) -> list[Hold]:
+        """`capture_once` for each of `captures`, together, and commit (one statement on the
+        driver): the holds that exist, as they stand afterwards, in no particular order. All
+        or nothing: when one of them cannot be captured, none is, and its error is raised."""
         ...
 
 

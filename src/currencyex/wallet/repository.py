@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import sqlalchemy as sa
@@ -499,6 +500,20 @@ class SqlWalletUnitOfWork(SqlUnitOfWork):
         return None
 
     async def capture_once(self, capture: Capture) -> Hold | None:
+        held = await self._capture(capture)
+        await self.commit()
+        return held
+
+    async def capture_all(self, captures: Sequence[Capture]) -> list[Hold]:
+        found = []
+        for capture in captures:
+            held = await self._capture(capture)
+            if held is not None:
+                found.append(held)
+        await self.commit()
+        return found
+
+    async def _capture(self, capture: Capture) -> Hold | None:
         held = await self.ledger.find_hold(capture.hold_id)
         if held is None or held.status is not HoldStatus.HELD:
             return held
@@ -507,7 +522,6 @@ class SqlWalletUnitOfWork(SqlUnitOfWork):
         if captured is None:  # settled by a concurrent call meanwhile (committed by now)
             return await self.ledger.find_hold(held.id)
         await self.ledger.post(journal)
-        await self.commit()
         return captured
 
 
@@ -529,6 +543,16 @@ SELECT * FROM ledger_post_once(
 )
 """
 _PG_LEDGER_CAPTURE = "SELECT * FROM ledger_capture($1, $2, $3, $4, $5, $6, $7, $8)"
+# Several captures in one statement, one `ledger_capture` per row of the arrays: its own
+# implicit transaction, so all of them are kept or none.
+_PG_LEDGER_CAPTURE_ALL = """
+SELECT c.hold_id, r.* FROM unnest(
+    $1::uuid[], $2::bigint[], $3::varchar[], $4::uuid[], $5::uuid[], $6::uuid[]
+) AS c(hold_id, fee, fee_currency, suspense, revenue, journal_id)
+CROSS JOIN LATERAL ledger_capture(
+    c.hold_id, c.fee, c.fee_currency, c.suspense, c.revenue, c.journal_id, $7, $8
+) AS r
+"""
 _SHORT = "CX001"  # a wallet would go short: raised by ledger_post_once and ledger_capture
 _MISFIT = "CX002"  # raised by ledger_capture when the fee does not fit in the hold
 # The hold row and the lock in one statement. A hold with this id placed already inserts
@@ -681,12 +705,41 @@ class PgWalletUnitOfWork(PgUnitOfWork):
                 datetime.now(UTC),
             )
         except asyncpg.PostgresError as exc:
-            if exc.sqlstate == _SHORT:
-                raise InsufficientFunds() from None
-            if exc.sqlstate == _MISFIT:
-                minor, currency = exc.detail.split()  # the hold's amount
-                capture.check_fits(Money(int(minor), currency))
-            raise
+            _raise_capture_error(exc, capture)
         if not rows:
             return None
         return _hold(capture.hold_id, rows[0], HoldStatus(rows[0]["status"]))
+
+    async def capture_all(self, captures: Sequence[Capture]) -> list[Hold]:
+        if not captures:
+            await self.commit()
+            return []
+        # One statement for all, and so one time taken for all (each journal keeps its own).
+        try:
+            rows = await self.autocommit(
+                _PG_LEDGER_CAPTURE_ALL,
+                [c.hold_id for c in captures],
+                [c.fee.minor for c in captures],
+                [c.fee.currency for c in captures],
+                [c.suspense.id for c in captures],
+                [c.revenue.id for c in captures],
+                [c.journal_id for c in captures],
+                captures[0].created_at,
+                datetime.now(UTC),
+            )
+        except asyncpg.PostgresError as exc:
+            _raise_capture_error(exc, None)
+        return [_hold(row["hold_id"], row, HoldStatus(row["status"])) for row in rows]
+
+
+def _raise_capture_error(exc: asyncpg.PostgresError, capture: Capture | None) -> NoReturn:
+    """The error of a failed `ledger_capture` as the domain says it: 1001, or the ValueError of
+    a fee that does not fit (`capture`'s own message when the capture is known)."""
+    if exc.sqlstate == _SHORT:
+        raise InsufficientFunds() from None
+    if exc.sqlstate == _MISFIT:
+        minor, currency = exc.detail.split()  # the hold's amount
+        if capture is not None:
+            capture.check_fits(Money(int(minor), currency))
+        raise ValueError(f"a fee does not fit in its hold of {Money(int(minor), currency)}")
+    raise exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,6 +294,33 @@ class WalletService:
         if captured is None:
             raise NotFound("No such hold")
         return captured
+
+    async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
+        """`capture` for several holds (each hold's id with its fee) together, in one statement
+        on PostgreSQL: the holds that exist, as they stand afterwards, in no particular order.
+        All or nothing: when one cannot be captured (its fee does not fit, say), none is."""
+        if not fees:
+            return []
+        currencies = sorted({fee.currency for fee in fees.values()})
+        async with self._postings() as uow:
+            house = await uow.ledger.accounts(
+                *(
+                    (kind, currency)
+                    for currency in currencies
+                    for kind in (AccountKind.PAYOUT_SUSPENSE, AccountKind.FEE_REVENUE)
+                )
+            )
+            suspense = dict(zip(currencies, house[0::2], strict=True))
+            revenue = dict(zip(currencies, house[1::2], strict=True))
+            now = self._clock.now()
+            return await uow.capture_all(
+                [
+                    Capture(
+                        hold_id, fee, suspense[fee.currency], revenue[fee.currency], new_id(), now
+                    )
+                    for hold_id, fee in fees.items()
+                ]
+            )
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         """The payout failed: the held money is available again. Once."""
