@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,26 +105,77 @@ def load_signing_key(path: Path) -> bytes:
 
 # Numbers the partial files of this process's writes (next() on a count is atomic).
 _PARTIALS = itertools.count()
+# How many fsyncs of one batch of uploads wait at once. Each waits for the file system's
+# journal to reach the disk, and waits taken together share one journal write.
+_SYNCING_THREADS = 8
 
 
 @dataclass(eq=False, slots=True)
 class _Write:
-    """A local-folder upload waiting for its worker thread."""
+    """A local-folder upload waiting for its worker thread.
+
+    It is written beside its target under a name no other writer uses, fsynced, and renamed
+    over the target: a reader never sees half a file. (tempfile.mkstemp's random names cost a
+    CPU-bound process more than the write itself.)"""
 
     target: Path
     content: BinaryIO
     size: int
     done: asyncio.Future[None]
+    partial: Path | None = None
+    out: BinaryIO | None = None
     error: BaseException | None = None
 
-
-def _write_each(batch: list[_Write]) -> None:
-    """In a worker thread: each file of `batch`, a failure kept with its write."""
-    for write in batch:
+    def write(self) -> None:
+        self.partial = self.target.with_name(
+            f".partial-{self.target.name}-{os.getpid()}-{next(_PARTIALS)}"
+        )
         try:
-            LocalFolderStorage.write_file(write.target, write.content, write.size)
+            self.out = self.partial.open("xb")
+        except FileNotFoundError:  # the first object of its folder
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.out = self.partial.open("xb")
+        _copy_exactly(self.content, self.out, self.size)
+        self.out.flush()
+
+    def sync(self) -> None:
+        assert self.out is not None
+        os.fsync(self.out.fileno())
+
+    def finish(self) -> None:
+        assert self.out is not None
+        assert self.partial is not None
+        self.out.close()
+        os.replace(self.partial, self.target)
+        self.partial = None
+
+    def attempt(self, step: Callable[[], None]) -> None:
+        """Run `step` unless an earlier one failed; a failure is kept, and the partial file
+        removed."""
+        if self.error is not None:
+            return
+        try:
+            step()
         except Exception as exc:  # one upload's failure is its caller's alone
-            write.error = exc
+            self.error = exc
+            if self.out is not None:
+                self.out.close()
+            if self.partial is not None:
+                self.partial.unlink(missing_ok=True)
+
+
+def _write_each(batch: list[_Write], syncing: Executor) -> None:
+    """In a worker thread: the files of `batch` written, fsynced together, then each renamed
+    over its target; a failure is kept with its own write."""
+    for write in batch:
+        write.attempt(write.write)
+    if len(batch) == 1:
+        batch[0].attempt(batch[0].sync)
+    else:
+        for _ in syncing.map(lambda w: w.attempt(w.sync), batch):
+            pass
+    for write in batch:
+        write.attempt(write.finish)
 
 
 def _settle(batch: list[_Write], finished: asyncio.Future[None]) -> None:
@@ -151,6 +203,7 @@ class LocalFolderStorage:
         self._clock = clock
         # Uploads started in the same turn of the event loop, written by one worker thread.
         self._queued: list[_Write] = []
+        self._syncing = ThreadPoolExecutor(_SYNCING_THREADS, thread_name_prefix="cx-fsync")
 
     def _file(self, path: str) -> Path:
         return self._root.joinpath(*checked_path(path).split("/"))
@@ -176,29 +229,8 @@ class LocalFolderStorage:
 
     def _write_queued(self) -> None:
         batch, self._queued = self._queued, []
-        done = asyncio.get_running_loop().run_in_executor(None, _write_each, batch)
+        done = asyncio.get_running_loop().run_in_executor(None, _write_each, batch, self._syncing)
         done.add_done_callback(functools.partial(_settle, batch))
-
-    @staticmethod
-    def write_file(target: Path, content: BinaryIO, size: int) -> None:
-        # Written beside the target, under a name no other writer uses, and renamed over it: a
-        # reader never sees half a file. (tempfile.mkstemp's random names cost a CPU-bound
-        # process more than the write itself.)
-        partial = target.with_name(f".partial-{target.name}-{os.getpid()}-{next(_PARTIALS)}")
-        try:
-            out = partial.open("xb")
-        except FileNotFoundError:  # the first object of its folder
-            target.parent.mkdir(parents=True, exist_ok=True)
-            out = partial.open("xb")
-        try:
-            with out:
-                _copy_exactly(content, out, size)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
 
     async def signed_url(self, path: str, *, expires_in: timedelta) -> str:
         checked_path(path)
@@ -243,7 +275,7 @@ class LocalFolderStorage:
             raise PermissionError(f"{self._root} is not writable")
 
     async def close(self) -> None:
-        return None
+        self._syncing.shutdown(wait=False)
 
 
 def _is_missing(error: ClientError) -> bool:
