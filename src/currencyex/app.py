@@ -55,15 +55,16 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         max_body_bytes=container.settings.max_body_bytes,
         path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
     )
+    # Requests are matched against the routers in this order: the money path's come first.
+    app.include_router(rates_api.quotes)
+    app.include_router(remit_api.router)
+    app.include_router(wallet_api.router)
     app.include_router(ops.router)
     app.include_router(auth_api.router)
     app.include_router(auth_api.admin)
     app.include_router(rates_api.router)
-    app.include_router(rates_api.quotes)
-    app.include_router(wallet_api.router)
     app.include_router(documents_api.router)
     app.include_router(documents_api.admin)
-    app.include_router(remit_api.router)
     # A plain Starlette route: the HTTP guard (a FastAPI dependency on every APIRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
     app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))

@@ -21,7 +21,13 @@ def _scrub(
     return event
 
 
-def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
+def configure_logging(level: str = "INFO", *, json: bool = True, final: bool = False) -> None:
+    """Log at `level` and above, as JSON lines or for a console.
+
+    `final` (a process's one configuration: `serve`, `worker`) lets each logger keep what it
+    built on its first call, so a call below the level costs next to nothing; later calls to
+    this function are then not seen by loggers used before them.
+    """
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -35,5 +41,5 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=final,
     )
