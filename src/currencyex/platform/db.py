@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from currencyex.platform.driver_pool import INTERRUPTED, DriverPool
 
 metadata = sa.MetaData()
 
@@ -98,8 +99,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url, pool_size=POOL_SIZE)
-        self._driver_pool: asyncpg.Pool | None = None
-        self._driver_pool_lock = asyncio.Lock()
+        self._driver_pool: DriverPool | None = None
         # Told when a transaction that added outbox events commits (the relay, to look now).
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -119,27 +119,45 @@ class Database:
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
         """PostgreSQL only: a bare asyncpg connection, back in the pool when the block ends."""
-        pool = self._driver_pool or await self._open_driver_pool()
-        async with pool.acquire() as conn:
+        conn = await self.lend()
+        reusable = False
+        try:
             yield conn
+            reusable = True
+        except BaseException as exc:
+            reusable = not isinstance(exc, INTERRUPTED)
+            raise
+        finally:
+            self.give_back(conn, reusable=reusable)
 
-    async def _open_driver_pool(self) -> asyncpg.Pool:
+    async def lend(self) -> asyncpg.Connection:
+        """PostgreSQL only: a bare asyncpg connection, for `give_back` once its holder has
+        ended its transaction."""
+        return await (self._driver_pool or self._open_driver_pool()).acquire()
+
+    def give_back(self, conn: asyncpg.Connection, *, reusable: bool = True) -> None:
+        """Return a connection `lend` gave; not `reusable` when its holder was interrupted
+        (`driver_pool.INTERRUPTED`): it is closed then."""
+        assert self._driver_pool is not None
+        self._driver_pool.release(conn, reusable=reusable)
+
+    def _open_driver_pool(self) -> DriverPool:
         if self.dialect != "postgresql":
             raise RuntimeError("bare driver connections exist on PostgreSQL only")
-        async with self._driver_pool_lock:
-            if self._driver_pool is None:
-                url = self.engine.url.set(drivername="postgresql")
-                self._driver_pool = await asyncpg.create_pool(
-                    url.render_as_string(hide_password=False),
-                    min_size=0,
-                    max_size=POOL_SIZE,
-                    # Like the engine: no statement waits forever, connections are replaced
-                    # before typical idle cut-offs.
-                    command_timeout=30,
-                    max_inactive_connection_lifetime=1800,
-                    reset=_keep_session,
-                    init=_json_codecs,
-                )
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+        async def connect() -> asyncpg.Connection:
+            # Like the engine's: no statement waits forever.
+            conn = await asyncpg.connect(url, command_timeout=30)
+            try:
+                await _json_codecs(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            return conn
+
+        # Connections are replaced before typical idle cut-offs, like the engine's.
+        self._driver_pool = DriverPool(connect, size=POOL_SIZE, idle_lifetime=1800)
         return self._driver_pool
 
     async def ping(self) -> None:
@@ -157,12 +175,6 @@ async def _json_codecs(conn: asyncpg.Connection) -> None:
     """json and jsonb columns as Python values, as SQLAlchemy's JSON type gives them."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """What the driver pool does to a connection it takes back, beyond ending any transaction
-    left open (asyncpg always does that): nothing. asyncpg's default also sends RESET ALL,
-    UNLISTEN and friends, a round trip per use for session state this code never sets."""
 
 
 def insert_or_ignore(conn: AsyncConnection, table: sa.Table) -> Any:

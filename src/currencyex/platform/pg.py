@@ -12,7 +12,6 @@ tests (tests/contract).
 from __future__ import annotations
 
 import json
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -22,6 +21,7 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.audit import audit_row
 from currencyex.platform.db import Database
+from currencyex.platform.driver_pool import INTERRUPTED
 from currencyex.platform.idempotency import PENDING, first_response
 from currencyex.platform.outbox import outbox_row
 
@@ -168,17 +168,22 @@ class PgUnitOfWork:
         """Create this service's repositories on the unit."""
 
     async def __aenter__(self) -> Self:
-        self._release = AsyncExitStack()
-        self.connection = await self._release.enter_async_context(self._db.driver())
+        self.connection = await self._db.lend()
         self.bind()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # A unit cut off mid-statement leaves its connection mid-exchange: closed, not reused
+        # (the server rolls back what it was doing). `exc` is (type, error, traceback).
+        reusable = not isinstance(exc[1], INTERRUPTED)
         try:
-            if self._transaction is not None and not self._done:
+            if reusable and self._transaction is not None and not self._done:
                 await self._transaction.rollback()
+        except BaseException:
+            reusable = False
+            raise
         finally:
-            await self._release.aclose()
+            self._db.give_back(self.connection, reusable=reusable)
 
     async def transaction(self) -> asyncpg.Connection:
         """The connection, inside this unit's transaction (begun now if it has not been)."""
