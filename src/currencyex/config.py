@@ -198,7 +198,9 @@ class Settings(BaseSettings):
     # How long a worker owns a transaction it took up; a worker that dies loses it after this.
     # Keep it above payout_partner_timeout_seconds.
     payout_lease_seconds: float = Field(default=60.0, gt=0)
-    payout_batch: int = Field(default=20, ge=1)
+    # How many due payouts a worker takes at once: the partner is asked about each, and those
+    # paid are captured and COMPLETED together, a statement each for the whole batch.
+    payout_batch: int = Field(default=100, ge=1)
     # A send found still CREATED this long after it began (its request died midway) is resumed.
     remit_resume_after_seconds: float = Field(default=30.0, gt=0)
 

@@ -67,7 +67,7 @@ class PayoutPolicy:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     lease_seconds: float = 60.0
-    batch: int = 20
+    batch: int = 100
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after the `attempt`-th try found the partner unavailable."""
