@@ -19,6 +19,10 @@ SYSTEM_ACTOR = uuid.UUID(int=0)
 # The namespace of the audit entries' ids, one per event (uuid5 of the event id).
 _AUDIT_IDS = uuid.UUID("6f1c2a52-3d1e-4b7a-9c55-2e4f0b8d7a10")
 _BY_SENDER = frozenset({"CREATED", "PROCESSING"})
+# Events handled at once, at most. Each step of a consumer (a read, the writes, the wake-up
+# after them) waits its turn on an event loop that may be busy with requests: the more events
+# a step serves, the better the consumer keeps up with the sends.
+BATCH = 500
 
 
 def receipt_writer(remit: RemitClient) -> BatchHandler:
@@ -56,5 +60,5 @@ def _audit_entry(event: Event) -> AuditEntry:
 
 
 async def subscribe(bus: EventBus, remit: RemitClient, uow: Callable[[], UnitOfWork]) -> None:
-    await bus.subscribe_batch(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit))
-    await bus.subscribe_batch(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow))
+    await bus.subscribe_batch(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit), max_batch=BATCH)
+    await bus.subscribe_batch(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow), max_batch=BATCH)
