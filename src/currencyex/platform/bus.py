@@ -79,6 +79,7 @@ class InProcessBus:
         self._dedupe_window = dedupe_window
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._consumers: dict[str, _LocalConsumer] = {}
+        self._by_subject: dict[str, list[_LocalConsumer]] = {}  # forgotten on every subscribe
         self._closed = False
         # Deliveries queued, being handled or waiting to be redelivered; `drain` waits for none.
         self._outstanding = 0
@@ -97,11 +98,18 @@ class InProcessBus:
         self._seen[event.id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
-        for consumer in self._consumers.values():
-            if subject_matches(consumer.subject, event.subject):
-                self._outstanding += 1
-                self._idle.clear()
-                consumer.queue.put_nowait((delivered, 1))
+        for consumer in self._consumers_of(event.subject):
+            self._outstanding += 1
+            self._idle.clear()
+            consumer.queue.put_nowait((delivered, 1))
+
+    def _consumers_of(self, subject: str) -> list[_LocalConsumer]:
+        """The consumers whose subject pattern matches `subject` (worked out once a subject)."""
+        found = self._by_subject.get(subject)
+        if found is None:
+            found = [c for c in self._consumers.values() if subject_matches(c.subject, subject)]
+            self._by_subject[subject] = found
+        return found
 
     async def subscribe(
         self,
@@ -126,6 +134,7 @@ class InProcessBus:
             self._consume(durable, consumer), name=f"bus-consumer-{durable}"
         )
         self._consumers[durable] = consumer
+        self._by_subject.clear()
 
     async def ping(self) -> None:
         self._check_open()
@@ -139,6 +148,7 @@ class InProcessBus:
         self._closed = True
         consumers = list(self._consumers.values())
         self._consumers.clear()
+        self._by_subject.clear()
         for consumer in consumers:
             for handle in consumer.redeliveries:
                 handle.cancel()
