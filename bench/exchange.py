@@ -481,6 +481,25 @@ def pgbench(db: str, clients: int, duration: int) -> tuple[float, str]:
     return float(found.group(1)), done.stdout
 
 
+def file_cost(folder: Path, count: int = 200) -> tuple[float, float]:
+    """(median wall, mean CPU) microseconds to create, write, fsync and rename a 2,500-byte
+    file in `folder`, as the local store does for each receipt."""
+    probe = folder / "disk-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    walls: list[float] = []
+    cpu_before = time.process_time()
+    for n in range(count):
+        started = time.perf_counter()
+        partial = probe / f".partial-{n}"
+        with partial.open("xb") as out:
+            out.write(b"%" * 2500)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(probe / f"{n}.pdf")
+        walls.append((time.perf_counter() - started) * 1e6)
+    return percentile(walls, 50), (time.process_time() - cpu_before) * 1e6 / count
+
+
 # Main
 
 
@@ -538,6 +557,14 @@ def bench(args: argparse.Namespace) -> int:
                 f"in {time.perf_counter() - started:.1f} s (outbox pending: {pending})"
             )
 
+            if args.scenario == "send":
+                wall, cpu = file_cost(workdir / "var")
+                # This machine's disk has been seen to take ten times longer for minutes on
+                # end (after other runs deleted many files): receipts then fall behind.
+                print(
+                    f"disk: a receipt-sized file created, fsynced and renamed in the data folder "
+                    f"in {wall:.0f} us (median of 200), {cpu:.0f} us of CPU each"
+                )
             print(
                 f"load: {args.clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s "
                 f"measured, against {', '.join(server.bases)}"
