@@ -267,15 +267,18 @@ async def test_local_links_of_another_key_open_nothing(
     assert local.open_signed("GET", path, expires, sig) is None
 
 
+class BreaksMidway(io.BytesIO):
+    """Content whose source goes away after its first byte."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() > 0:
+            raise OSError("the source went away")
+        return super().read(1)
+
+
 async def test_local_upload_leaves_no_partial_file_behind_on_failure(
     local: LocalFolderStorage, tmp_path: Path
 ) -> None:
-    class BreaksMidway(io.BytesIO):
-        def read(self, size: int | None = -1) -> bytes:
-            if self.tell() > 0:
-                raise OSError("the source went away")
-            return super().read(1)
-
     with pytest.raises(OSError, match="went away"):
         await local.upload("kyc/u/a.png", BreaksMidway(b"png"), size=3, content_type="image/png")
     assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
@@ -299,12 +302,6 @@ async def test_local_uploads_of_one_path_at_once_leave_one_whole_object(
 async def test_local_uploads_started_together_fail_or_land_each_on_its_own(
     local: LocalFolderStorage, tmp_path: Path
 ) -> None:
-    class BreaksMidway(io.BytesIO):
-        def read(self, size: int | None = -1) -> bytes:
-            if self.tell() > 0:
-                raise OSError("the source went away")
-            return super().read(1)
-
     outcomes = await asyncio.gather(
         local.upload("r/a.pdf", stream(b"aaa"), size=3, content_type="application/pdf"),
         local.upload("r/b.pdf", BreaksMidway(b"bbb"), size=3, content_type="application/pdf"),

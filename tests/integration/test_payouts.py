@@ -16,8 +16,19 @@ import sqlalchemy as sa
 from currencyex.remit.partner import SimulatedPartner
 from currencyex.remit.repository import transactions
 
-from conftest import running_app
+from conftest import Api, running_app
 from remit_support import funded_customer, quote, send, settled, usd
+
+
+async def three_sends(api: Api, deposit: str) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """Three customers with `deposit` USD each, and the reference of one send by each."""
+    customers = [await funded_customer(api, deposit) for _ in range(3)]
+    references = []
+    for _, headers in customers:
+        sent = await send(api, headers, (await quote(api, headers))["quote_id"])
+        assert sent.status_code == 201, sent.text
+        references.append(sent.json()["reference_id"])
+    return customers, references
 
 
 async def test_failing_partner_opens_the_breaker_and_every_send_fails_released_at_deadline(
@@ -32,12 +43,7 @@ async def test_failing_partner_opens_the_breaker_and_every_send_fails_released_a
         payout_poll_seconds=0.02,
     )
     async with running_app(settings, partner=partner) as api:
-        customers = [await funded_customer(api, "500.00") for _ in range(3)]
-        references = []
-        for _, headers in customers:
-            sent = await send(api, headers, (await quote(api, headers))["quote_id"])
-            assert sent.status_code == 201, sent.text
-            references.append(sent.json()["reference_id"])
+        customers, references = await three_sends(api, "500.00")
         # The breaker trips on the 10th failed call (>= 10 requests, >= 60 % failures) ...
         for _ in range(200):
             if partner.calls >= 10:
@@ -113,12 +119,7 @@ async def test_a_payout_batch_completes_the_others_when_one_capture_cannot_go_th
     settings = await make_settings(backend, payout_simulated_latency_seconds=0.0)
     async with running_app(settings) as api:
         await api.container.payout_worker.stop()  # the batch is run by hand below
-        customers = [await funded_customer(api, "300.00") for _ in range(3)]
-        references = []
-        for _, headers in customers:
-            sent = await send(api, headers, (await quote(api, headers))["quote_id"])
-            assert sent.status_code == 201, sent.text
-            references.append(sent.json()["reference_id"])
+        customers, references = await three_sends(api, "300.00")
         # The last one's fee now fills its whole hold: its capture is refused (a fee must be
         # less than the hold), which fails the batch's capture as a whole.
         async with api.container.db.connect() as conn:
