@@ -357,6 +357,36 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
         lease_until: datetime | None = None,
         reply: Reply | None = None,
     ) -> Transaction | None:
+        moved = await self._record(
+            txn, outcome, at, next_attempt_at=next_attempt_at, lease_until=lease_until, reply=reply
+        )
+        if moved is not None:
+            await self.commit()
+        return moved
+
+    async def record_moves(
+        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
+    ) -> list[Transaction]:
+        _check_final(moves)
+        done = []
+        for txn, outcome in moves:
+            moved = await self._record(txn, outcome, at, next_attempt_at=at)
+            if moved is not None:
+                done.append(moved)
+        await self.commit()
+        return done
+
+    async def _record(
+        self,
+        txn: Transaction,
+        outcome: Outcome,
+        at: datetime,
+        *,
+        next_attempt_at: datetime,
+        lease_until: datetime | None = None,
+        reply: Reply | None = None,
+    ) -> Transaction | None:
+        """A move with its event and, with `reply`, the send's saved response; not committed."""
         moved = await self.transactions.move(
             txn, outcome, at, next_attempt_at=next_attempt_at, lease_until=lease_until
         )
@@ -374,21 +404,7 @@ class SqlRemitUnitOfWork(SqlUnitOfWork):
                 reply.body_for(moved),
                 announce=announce,
             )
-        await self.commit()
         return moved
-
-    async def record_moves(
-        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
-    ) -> list[Transaction]:
-        _check_final(moves)
-        done = []
-        for txn, outcome in moves:
-            moved = await self.transactions.move(txn, outcome, at, next_attempt_at=at)
-            if moved is not None:
-                await self.outbox.add(moved.status_changed(outcome.status, at))
-                done.append(moved)
-        await self.commit()
-        return done
 
 
 def _check_final(moves: Sequence[tuple[Transaction, Outcome]]) -> None:
