@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.ports import BucketDecision, RateLimitStore
 from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.redis_client import RedisUnavailable
 
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -171,9 +171,9 @@ async def test_idle_redis_bucket_expires_once_refilled(key: str) -> None:
 async def test_unreachable_redis_fails_take_and_ping_promptly() -> None:
     store = RedisRateLimitStore(UNREACHABLE_REDIS_URL)
     started = time.monotonic()
-    with pytest.raises((RedisError, OSError)):
+    with pytest.raises(RedisUnavailable):
         await store.take("k", capacity=1, refill_per_second=1)
-    with pytest.raises((RedisError, OSError)):
+    with pytest.raises(RedisUnavailable):
         await store.ping()
     assert time.monotonic() - started < 3
     await store.close()

@@ -6,10 +6,10 @@ import socket
 
 import asyncpg
 import pytest
-import redis.exceptions
 import sqlalchemy.exc
 
 from currencyex.platform.outages import dependency_down
+from currencyex.platform.redis_client import RedisError, RedisUnavailable
 
 
 def raised_from(outer: Exception, inner: BaseException) -> Exception:
@@ -44,8 +44,8 @@ def raised_while_handling(outer: Exception, inner: BaseException) -> Exception:
         asyncpg.exceptions.AdminShutdownError("terminating connection"),
         asyncpg.exceptions.TooManyConnectionsError("too many clients"),
         sqlalchemy.exc.TimeoutError("QueuePool limit reached"),
-        redis.exceptions.ConnectionError("Error 111 connecting"),
-        redis.exceptions.TimeoutError("Timeout reading from socket"),
+        RedisUnavailable("cannot reach Redis at 127.0.0.1:1: Connection refused"),
+        RedisUnavailable("Redis did not answer within 2 s"),
         sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
         raised_from(
             sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception()),
@@ -68,7 +68,7 @@ def test_unreachable_stores_are_a_dependency_down(exc: BaseException) -> None:
         asyncpg.exceptions.UniqueViolationError("duplicate key"),
         asyncpg.exceptions.InterfaceError("another operation is in progress"),
         sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")),
-        redis.exceptions.ResponseError("WRONGTYPE"),
+        RedisError("WRONGTYPE Operation against a key holding the wrong kind of value"),
         raised_from(RuntimeError("wrapped"), KeyError("missing")),
     ],
     ids=repr,

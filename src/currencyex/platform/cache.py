@@ -3,39 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import cast
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from currencyex.kernel.clock import Clock, SystemClock
+from currencyex.platform.redis_client import RedisClient, Reply
 
 # An unreachable Redis must fail the request quickly (a clear 503) rather than hold it open.
 REDIS_TIMEOUT_SECONDS = 2.0
-REDIS_MAX_CONNECTIONS = 100
 
 # How often the memory cache sweeps out expired keys that nobody reads again.
 _SWEEP_INTERVAL_SECONDS = 60.0
-
-
-def connect_redis(url: str) -> Redis:
-    """A Redis client that gives up after two seconds and never retries on its own.
-
-    Retrying is left to callers: a retried DEL or SET NX could report the wrong winner, and a
-    retried rate-limit take would count twice.
-    """
-    # A blocking pool: under a burst, requests wait (up to the timeout) for a connection
-    # instead of failing with "Too many connections".
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 def _check_ttl(ttl_seconds: float | None) -> None:
@@ -114,41 +90,43 @@ class RedisCache:
     """A cache in Redis, shared by every process of the deployment."""
 
     def __init__(self, url: str, *, prefix: str = "cx:") -> None:
-        self._redis = connect_redis(url)
+        self._redis = RedisClient(url, timeout=REDIS_TIMEOUT_SECONDS)
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
-        # The client leaves decode_responses off, so replies are bytes, never str.
-        return cast("bytes | None", await self._redis.get(self._key(key)))
+        return _bytes_or_none(await self._redis.call("GET", self._prefix + key))
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
         _check_ttl(ttl_seconds)
-        await self._redis.set(self._key(key), value, px=_milliseconds(ttl_seconds))
+        await self._redis.call("SET", self._prefix + key, value, *_expiry(ttl_seconds))
 
     async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
         _check_ttl(ttl_seconds)
-        stored = await self._redis.set(
-            self._key(key), value, px=_milliseconds(ttl_seconds), nx=True
+        stored = await self._redis.call(
+            "SET", self._prefix + key, value, *_expiry(ttl_seconds), "NX"
         )
-        return bool(stored)
+        return stored is not None  # OK, or a null when the key was there
 
     async def delete(self, key: str) -> bool:
-        removed: int = await self._redis.delete(self._key(key))
-        return removed > 0
+        removed = await self._redis.call("DEL", self._prefix + key)
+        return isinstance(removed, int) and removed > 0
 
     async def pop(self, key: str) -> bytes | None:
-        return cast("bytes | None", await self._redis.getdel(self._key(key)))
+        return _bytes_or_none(await self._redis.call("GETDEL", self._prefix + key))
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        await self._redis.call("PING")
 
     async def close(self) -> None:
-        await self._redis.aclose()
-
-    def _key(self, key: str) -> str:
-        return self._prefix + key
+        await self._redis.close()
 
 
-def _milliseconds(ttl_seconds: float | None) -> int | None:
-    # Round up so a short ttl never becomes 0 ms, which Redis rejects.
-    return None if ttl_seconds is None else max(1, math.ceil(ttl_seconds * 1000))
+def _bytes_or_none(reply: Reply) -> bytes | None:
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    raise TypeError(f"expected a bulk string or a null from Redis, got {reply!r}")
+
+
+def _expiry(ttl_seconds: float | None) -> tuple[str, int] | tuple[()]:
+    # In milliseconds, rounded up so a short ttl never becomes 0 ms, which Redis rejects.
+    return () if ttl_seconds is None else ("PX", max(1, math.ceil(ttl_seconds * 1000)))

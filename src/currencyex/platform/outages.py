@@ -10,19 +10,16 @@ from __future__ import annotations
 import socket
 
 import asyncpg
-import redis.exceptions
 import sqlalchemy.exc
 
 _DOWN: tuple[type[BaseException], ...] = (
-    ConnectionError,  # refused, reset, aborted, broken pipe
+    ConnectionError,  # refused, reset, aborted, broken pipe; Redis unavailable
     TimeoutError,
     socket.gaierror,  # the host name does not resolve
     asyncpg.PostgresConnectionError,  # the connection failed or is gone
     asyncpg.exceptions.OperatorInterventionError,  # starting up, shutting down, admin shutdown
     asyncpg.exceptions.TooManyConnectionsError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection within the pool's timeout
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
 )
 
 

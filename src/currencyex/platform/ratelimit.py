@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import BucketDecision
-from currencyex.platform.cache import connect_redis
+from currencyex.platform.cache import REDIS_TIMEOUT_SECONDS
+from currencyex.platform.redis_client import RedisClient, Script
 
 # Refill is computed in floating point; without this slack a bucket that has waited exactly
 # long enough could hold 0.9999999 tokens and refuse a request it should allow.
@@ -145,33 +146,30 @@ class RedisRateLimitStore:
     """Token buckets in Redis, shared by every process; each take is one atomic script."""
 
     def __init__(self, url: str, *, prefix: str = "cx:rl:") -> None:
-        self._redis = connect_redis(url)
+        self._redis = RedisClient(url, timeout=REDIS_TIMEOUT_SECONDS)
         self._prefix = prefix
-        self._take_script = self._redis.register_script(_TAKE_SCRIPT)
+        self._take_script = Script(self._redis, _TAKE_SCRIPT)
 
     async def take(
         self, key: str, *, capacity: int, refill_per_second: float, cost: int = 1
     ) -> BucketDecision:
         _check_bucket(capacity, refill_per_second, cost)
-        allowed, remaining, retry_after = await self._take_script(
-            keys=[self._prefix + key],
-            args=[
-                capacity,
-                repr(float(refill_per_second)),
-                cost,
-                repr(_EPSILON),
-                _EXPIRY_MARGIN_MS,
-            ],
+        reply = await self._take_script(
+            [self._prefix + key],
+            [capacity, repr(float(refill_per_second)), cost, repr(_EPSILON), _EXPIRY_MARGIN_MS],
         )
-        return BucketDecision(
-            allowed=bool(allowed),
-            limit=capacity,
-            remaining=int(remaining),
-            retry_after=float(retry_after),
-        )
+        match reply:
+            case [int(allowed), int(remaining), bytes(retry_after)]:
+                return BucketDecision(
+                    allowed=bool(allowed),
+                    limit=capacity,
+                    remaining=remaining,
+                    retry_after=float(retry_after),
+                )
+        raise TypeError(f"the take script answered {reply!r}")
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        await self._redis.call("PING")
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
