@@ -118,10 +118,13 @@ async def test_same_key_replays_the_first_response_and_another_body_is_1007(api)
     _, headers = await funded_customer(api)
     q = await quote(api, headers)
     idem = key()
-    first = await send(api, headers, q["quote_id"], idem)
+    # Beyond ASCII, so the saved response's JSON text must keep every character.
+    beneficiary = {**ADA, "name": "Zoë Ångström-Núñez 李"}
+    first = await send(api, headers, q["quote_id"], idem, beneficiary)
     assert first.status_code == 201
+    assert first.json()["beneficiary"] == beneficiary
     await settled(api, headers, first.json()["reference_id"])
-    again = await send(api, headers, q["quote_id"], idem)
+    again = await send(api, headers, q["quote_id"], idem, beneficiary)
     assert again.status_code == 201
     assert again.json() == first.json()
     other = await send(api, headers, q["quote_id"], idem, {**ADA, "name": "Someone Else"})

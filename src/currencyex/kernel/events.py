@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import pydantic_core
 
 from currencyex.kernel.ids import new_id
 
@@ -23,20 +24,20 @@ class Event:
         return self.type
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        # pydantic's JSON codec: a few times faster than the json module, compact, UTF-8.
+        return pydantic_core.to_json(
             {
                 "id": self.id,
                 "type": self.type,
                 "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
                 "version": self.version,
                 "data": self.data,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:
-        doc = json.loads(raw)
+        doc = pydantic_core.from_json(raw)
         occurred = datetime.fromisoformat(doc["occurred_at"].replace("Z", "+00:00"))
         return cls(
             type=doc["type"],

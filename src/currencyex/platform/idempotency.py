@@ -9,11 +9,11 @@ retry runs again.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,7 +44,12 @@ def first_response(record: Any, request_hash: str) -> SavedResponse:
     m = record._mapping if isinstance(record, sa.Row) else record
     if m["request_hash"] != request_hash:
         raise IdempotencyKeyReused()
-    return SavedResponse(m["status_code"], json.loads(m["response"]))
+    return SavedResponse(m["status_code"], pydantic_core.from_json(m["response"]))
+
+
+def response_text(body: dict[str, Any]) -> str:
+    """A response body as the JSON text an idempotency record keeps."""
+    return pydantic_core.to_json(body).decode()
 
 
 @functools.cache
@@ -124,7 +129,7 @@ class SqlIdempotency:
             "w_owner": owner,
             "w_key": key,
             "w_status": status_code,
-            "w_response": json.dumps(body),
+            "w_response": response_text(body),
         }
         if announce is None:
             await self._conn.execute(_SAVE, saved)

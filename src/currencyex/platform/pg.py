@@ -11,7 +11,6 @@ tests (tests/contract).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -22,7 +21,7 @@ from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.audit import audit_row
 from currencyex.platform.db import Database
 from currencyex.platform.driver_pool import INTERRUPTED
-from currencyex.platform.idempotency import PENDING, first_response
+from currencyex.platform.idempotency import PENDING, first_response, response_text
 from currencyex.platform.outbox import outbox_row
 
 _CLAIM = """
@@ -101,7 +100,7 @@ class PgIdempotency:
         *,
         announce: Event | None = None,
     ) -> None:
-        saved = (scope, owner, key, status_code, json.dumps(body))
+        saved = (scope, owner, key, status_code, response_text(body))
         if announce is None:
             self._uow.write(_SAVE, *saved)
             return

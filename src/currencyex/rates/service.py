@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pydantic_core
 import structlog
 
 from currencyex.kernel.clock import Clock
@@ -308,7 +308,7 @@ def _fingerprint(snapshot: RateSnapshot | None) -> str:
 
 
 def _encode_snapshot(snapshot: RateSnapshot) -> bytes:
-    return json.dumps(
+    return pydantic_core.to_json(
         {
             "base": snapshot.base,
             "rates": {code: format_rate(rate) for code, rate in sorted(snapshot.rates.items())},
@@ -316,11 +316,11 @@ def _encode_snapshot(snapshot: RateSnapshot) -> bytes:
             "source": snapshot.source,
             "fetched_at": snapshot.fetched_at.isoformat(),
         }
-    ).encode()
+    )
 
 
 def _decode_snapshot(raw: bytes) -> RateSnapshot:
-    doc = json.loads(raw)
+    doc = pydantic_core.from_json(raw)
     return RateSnapshot(
         base=doc["base"],
         rates={code: Decimal(rate) for code, rate in doc["rates"].items()},
@@ -339,7 +339,7 @@ def _from_money(doc: dict[str, Any]) -> Money:
 
 
 def _encode_quote(quote: Quote) -> bytes:
-    return json.dumps(
+    return pydantic_core.to_json(
         {
             "id": quote.id,
             "user_id": str(quote.user_id),
@@ -352,11 +352,11 @@ def _encode_quote(quote: Quote) -> bytes:
             "created_at": quote.created_at.isoformat(),
             "expires_at": quote.expires_at.isoformat(),
         }
-    ).encode()
+    )
 
 
 def _decode_quote(raw: bytes) -> Quote:
-    doc = json.loads(raw)
+    doc = pydantic_core.from_json(raw)
     return Quote(
         id=doc["id"],
         user_id=uuid.UUID(doc["user_id"]),

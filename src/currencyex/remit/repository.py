@@ -7,7 +7,6 @@ requests moving one transaction, one wins and the other sees it already moved.
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import IdempotentRequest, SavedResponse
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
+from currencyex.platform.idempotency import response_text
 from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.remit.domain import (
@@ -663,7 +663,7 @@ class PgRemitUnitOfWork(PgUnitOfWork):
         if reply is not None:
             body = reply.body_for(moved)
             key = (reply.scope, str(txn.user_id), txn.idempotency_key)
-            saved = (reply.status, json.dumps(body), *key)
+            saved = (reply.status, response_text(body), *key)
         rows = await self.autocommit(
             _PG_MOVE,
             *_pg_move_args(txn, outcome, at, next_attempt_at, lease_until),
@@ -715,7 +715,7 @@ class PgRemitUnitOfWork(PgUnitOfWork):
                 _PG_ADD_ONCE,
                 *_pg_txn_args(candidate, request.fingerprint, self._resume_after),
                 *claim,
-                json.dumps(body),
+                response_text(body),
                 *event_args(candidate.status_changed(candidate.status, candidate.created_at)),
                 announces=True,
             ):

@@ -23,7 +23,7 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
 from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
-from currencyex.platform.idempotency import first_response
+from currencyex.platform.idempotency import first_response, response_text
 from currencyex.platform.pg import PgUnitOfWork, event_args
 from currencyex.platform.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
@@ -679,7 +679,7 @@ class PgWalletUnitOfWork(PgUnitOfWork):
                 once.request.key,
                 once.request.fingerprint,
                 once.status,
-                json.dumps(response),
+                response_text(response),
                 *event_args(announce),
                 *_ledger_post_args(journal).values(),
                 announces=True,
