@@ -18,14 +18,20 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 
 from currencyex.app import create_app
+from currencyex.auth import api as auth_api
 from currencyex.config import Settings
-from currencyex.gateway.limits import Limit, RateLimiter
+from currencyex.documents import api as documents_api
+from currencyex.gateway.limits import Limit, RateLimiter, route_limit
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.ports import BucketDecision
 from currencyex.platform.metrics import Metrics
+from currencyex.rates import api as rates_api
+from currencyex.remit import api as remit_api
+from currencyex.wallet import api as wallet_api
 
 from conftest import Api, running_app
 
@@ -96,6 +102,46 @@ async def login(
 
 
 # Login: 5/min per client IP and per email
+
+
+def test_each_limited_route_declares_its_documented_limit() -> None:
+    routers = [
+        auth_api.router,
+        auth_api.admin,
+        rates_api.router,
+        rates_api.quotes,
+        remit_api.router,
+        wallet_api.router,
+        documents_api.router,
+        documents_api.admin,
+    ]
+    declared = {}
+    for router in routers:
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            limit = route_limit(route.endpoint)
+            if limit is not None:
+                for method in route.methods:
+                    declared[method, route.path] = (
+                        limit.limit.name,
+                        limit.limit.capacity,
+                        limit.per,
+                    )
+    assert declared == {
+        ("POST", "/v1/auth/register"): ("register", 5, "ip"),
+        ("POST", "/v1/auth/login"): ("login", 5, "ip"),
+        ("POST", "/v1/auth/refresh"): ("refresh", 30, "ip"),
+        ("GET", "/v1/auth/me"): ("me", 100, "user"),
+        ("GET", "/v1/rates/live"): ("rates_live", 60, "user"),
+        ("POST", "/v1/remit/quote"): ("quote", 20, "user"),
+        ("POST", "/v1/remit/send"): ("remit_send", 10, "user"),
+        ("GET", "/v1/remit/transactions"): ("remit_transactions", 100, "user"),
+        ("GET", "/v1/remit/transactions/{reference_id}"): ("remit_transactions", 100, "user"),
+        ("GET", "/v1/wallet/balance"): ("wallet_balance", 100, "user"),
+        ("POST", "/v1/wallet/exchange"): ("wallet_exchange", 20, "user"),
+        ("GET", "/v1/wallet/statement"): ("wallet_statement", 60, "user"),
+        ("POST", "/v1/docs/upload"): ("docs_upload", 10, "user"),
+    }
 
 
 async def test_sixth_login_from_one_ip_within_a_minute_is_429(limited: Api) -> None:

@@ -13,7 +13,7 @@ from currencyex.auth.domain import KycStatus, Role, Tier, TokenPair, User, UserF
 from currencyex.auth.service import AuthService, UserChanges
 from currencyex.gateway.errors import ErrorOut, Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
-from currencyex.gateway.limits import Limit, RateLimit
+from currencyex.gateway.limits import Limit, rate_limited
 from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
 
 
@@ -117,20 +117,21 @@ class TokenOut(BaseModel):
         )
 
 
-@router.post(
-    "/register", status_code=201, dependencies=[Depends(RateLimit("register", 5, per="ip"))]
-)
+@router.post("/register", status_code=201)
+@rate_limited("register", 5, per="ip")
 async def register(body: RegisterIn, auth: Auth) -> UserOut:
     return UserOut.of(await auth.register(body.email, body.password, body.full_name))
 
 
-@router.post("/login", dependencies=[Depends(RateLimit("login", 5, per="ip"))])
+@router.post("/login")
+@rate_limited("login", 5, per="ip")
 async def login(body: LoginIn, auth: Auth, request: Request) -> TokenOut:
     await container(request).limiter.check(request, LOGIN_PER_EMAIL, body.email.lower())
     return TokenOut.of(await auth.login(body.email, body.password))
 
 
-@router.post("/refresh", dependencies=[Depends(RateLimit("refresh", 30, per="ip"))])
+@router.post("/refresh")
+@rate_limited("refresh", 30, per="ip")
 async def refresh(body: RefreshIn, auth: Auth) -> TokenOut:
     return TokenOut.of(await auth.refresh(body.refresh_token))
 
@@ -141,7 +142,8 @@ async def logout(body: RefreshIn, auth: Auth, caller: CurrentPrincipal) -> Respo
     return Response(status_code=204)
 
 
-@router.get("/me", dependencies=[Depends(RateLimit("me", 100))])
+@router.get("/me")
+@rate_limited("me", 100)
 async def me(auth: Auth, caller: CurrentPrincipal) -> UserOut:
     return UserOut.of(await auth.me(caller.user_id))
 

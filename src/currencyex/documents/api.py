@@ -24,7 +24,7 @@ from currencyex.documents.intake import MULTIPART_OVERHEAD, received_upload
 from currencyex.documents.service import DocumentService, QueueEntry
 from currencyex.gateway.errors import ErrorOut
 from currencyex.gateway.guard import CurrentPrincipal, container
-from currencyex.gateway.limits import RateLimit
+from currencyex.gateway.limits import rate_limited
 from currencyex.gateway.pagination import (
     decode_cursor,
     decode_id_cursor,
@@ -159,13 +159,13 @@ UPLOAD_BODY: dict[str, Any] = {
 @router.post(
     UPLOAD,
     status_code=201,
-    dependencies=[Depends(RateLimit("docs_upload", 10))],
     openapi_extra=UPLOAD_BODY,
     responses={
         413: {"model": ErrorOut, "description": "The file is over 10 MiB (4001)"},
         415: {"model": ErrorOut, "description": "Not a JPEG, PNG or PDF by content (4002)"},
     },
 )
+@rate_limited("docs_upload", 10)
 async def upload(request: Request, documents: Documents, caller: CurrentPrincipal) -> DocumentOut:
     async with received_upload(request) as received:
         document = await documents.upload(caller.user_id, received.doc_type, received.file)

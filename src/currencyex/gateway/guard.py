@@ -1,4 +1,5 @@
-"""The guard every route passes: global limit, Casbin policy on the route template, tier limit.
+"""The guard every route passes: global limit, Casbin policy on the route template, tier limit,
+then the route's own limit (`gateway.limits.rate_limited`).
 
 It runs as an app-wide dependency, so a route cannot opt out; the policy file denies by default.
 Every dependency here is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
@@ -18,7 +19,7 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 
 from currencyex.auth.client import Principal
-from currencyex.gateway.limits import Limit
+from currencyex.gateway.limits import Limit, RateLimiter, route_limit
 from currencyex.kernel.errors import Forbidden, InvalidToken
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ async def guard(request: Request) -> None:
         template = route.path if isinstance(route, APIRoute) else request.url.path
         allowed = enforcer.enforce
     if allowed(ANONYMOUS, template, method):
+        await _take_route_limit(request, route, limiter)
         return
     token = bearer_token(request)
     if token is None:
@@ -176,6 +178,13 @@ async def guard(request: Request) -> None:
         await limiter.check(
             request, _limit(f"tier_{tier}", per_minute, 60.0), f"user:{principal.user_id}"
         )
+    await _take_route_limit(request, route, limiter)
+
+
+async def _take_route_limit(request: Request, route: object, limiter: RateLimiter) -> None:
+    limit = route_limit(route.endpoint) if isinstance(route, APIRoute) else None
+    if limit is not None:
+        await limit.take(request, limiter)
 
 
 async def current_principal(request: Request) -> Principal:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from fastapi import Request
@@ -111,14 +112,13 @@ class RateLimiter:
 
 
 class RateLimit:
-    """A route dependency: `dependencies=[Depends(RateLimit("me", 100, per="user"))]`."""
+    """A route's own limit, declared on its endpoint with `rate_limited`."""
 
     def __init__(self, name: str, per_minute: int, *, per: Per = "user") -> None:
         self.limit = Limit.per_minute(name, per_minute)
         self.per = per
 
-    async def __call__(self, request: Request) -> None:
-        limiter: RateLimiter = request.app.state.container.limiter
+    async def take(self, request: Request, limiter: RateLimiter) -> None:
         if self.per == "user" and getattr(request.state, "principal", None) is not None:
             key = f"user:{request.state.principal.user_id}"
         elif self.per == "global":
@@ -126,3 +126,32 @@ class RateLimit:
         else:
             key = f"ip:{limiter.client_ip(request)}"
         await limiter.check(request, self.limit, key)
+
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+# Endpoint function -> its route's limit. The guard takes it: as a dependency of its own it
+# would cost every request FastAPI's bookkeeping for one more dependency (about 12 us).
+_ROUTE_LIMITS: dict[Callable[..., Any], RateLimit] = {}
+
+
+def rate_limited(
+    name: str, per_minute: int, *, per: Per = "user"
+) -> Callable[[_Endpoint], _Endpoint]:
+    """Give a route its own limit, taken by the guard after the global and tier limits; placed
+    under the route's decorator:
+
+        @router.get("/me")
+        @rate_limited("me", 100)
+        async def me(...): ...
+    """
+
+    def declare(endpoint: _Endpoint) -> _Endpoint:
+        _ROUTE_LIMITS[endpoint] = RateLimit(name, per_minute, per=per)
+        return endpoint
+
+    return declare
+
+
+def route_limit(endpoint: Callable[..., Any]) -> RateLimit | None:
+    return _ROUTE_LIMITS.get(endpoint)

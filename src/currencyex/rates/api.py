@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
-from currencyex.gateway.limits import RateLimit
+from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.money import Money
 from currencyex.rates.domain import LiveRates, Quote, SupportedCurrency, format_rate
 from currencyex.rates.service import RateService
@@ -120,7 +120,8 @@ async def currencies(rates: Rates) -> CurrenciesOut:
     return CurrenciesOut(items=[CurrencyOut.of(spec) for spec in rates.currencies()])
 
 
-@router.get("/live", dependencies=[Depends(RateLimit("rates_live", 60))])
+@router.get("/live")
+@rate_limited("rates_live", 60)
 async def live(
     rates: Rates,
     base: Annotated[str, Query(min_length=1, max_length=16, examples=["USD"])],
@@ -131,7 +132,8 @@ async def live(
     return LiveRatesOut.of(await rates.live(base, _codes(symbols)))
 
 
-@quotes.post("/quote", status_code=201, dependencies=[Depends(RateLimit("quote", 20))])
+@quotes.post("/quote", status_code=201)
+@rate_limited("quote", 20)
 async def quote(body: QuoteIn, rates: Rates, caller: CurrentPrincipal) -> QuoteOut:
     locked = await rates.quote(
         caller.user_id,

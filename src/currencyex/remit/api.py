@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.idempotency import Idempotent
-from currencyex.gateway.limits import RateLimit
+from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.remit.domain import Beneficiary, StatusChange, Transaction, TxnQuery, TxnStatus
 from currencyex.remit.service import RemitService
@@ -99,7 +99,8 @@ class TransactionPageOut(BaseModel):
     next_cursor: str | None
 
 
-@router.post("/send", status_code=201, dependencies=[Depends(RateLimit("remit_send", 10))])
+@router.post("/send", status_code=201)
+@rate_limited("remit_send", 10)
 async def send(
     body: SendIn, remit: Remit, caller: CurrentPrincipal, request: Idempotent
 ) -> TransactionOut:
@@ -109,7 +110,8 @@ async def send(
     return TransactionOut.model_validate(sent)
 
 
-@router.get("/transactions", dependencies=[Depends(RateLimit("remit_transactions", 100))])
+@router.get("/transactions")
+@rate_limited("remit_transactions", 100)
 async def transactions(
     remit: Remit,
     caller: CurrentPrincipal,
@@ -126,10 +128,8 @@ async def transactions(
     )
 
 
-@router.get(
-    "/transactions/{reference_id}",
-    dependencies=[Depends(RateLimit("remit_transactions", 100))],
-)
+@router.get("/transactions/{reference_id}")
+@rate_limited("remit_transactions", 100)
 async def transaction(
     reference_id: Annotated[str, Path(max_length=20)], remit: Remit, caller: CurrentPrincipal
 ) -> TransactionDetailOut:

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal, container
 from currencyex.gateway.idempotency import Idempotent
-from currencyex.gateway.limits import RateLimit
+from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.money import Money
 from currencyex.wallet.domain import StatementQuery
@@ -94,7 +94,8 @@ class StatementOut(BaseModel):
     next_cursor: str | None
 
 
-@router.get("/balance", dependencies=[Depends(RateLimit("wallet_balance", 100))])
+@router.get("/balance")
+@rate_limited("wallet_balance", 100)
 async def balance(wallets: Wallets, caller: CurrentPrincipal) -> BalanceOut:
     return BalanceOut(
         wallets=[
@@ -118,14 +119,16 @@ async def deposit(
     return MovementOut.of(movement)
 
 
-@router.post("/exchange", status_code=201, dependencies=[Depends(RateLimit("wallet_exchange", 20))])
+@router.post("/exchange", status_code=201)
+@rate_limited("wallet_exchange", 20)
 async def exchange(
     body: ExchangeIn, wallets: Wallets, caller: CurrentPrincipal, request: Idempotent
 ) -> MovementOut:
     return MovementOut.of(await wallets.exchange(caller, body.quote_id, request))
 
 
-@router.get("/statement", dependencies=[Depends(RateLimit("wallet_statement", 60))])
+@router.get("/statement")
+@rate_limited("wallet_statement", 60)
 async def statement(
     wallets: Wallets,
     caller: CurrentPrincipal,
