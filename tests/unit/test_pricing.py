@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -9,8 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import AmountOutOfLimits, RatesUnavailable, ValidationFailed
 from currencyex.kernel.money import Money, currency
+from currencyex.platform.bus import InProcessBus
+from currencyex.platform.cache import MemoryCache
 from currencyex.rates.domain import (
     RATE_DIGITS,
     CorridorOverride,
@@ -18,11 +23,13 @@ from currencyex.rates.domain import (
     Peg,
     PricingPolicy,
     PricingTerms,
+    PublishedRates,
     RateSnapshot,
     ensure_fresh,
     significant,
     supported_currencies,
 )
+from currencyex.rates.service import RateService
 
 FETCHED = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
 SNAPSHOT = RateSnapshot(
@@ -388,3 +395,43 @@ def test_cross_rates_are_consistent_both_ways(a: str, b: str) -> None:
     rate = SNAPSHOT.mid_rate(a, b)
     assert abs(rate * SNAPSHOT.mid_rate(b, a) - 1) < Decimal("1e-10")
     assert len(rate.as_tuple().digits) == RATE_DIGITS
+
+
+class SettableRates:
+    """A rate provider whose next rates the test sets."""
+
+    def __init__(self, usd_per_eur: str) -> None:
+        self.usd_per_eur = Decimal(usd_per_eur)
+
+    async def latest(self) -> PublishedRates:
+        rates = {"USD": self.usd_per_eur, "GBP": Decimal("0.8500")}
+        return PublishedRates("EUR", rates, date(2026, 11, 24), "test")
+
+
+async def test_quotes_are_priced_on_the_rates_of_the_latest_refresh() -> None:
+    provider = SettableRates("1.1000")
+    # A fixed fee of 1 EUR: what it costs in USD follows the EUR-USD rate.
+    terms = replace(DEFAULT_TERMS, fee_percent=Decimal(0), fee_fixed=Decimal(1), fee_min=Decimal(0))
+    service = RateService(
+        provider=provider,
+        cache=MemoryCache(),
+        bus=InProcessBus(),
+        clock=FakeClock(FETCHED),
+        currencies=["EUR", "USD", "GBP"],
+        pegs=(),
+        pricing=PricingPolicy(default=terms, default_currency="EUR"),
+        max_age_seconds=3600,
+        refresh_seconds=3600,
+        quote_ttl_seconds=60,
+    )
+    user = uuid.uuid4()
+    await service.refresh()
+    before = await service.quote(user, "USD", "GBP", source_amount=usd("100.00"))
+    provider.usd_per_eur = Decimal("2.2000")
+    await service.refresh()
+    after = await service.quote(user, "USD", "GBP", source_amount=usd("100.00"))
+    assert (before.fee, after.fee) == (usd("1.10"), usd("2.20"))
+    assert (before.mid_rate, after.mid_rate) == (
+        Decimal("0.772727272727"),
+        Decimal("0.386363636364"),
+    )

@@ -255,19 +255,28 @@ class Priced:
 
 @dataclass(frozen=True, slots=True)
 class CorridorPricing:
-    """One corridor's terms with every amount in its source currency, ready to price."""
+    """One corridor's terms with every amount in its source currency, ready to price. The
+    limits and the fee's terms are worked out once: the quotes of a corridor share them."""
 
     source: str
     target: str
     terms: PricingTerms
+    min_amount: Money = field(init=False, compare=False)
+    max_amount: Money = field(init=False, compare=False)
+    # The fee's rate per unit of amount, fixed part, minimum and maximum, exact.
+    _fee_terms: tuple[Fraction, Fraction, Fraction, Fraction] = field(
+        init=False, repr=False, compare=False
+    )
 
-    @property
-    def min_amount(self) -> Money:
-        return Money.from_decimal(self.terms.min_amount, self.source, rounding=ROUND_CEILING)
-
-    @property
-    def max_amount(self) -> Money:
-        return Money.from_decimal(self.terms.max_amount, self.source, rounding=ROUND_FLOOR)
+    def __post_init__(self) -> None:
+        terms, source = self.terms, self.source
+        low = Money.from_decimal(terms.min_amount, source, rounding=ROUND_CEILING)
+        high = Money.from_decimal(terms.max_amount, source, rounding=ROUND_FLOOR)
+        fee = Fraction(terms.fee_percent) / 100, Fraction(terms.fee_fixed)
+        fee_terms = (*fee, Fraction(terms.fee_min), Fraction(terms.fee_max))
+        object.__setattr__(self, "min_amount", low)
+        object.__setattr__(self, "max_amount", high)
+        object.__setattr__(self, "_fee_terms", fee_terms)
 
     def customer_rate(self, mid_rate: Decimal) -> Decimal:
         """The mid rate less the spread, rounded down: the rate every conversion uses."""
@@ -278,12 +287,10 @@ class CorridorPricing:
 
     def fee(self, source_amount: Money) -> Money:
         """Percent plus fixed, held within [fee_min, fee_max], then rounded up."""
-        terms = self.terms
+        per_unit, fixed, fee_min, fee_max = self._fee_terms
         # Exact arithmetic, so the only rounding is the kernel's (up, for a fee).
-        exact = source_amount.as_fraction() * Fraction(terms.fee_percent) / 100
-        exact += Fraction(terms.fee_fixed)
-        exact = min(max(exact, Fraction(terms.fee_min)), Fraction(terms.fee_max))
-        return fee_charged(exact, self.source)
+        exact = source_amount.as_fraction() * per_unit + fixed
+        return fee_charged(min(max(exact, fee_min), fee_max), self.source)
 
     def check_limits(self, source_amount: Money) -> None:
         low, high = self.min_amount, self.max_amount

@@ -32,6 +32,7 @@ from currencyex.kernel.money import Money
 from currencyex.kernel.ports import Cache, EventBus
 from currencyex.rates.domain import (
     RATE_UPDATED,
+    CorridorPricing,
     LiveRates,
     Peg,
     PricingPolicy,
@@ -92,6 +93,9 @@ class RateService:
         self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
         self._task: asyncio.Task[None] | None = None
         self._memo: tuple[datetime, RateSnapshot] | None = None  # (read at, with pegs)
+        # Each corridor's pricing on one snapshot, worked out at its first quote on it.
+        self._priced_on: RateSnapshot | None = None
+        self._corridors: dict[tuple[str, str], CorridorPricing] = {}
 
     # Currencies and live rates
 
@@ -157,7 +161,7 @@ class RateService:
             raise UnsupportedCurrency(f"{source_currency} to itself is not a corridor")
         snapshot = await self._fresh_snapshot()
         mid_rate = snapshot.mid_rate(source_currency, target_currency)
-        pricing = self._pricing.for_corridor(source_currency, target_currency, snapshot)
+        pricing = self._corridor(source_currency, target_currency, snapshot)
         if source_amount is not None:
             priced = pricing.for_source_amount(source_amount, mid_rate)
         else:
@@ -232,6 +236,16 @@ class RateService:
     def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
         self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
         return self._memo
+
+    def _corridor(self, source: str, target: str, snapshot: RateSnapshot) -> CorridorPricing:
+        """The corridor's pricing on `snapshot` (the remembered one, read again every second)."""
+        if self._priced_on is not snapshot:
+            self._priced_on, self._corridors = snapshot, {}
+        pricing = self._corridors.get((source, target))
+        if pricing is None:
+            pricing = self._pricing.for_corridor(source, target, snapshot)
+            self._corridors[source, target] = pricing
+        return pricing
 
     async def _stored_snapshot(self) -> RateSnapshot | None:
         try:
