@@ -500,6 +500,20 @@ def file_cost(folder: Path, count: int = 200) -> tuple[float, float]:
     return percentile(walls, 50), (time.process_time() - cpu_before) * 1e6 / count
 
 
+def python_speed(rounds: int = 5) -> float:
+    """Best of `rounds` milliseconds for a fixed pure-Python loop (2 million additions). This
+    machine's CPU speed has been seen to vary by 2x from one hour to the next: the server is
+    CPU-bound, so read its figures with this one."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for n in range(2_000_000):
+            total += n
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best
+
+
 # Main
 
 
@@ -565,6 +579,7 @@ def bench(args: argparse.Namespace) -> int:
                     f"disk: a receipt-sized file created, fsynced and renamed in the data folder "
                     f"in {wall:.0f} us (median of 200), {cpu:.0f} us of CPU each"
                 )
+            print(f"python: a loop of 2 million additions in {python_speed():.0f} ms (best of 5)")
             print(
                 f"load: {args.clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s "
                 f"measured, against {', '.join(server.bases)}"
