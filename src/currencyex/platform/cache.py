@@ -109,7 +109,9 @@ class RedisCache:
 
     async def delete(self, key: str) -> bool:
         removed = await self._redis.call("DEL", self._prefix + key)
-        return isinstance(removed, int) and removed > 0
+        if not isinstance(removed, int):
+            raise TypeError(f"expected an integer from Redis, got {removed!r}")
+        return removed > 0
 
     async def pop(self, key: str) -> bytes | None:
         return _bytes_or_none(await self._redis.call("GETDEL", self._prefix + key))

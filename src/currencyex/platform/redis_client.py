@@ -104,11 +104,16 @@ class RedisClient:
             raise
 
     def _opened(self, opening: asyncio.Future[_Connection]) -> None:
-        if self._opening is opening:
+        current = self._opening is opening
+        if current:
             self._opening = None
         # Reading the outcome also marks a failure as seen when every caller has gone.
-        if not opening.cancelled() and opening.exception() is None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        if current:
             self._connection = opening.result()
+        else:  # opened just as the client was closed: its waiting callers find it closed
+            opening.result().close()
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
