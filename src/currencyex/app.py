@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.routing import WebSocketRoute
 
 from currencyex import __version__
@@ -23,6 +23,20 @@ from currencyex.wallet import api as wallet_api
 
 DESCRIPTION = "CurrencyEx HTTP API v1.\n\nError codes:\n\n" + "\n".join(
     f"- `{error.code}` ({error.status}): {error.default_message}" for error in CATALOG
+)
+
+
+# Requests are matched against the routers in this order: the money path's come first.
+ROUTERS: tuple[APIRouter, ...] = (
+    rates_api.quotes,
+    remit_api.router,
+    wallet_api.router,
+    ops.router,
+    auth_api.router,
+    auth_api.admin,
+    rates_api.router,
+    documents_api.router,
+    documents_api.admin,
 )
 
 
@@ -58,16 +72,8 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         max_body_bytes=container.settings.max_body_bytes,
         path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
     )
-    # Requests are matched against the routers in this order: the money path's come first.
-    app.include_router(rates_api.quotes)
-    app.include_router(remit_api.router)
-    app.include_router(wallet_api.router)
-    app.include_router(ops.router)
-    app.include_router(auth_api.router)
-    app.include_router(auth_api.admin)
-    app.include_router(rates_api.router)
-    app.include_router(documents_api.router)
-    app.include_router(documents_api.admin)
+    for router in ROUTERS:
+        app.include_router(router)
     # A plain Starlette route: the HTTP guard (a FastAPI dependency on every APIRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
     app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))

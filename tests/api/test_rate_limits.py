@@ -21,17 +21,12 @@ import pytest_asyncio
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from currencyex.app import create_app
-from currencyex.auth import api as auth_api
+from currencyex.app import ROUTERS, create_app
 from currencyex.config import Settings
-from currencyex.documents import api as documents_api
 from currencyex.gateway.limits import Limit, RateLimiter, route_limit
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.ports import BucketDecision
 from currencyex.platform.metrics import Metrics
-from currencyex.rates import api as rates_api
-from currencyex.remit import api as remit_api
-from currencyex.wallet import api as wallet_api
 
 from conftest import Api, running_app
 
@@ -105,18 +100,8 @@ async def login(
 
 
 def test_each_limited_route_declares_its_documented_limit() -> None:
-    routers = [
-        auth_api.router,
-        auth_api.admin,
-        rates_api.router,
-        rates_api.quotes,
-        remit_api.router,
-        wallet_api.router,
-        documents_api.router,
-        documents_api.admin,
-    ]
     declared = {}
-    for router in routers:
+    for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, APIRoute)
             limit = route_limit(route.endpoint)
