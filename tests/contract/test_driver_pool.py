@@ -166,8 +166,9 @@ async def test_a_unit_of_work_cut_off_mid_statement_does_not_lend_its_connection
 
         async def sleeps() -> None:
             async with PgUnitOfWork(db) as uow:
-                used.append(uow.connection)
-                await (await uow.transaction()).execute("SELECT pg_sleep(10)")
+                conn = await uow.transaction()
+                used.append(conn)
+                await conn.execute("SELECT pg_sleep(10)")
 
         task = asyncio.create_task(sleeps())
         await asyncio.sleep(0.2)
@@ -175,10 +176,10 @@ async def test_a_unit_of_work_cut_off_mid_statement_does_not_lend_its_connection
         with pytest.raises(asyncio.CancelledError):
             await task
         async with PgUnitOfWork(db) as uow:
-            assert uow.connection is not used[0]
+            assert await uow.reading() is not used[0]
             assert await uow.autocommit("SELECT 1") == [(1,)]
         assert used[0].is_closed()
         async with PgUnitOfWork(db) as first, PgUnitOfWork(db) as second:
-            assert first.connection is not second.connection
+            assert await first.reading() is not await second.reading()
     finally:
         await db.close()

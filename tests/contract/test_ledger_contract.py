@@ -8,6 +8,7 @@ WalletService, which owns their rules (NotFound, the fee's fit) together with th
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -638,17 +639,20 @@ async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settin
     def log(query: Any) -> None:
         sent.append(" ".join(query.query.split()))
 
-    class Counted(PgWalletUnitOfWork):
-        """Logs every statement it sends, BEGIN and COMMIT included."""
+    db = (await open_books(make_settings, "real", "driver")).db
+    lend, give_back = db.lend, db.give_back
 
-        async def __aenter__(self) -> Counted:
-            await super().__aenter__()
-            self.connection.add_query_logger(log)
-            return self
+    async def logged_lend() -> Any:
+        """Every driver connection the books use logs what it sends, BEGIN and COMMIT included."""
+        conn = await lend()
+        conn.add_query_logger(log)
+        return conn
 
-        async def __aexit__(self, *exc: object) -> None:
-            self.connection.remove_query_logger(log)
-            await super().__aexit__(*exc)
+    def logged_give_back(conn: Any, *, reusable: bool = True) -> None:
+        conn.remove_query_logger(log)
+        give_back(conn, reusable=reusable)
+
+    db.lend, db.give_back = logged_lend, logged_give_back  # type: ignore[method-assign]
 
     async def sending(call: Coroutine[Any, Any, Any]) -> list[str]:
         """The statements `call` sends (asyncpg tells its query loggers in later turns of
@@ -659,7 +663,7 @@ async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settin
         await asyncio.sleep(0)
         return list(sent)
 
-    books = Books((await open_books(make_settings, "real", "driver")).db, Counted)
+    books = Books(db, PgWalletUnitOfWork)
     try:
         service = wallets(books, AccountDirectory())
         _, warm_up = await held(books, service, 100)  # the house's accounts are known below
@@ -672,8 +676,58 @@ async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settin
         _, first = await held(books, service)
         _, second = await held(books, service)
         (together,) = await sending(service.capture_many({first.id: usd(150), second.id: usd(150)}))
-        assert together.startswith("SELECT c.hold_id, r.* FROM unnest(")
+        assert together.startswith("WITH wallets AS MATERIALIZED (")
         assert await hold_journal(books, first.id) is not None
         assert await hold_journal(books, second.id) is not None
     finally:
         await books.db.close()
+
+
+@pytest.mark.integration
+async def test_holds_sent_together_and_a_batch_of_captures_never_deadlock(make_settings):
+    """Holds made in one turn of the event loop go to the server together (StatementBatches)
+    and lock their wallets in the order of the wallets' ids, as a batch of captures does
+    whatever the order of its holds: the two on the same wallets wait but never deadlock."""
+    failed: list[BaseException] = []
+
+    def log(query: Any) -> None:
+        if query.exception is not None:
+            failed.append(query.exception)
+
+    db = (await open_books(make_settings, "real", "driver")).db
+    lend = db.lend
+
+    async def logged_lend() -> Any:
+        conn = await lend()
+        conn.add_query_logger(log)  # once: asyncpg keeps its loggers in a set
+        return conn
+
+    db.lend = logged_lend  # type: ignore[method-assign]
+    books = Books(db, PgWalletUnitOfWork)
+    rng = random.Random(5)
+    try:
+        service = wallets(books, AccountDirectory())
+        _, warm_up = await held(books, service, 100)  # the house's accounts are known below
+        await service.capture(warm_up.id, fee=usd(1))
+        customers = dict([await held(books, service, 200) for _ in range(40)])
+        wallet = {user: await hold_account(books, hold.id) for user, hold in customers.items()}
+        for _ in range(20):
+            # The captures' holds, their wallets' ids going down; the new holds in any order.
+            down = sorted(customers, key=lambda user: wallet[user], reverse=True)
+            capture = service.capture_many({customers[user].id: usd(10) for user in down})
+            users = rng.sample(list(customers), len(customers))
+            _, *placed = await asyncio.gather(
+                capture, *(service.hold(user, usd(200), "send-2") for user in users)
+            )
+            customers = dict(zip(users, placed, strict=True))
+        assert [type(error).__name__ for error in failed] == []
+        assert await problems(books) == []
+    finally:
+        await books.db.close()
+
+
+async def hold_account(books: Books, hold_id: uuid.UUID) -> uuid.UUID:
+    async with books.db.connect() as conn:
+        account = await conn.scalar(sa.select(holds.c.account_id).where(holds.c.id == hold_id))
+    assert account is not None
+    return account

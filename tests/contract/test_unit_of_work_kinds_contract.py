@@ -225,11 +225,13 @@ async def test_a_driver_read_begins_no_transaction_yet_sees_the_units_held_write
     count = "SELECT count(*) FROM outbox WHERE id = $1"
     try:
         async with PgUnitOfWork(db) as uow:
-            assert await (await uow.reading()).fetchval(count, event.id) == 0
-            assert not uow.connection.is_in_transaction()
+            conn = await uow.reading()
+            assert await conn.fetchval(count, event.id) == 0
+            assert not conn.is_in_transaction()
             await uow.outbox.add(event)  # held: the next read sends it, inside a transaction
-            assert await (await uow.reading()).fetchval(count, event.id) == 1
-            assert uow.connection.is_in_transaction()
+            assert await uow.reading() is conn
+            assert await conn.fetchval(count, event.id) == 1
+            assert conn.is_in_transaction()
             # not committed: nothing is kept
         assert await _rows(db, outbox_table) == []
     finally:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from currencyex.platform.driver_pool import INTERRUPTED, DriverPool
+from currencyex.platform.driver_pool import INTERRUPTED, DriverPool, StatementBatches
 
 metadata = sa.MetaData()
 
@@ -100,6 +100,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url, pool_size=POOL_SIZE)
         self._driver_pool: DriverPool | None = None
+        self._batches: StatementBatches | None = None
         # Told when a transaction that added outbox events commits (the relay, to look now).
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -141,6 +142,16 @@ class Database:
         assert self._driver_pool is not None
         self._driver_pool.release(conn, reusable=reusable)
 
+    async def batched_row(
+        self, query: str, args: tuple[Any, ...], *, lock_order: Any = None
+    ) -> asyncpg.Record:
+        """PostgreSQL only: the one row of a self-contained statement, sent to the server with
+        the same statement of other callers in this turn of the event loop, in `lock_order`
+        (`driver_pool.StatementBatches`)."""
+        if self._batches is None:
+            self._batches = StatementBatches(self.lend, self.give_back)
+        return await self._batches.row(query, args, lock_order=lock_order)
+
     def _open_driver_pool(self) -> DriverPool:
         if self.dialect != "postgresql":
             raise RuntimeError("bare driver connections exist on PostgreSQL only")
@@ -165,6 +176,9 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._batches is not None:
+            await self._batches.close()
+            self._batches = None
         if self._driver_pool is not None:
             await self._driver_pool.close()
             self._driver_pool = None

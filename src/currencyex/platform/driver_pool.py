@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -144,3 +145,129 @@ class DriverPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+Lend = Callable[[], Awaitable[asyncpg.Connection]]
+GiveBack = Callable[..., None]  # (connection, *, reusable) as DriverPool.release
+# A caller's arguments, its place in the batch's lock order, and the future of its row.
+_Waiting = tuple[tuple[Any, ...], Any, "asyncio.Future[asyncpg.Record]"]
+
+
+class StatementBatches:
+    """Self-contained statements of concurrent callers sent to the server together.
+
+    Calls of one statement (the same text) made in one turn of the event loop go out at its
+    end in one round trip (asyncpg's `fetchmany`), as one implicit transaction: one commit for
+    all of them. That saves each caller most of the CPU of its own exchange with the server
+    (in a throwaway loop of 32 tasks sending one-row UPDATEs: 12.6 to 20.3 us a statement
+    together, 31.2 to 44.9 us one by one) and the server a commit apiece. Each statement must
+    return exactly one row, its caller's result.
+
+    Kept together or lost together, so that one caller's failure stays its own: when the batch
+    fails on an error of its statements (a constraint, a deadlock), each is run again on its
+    own and its caller gets its own row or error. After an interruption (INTERRUPTED) nobody
+    knows what the server kept, and every caller gets the error, as it would have on a
+    connection of its own. A caller that stops waiting does not stop its statement.
+
+    A statement that locks rows gives the key of what it locks (`lock_order`): a batch runs its
+    statements in that order, so that two batches, or a batch and another statement taking
+    such rows in the same order, never wait on each other in a circle.
+    """
+
+    def __init__(self, lend: Lend, give_back: GiveBack) -> None:
+        self._lend = lend
+        self._give_back = give_back
+        self._pending: dict[str, list[_Waiting]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def row(
+        self, query: str, args: tuple[Any, ...], *, lock_order: Any = None
+    ) -> asyncpg.Record:
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[asyncpg.Record] = loop.create_future()
+        batch = self._pending.get(query)
+        if batch is None:
+            batch = self._pending[query] = []
+            loop.call_soon(self._send_pending, query)
+        batch.append((args, lock_order, waiting))
+        return await waiting
+
+    def _send_pending(self, query: str) -> None:
+        batch = self._pending.pop(query)
+        task = asyncio.ensure_future(self._send(query, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, query: str, batch: list[_Waiting]) -> None:
+        try:
+            conn = await self._lend()
+        except BaseException as exc:
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        reusable = True
+        try:
+            await _run(conn, query, batch)
+        except BaseException as exc:
+            reusable = not isinstance(exc, INTERRUPTED)
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._give_back(conn, reusable=reusable)
+
+    async def close(self) -> None:
+        """Wait for the batches on their way to the server."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+async def _run(conn: asyncpg.Connection, query: str, batch: list[_Waiting]) -> None:
+    """Give each caller of `batch` its row or its error: all in one round trip, or, alone or
+    after the batch failed (and nothing of it was kept), each on its own."""
+    if len(batch) > 1:
+        if batch[0][1] is not None:
+            batch.sort(key=lambda waiting: waiting[1])
+        try:
+            rows = await conn.fetchmany(query, [args for args, _, _ in batch])
+        except INTERRUPTED:
+            raise
+        except Exception:  # noqa: S110 (each is run on its own below, to get its own error)
+            pass
+        else:
+            if len(rows) != len(batch):
+                raise RuntimeError(f"a batched statement gave {len(rows)} rows for {len(batch)}")
+            for (_, _, waiting), row in zip(batch, rows, strict=True):
+                if not waiting.done():
+                    waiting.set_result(row)
+            return
+    for args, _, waiting in batch:
+        try:
+            row = await _one_row(conn, query, args)
+        except INTERRUPTED:
+            raise
+        except Exception as exc:
+            if not waiting.done():
+                waiting.set_exception(exc)
+        else:
+            if not waiting.done():
+                waiting.set_result(row)
+
+
+async def _one_row(conn: asyncpg.Connection, query: str, args: tuple[Any, ...]) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+    if row is None:
+        raise RuntimeError("a batched statement returned no row")
+    return row
+
+
+def _fail(batch: list[_Waiting], error: BaseException) -> None:
+    """Tell the callers still waiting that their statement failed with `error`."""
+    for _, _, waiting in batch:
+        if waiting.done():
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            waiting.cancel()
+        else:
+            waiting.set_exception(error)

@@ -142,19 +142,21 @@ class PgUnitOfWork:
     """One PostgreSQL transaction on a bare asyncpg connection; leaving the block without
     `commit()` rolls back. Subclasses bind their repositories to the unit in `bind`.
 
-    The transaction begins with the first statement that asks for it (`transaction()`), so a
-    unit whose only work is one self-contained statement can run it without BEGIN and COMMIT
-    (`autocommit`), and reads before it need neither (`reading()`). Writes whose result nobody
+    The connection is lent at the first statement that needs one, and the transaction begins
+    with the first statement that asks for it (`transaction()`), so a unit whose only work is
+    one self-contained statement can run it without BEGIN and COMMIT (`autocommit`), and reads
+    before it need neither (`reading()`). Writes whose result nobody
     waits for (outbox events, saved responses, audit entries) are held (`write`) until the next
     statement or the commit, and sent in order then, a run of the same statement in one round
     trip; a unit whose only work is such a run commits it without BEGIN and COMMIT too. An
-    error in such a write surfaces from the statement or the commit that sent it.
+    error in such a write surfaces from the statement or the commit that sent it. A unit's first
+    statement, when it is self-contained and returns one row (`alone_row`), may go to the
+    server together with other units' (`Database.batched_row`).
     """
-
-    connection: asyncpg.Connection
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._connection: asyncpg.Connection | None = None  # lent at the first use
         self._transaction: Any = None  # an asyncpg Transaction, once begun
         self._done = False
         self._announces = False  # this transaction adds events to the outbox
@@ -167,13 +169,14 @@ class PgUnitOfWork:
         """Create this service's repositories on the unit."""
 
     async def __aenter__(self) -> Self:
-        self.connection = await self._db.lend()
         self.bind()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         # A unit cut off mid-statement leaves its connection mid-exchange: closed, not reused
         # (the server rolls back what it was doing). `exc` is (type, error, traceback).
+        if self._connection is None:
+            return
         reusable = not isinstance(exc[1], INTERRUPTED)
         try:
             if reusable and self._transaction is not None and not self._done:
@@ -182,17 +185,23 @@ class PgUnitOfWork:
             reusable = False
             raise
         finally:
-            self._db.give_back(self.connection, reusable=reusable)
+            self._db.give_back(self._connection, reusable=reusable)
+
+    async def _lent(self) -> asyncpg.Connection:
+        if self._done:
+            raise RuntimeError("this unit of work has ended")
+        if self._connection is None:
+            self._connection = await self._db.lend()
+        return self._connection
 
     async def transaction(self) -> asyncpg.Connection:
         """The connection, inside this unit's transaction (begun now if it has not been)."""
-        if self._done:
-            raise RuntimeError("this unit of work has ended")
+        conn = await self._lent()
         if self._transaction is None:
-            self._transaction = self.connection.transaction()
+            self._transaction = conn.transaction()
             await self._transaction.start()
         await self._send_held()
-        return self.connection
+        return conn
 
     async def reading(self) -> asyncpg.Connection:
         """The connection for a read. Inside this unit's transaction when one has begun or
@@ -200,9 +209,7 @@ class PgUnitOfWork:
         under READ COMMITTED each statement takes its own snapshot either way. A read that
         locks rows (FOR UPDATE) takes `transaction()` instead."""
         if self._transaction is None and not self._held:
-            if self._done:
-                raise RuntimeError("this unit of work has ended")
-            return self.connection
+            return await self._lent()
         return await self.transaction()
 
     def write(self, query: str, *args: Any) -> None:
@@ -220,10 +227,11 @@ class PgUnitOfWork:
     async def _send(self, query: str, many: list[tuple[Any, ...]]) -> None:
         """One statement, or a run of the same statement in one round trip (atomic on its own:
         asyncpg's executemany sends a single Sync)."""
+        conn = await self._lent()
         if len(many) == 1:
-            await self.connection.execute(query, *many[0])
+            await conn.execute(query, *many[0])
         else:
-            await self.connection.executemany(query, many)
+            await conn.executemany(query, many)
 
     async def alone(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one self-contained statement now: in its own implicit transaction when this unit
@@ -234,6 +242,25 @@ class PgUnitOfWork:
             self.announced()
         rows: list[Any] = await conn.fetch(query, *args)
         return rows
+
+    async def alone_row(
+        self, query: str, *args: Any, announces: bool = False, lock_order: Any = None
+    ) -> asyncpg.Record:
+        """`alone` for a statement that returns exactly one row: that row. As the unit's first
+        statement it goes to the server with the same statement of other units made in this
+        turn of the event loop, in one implicit transaction, ordered by `lock_order` (the key
+        of the row it locks, if it locks one that others lock too; `Database.batched_row`); it
+        is committed even if this unit's caller stops waiting for it."""
+        if self._done:
+            raise RuntimeError("this unit of work has ended")
+        if announces:
+            self.announced()
+        if self._connection is None and self._transaction is None and not self._held:
+            return await self._db.batched_row(query, args, lock_order=lock_order)
+        row: asyncpg.Record | None = await (await self.reading()).fetchrow(query, *args)
+        if row is None:
+            raise RuntimeError("a one-row statement returned no row")
+        return row
 
     async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one statement as the whole of this unit, which it ends: in its own implicit

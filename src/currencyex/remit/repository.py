@@ -430,7 +430,7 @@ WITH added AS (
 SELECT id FROM added
 """  # noqa: S608 (column names and placeholders only)
 # A move, its history row and, when given, its event ($16-$19) and the send's saved response
-# ($11-$15): written only if the transaction moved.
+# ($11-$15): written only if the transaction moved. One row: the id, null if it did not move.
 _PG_MOVE = """
 WITH moved AS (
     UPDATE remit_transactions SET
@@ -454,7 +454,7 @@ WITH moved AS (
     SELECT $16::varchar, $17::varchar, $18::text, $19::timestamptz FROM moved
     WHERE $16::varchar IS NOT NULL
 )
-SELECT id FROM moved
+SELECT (SELECT id FROM moved) AS id
 """
 # Moves to final statuses, one per row of the arrays, each with its history row and event:
 # one statement, so all of them are kept or none.
@@ -491,7 +491,7 @@ _NOTHING_ANNOUNCED: tuple[Any, ...] = (None,) * 4
 # A new transaction with its history row, its key claimed with the reply saved ($N+1-$N+6),
 # and its event ($N+7-$N+10), N being the number of columns. Nothing is written when the
 # user's key or the reference is taken already (the unique indexes); a concurrent send with
-# the same key waits here for the first one to end.
+# the same key waits here for the first one to end. One row: the id, null if nothing was added.
 _PG_ADD_ONCE = f"""
 WITH added AS (
     INSERT INTO remit_transactions ({_PG_COLUMNS})
@@ -509,7 +509,7 @@ WITH added AS (
     INSERT INTO outbox (id, subject, payload, created_at)
     SELECT ${_N + 7}, ${_N + 8}, ${_N + 9}, ${_N + 10} FROM added
 )
-SELECT id FROM added
+SELECT (SELECT id FROM added) AS id
 """  # noqa: S608 (column names and placeholders only)
 _PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
 _PG_BY_IDS = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = ANY($1::uuid[])"  # noqa: S608
@@ -664,14 +664,15 @@ class PgRemitUnitOfWork(PgUnitOfWork):
             body = reply.body_for(moved)
             key = (reply.scope, str(txn.user_id), txn.idempotency_key)
             saved = (reply.status, response_text(body), *key)
-        rows = await self.autocommit(
+        row = await self.alone_row(
             _PG_MOVE,
             *_pg_move_args(txn, outcome, at, next_attempt_at, lease_until),
             *saved,
             *event_args(moved.status_changed(outcome.status, at)),
             announces=True,
         )
-        return moved if rows else None
+        await self.commit()
+        return None if row["id"] is None else moved
 
     async def record_moves(
         self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
@@ -711,14 +712,15 @@ class PgRemitUnitOfWork(PgUnitOfWork):
 
         async def store(candidate: Transaction) -> Transaction | SavedResponse | None:
             body = reply.body_for(candidate)
-            if await self.alone(
+            added = await self.alone_row(
                 _PG_ADD_ONCE,
                 *_pg_txn_args(candidate, request.fingerprint, self._resume_after),
                 *claim,
                 response_text(body),
                 *event_args(candidate.status_changed(candidate.status, candidate.created_at)),
                 announces=True,
-            ):
+            )
+            if added["id"] is not None:
                 return candidate
             # The key went through before, or else the reference is taken: drawn again.
             return await self.idempotency.find(reply.scope, owner, request.key, request.fingerprint)

@@ -544,14 +544,23 @@ SELECT * FROM ledger_post_once(
 """
 _PG_LEDGER_CAPTURE = "SELECT * FROM ledger_capture($1, $2, $3, $4, $5, $6, $7, $8)"
 # Several captures in one statement, one `ledger_capture` per row of the arrays: its own
-# implicit transaction, so all of them are kept or none.
+# implicit transaction, so all of them are kept or none. The wallets of the holds are locked
+# first, in the order of their ids, as postings (`_ledger_post_args`) and batched holds
+# (`_PG_PLACE_HOLD`) lock theirs: none of them wait on each other in a circle.
 _PG_LEDGER_CAPTURE_ALL = """
+WITH wallets AS MATERIALIZED (
+    SELECT a.id FROM wallet_accounts AS a
+    WHERE a.id IN (SELECT h.account_id FROM wallet_holds AS h WHERE h.id = ANY($1::uuid[]))
+    ORDER BY a.id
+    FOR UPDATE OF a
+)
 SELECT c.hold_id, r.* FROM unnest(
     $1::uuid[], $2::bigint[], $3::varchar[], $4::uuid[], $5::uuid[], $6::uuid[]
 ) AS c(hold_id, fee, fee_currency, suspense, revenue, journal_id)
 CROSS JOIN LATERAL ledger_capture(
     c.hold_id, c.fee, c.fee_currency, c.suspense, c.revenue, c.journal_id, $7, $8
 ) AS r
+WHERE (SELECT count(*) FROM wallets) >= 0
 """
 _SHORT = "CX001"  # a wallet would go short: raised by ledger_post_once and ledger_capture
 _MISFIT = "CX002"  # raised by ledger_capture when the fee does not fit in the hold
@@ -559,17 +568,20 @@ _MISFIT = "CX002"  # raised by ledger_capture when the fee does not fit in the h
 # nothing and locks nothing (a concurrent one waits on its row). A wallet without enough
 # available money fails the statement on the table's own guard, ck_wallet_accounts_available
 # (balance >= locked_balance), which takes the hold row back with it.
+# One row: the account's id, null when the hold was there already.
 _PG_PLACE_HOLD = """
 WITH placed AS (
     INSERT INTO wallet_holds (id, account_id, amount, status, reference, created_at)
     VALUES ($1, $2, $3, 'HELD', $4, $5)
     ON CONFLICT (id) DO NOTHING
     RETURNING account_id, amount
+), locked AS (
+    UPDATE wallet_accounts AS a SET locked_balance = a.locked_balance + p.amount
+    FROM placed AS p
+    WHERE a.id = p.account_id
+    RETURNING a.id
 )
-UPDATE wallet_accounts AS a SET locked_balance = a.locked_balance + p.amount
-FROM placed AS p
-WHERE a.id = p.account_id
-RETURNING a.id
+SELECT (SELECT id FROM locked) AS id
 """
 _AVAILABLE_GUARD = "ck_wallet_accounts_available"
 # The status change is the guard: of two settlements of one hold, one finds it HELD. The
@@ -618,21 +630,23 @@ class PgLedgerRepository(_AccountsByKey):
             raise InsufficientFunds()
 
     async def hold(self, hold: Hold) -> bool:
-        # Self-contained: alone (no BEGIN, no COMMIT) when it is the unit's first statement.
+        # Self-contained: alone (no BEGIN, no COMMIT, maybe with other units' holds) when it
+        # is the unit's first statement.
         try:
-            placed = await self._uow.alone(
+            placed = await self._uow.alone_row(
                 _PG_PLACE_HOLD,
                 hold.id,
                 hold.account.id,
                 hold.amount.minor,
                 hold.reference,
                 datetime.now(UTC),
+                lock_order=hold.account.id,
             )
         except asyncpg.CheckViolationError as exc:
             if exc.constraint_name == _AVAILABLE_GUARD:
                 raise InsufficientFunds() from None
             raise
-        return bool(placed)
+        return placed["id"] is not None
 
     async def settle_hold(
         self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
