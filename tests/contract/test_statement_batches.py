@@ -4,7 +4,9 @@ platform/driver_pool.py's StatementBatches), on real PostgreSQL.
 What the money path relies on: each caller gets its own row; the statements made in one turn of
 the event loop share one round trip and one transaction; one statement's error is its caller's
 alone and the others are kept; after an interruption every caller of the batch hears of it and
-the connection is not lent again; a statement that is not the unit's first runs in the unit.
+the connection is not lent again; a batch runs its statements in their lock order; a
+statement that is not the unit's first runs in the unit. (That holds and captures sent in
+batches never deadlock is tested with the ledger, tests/contract/test_ledger_contract.py.)
 """
 
 from __future__ import annotations

@@ -158,15 +158,15 @@ class StatementBatches:
 
     Calls of one statement (the same text) made in one turn of the event loop go out at its
     end in one round trip (asyncpg's `fetchmany`), as one implicit transaction: one commit for
-    all of them. That saves each caller most of the CPU of its own exchange with the server
-    (in a throwaway loop of 32 tasks sending one-row UPDATEs: 12.6 to 20.3 us a statement
-    together, 31.2 to 44.9 us one by one) and the server a commit apiece. Each statement must
-    return exactly one row, its caller's result.
+    all of them. Each statement must return exactly one row, its caller's result. (In a
+    throwaway loop of 32 tasks sending one-row UPDATEs, a statement cost this process 12.6 to
+    20.3 us batched and 31.2 to 44.9 us one by one. In the send benchmark PostgreSQL got a
+    third of the round trips and commits; see bench/README.md.)
 
-    Kept together or lost together, so that one caller's failure stays its own: when the batch
-    fails on an error of its statements (a constraint, a deadlock), each is run again on its
-    own and its caller gets its own row or error. After an interruption (INTERRUPTED) nobody
-    knows what the server kept, and every caller gets the error, as it would have on a
+    A batch is kept or lost as a whole. So that one caller's error stays its own, a batch that
+    fails on an error of its statements (a constraint, a deadlock) is run again statement by
+    statement, each caller getting its own row or error. After an interruption (INTERRUPTED)
+    nobody knows what the server kept, and every caller gets the error, as it would have on a
     connection of its own. A caller that stops waiting does not stop its statement.
 
     A statement that locks rows gives the key of what it locks (`lock_order`): a batch runs its
