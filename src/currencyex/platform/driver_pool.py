@@ -244,7 +244,7 @@ async def _run(conn: asyncpg.Connection, query: str, batch: list[_Waiting]) -> N
             return
     for args, _, waiting in batch:
         try:
-            row = await _one_row(conn, query, args)
+            row = await one_row(conn, query, args)
         except INTERRUPTED:
             raise
         except Exception as exc:
@@ -255,10 +255,11 @@ async def _run(conn: asyncpg.Connection, query: str, batch: list[_Waiting]) -> N
                 waiting.set_result(row)
 
 
-async def _one_row(conn: asyncpg.Connection, query: str, args: tuple[Any, ...]) -> asyncpg.Record:
+async def one_row(conn: asyncpg.Connection, query: str, args: tuple[Any, ...]) -> asyncpg.Record:
+    """The row of a statement that must return exactly one."""
     row: asyncpg.Record | None = await conn.fetchrow(query, *args)
     if row is None:
-        raise RuntimeError("a batched statement returned no row")
+        raise RuntimeError("a one-row statement returned no row")
     return row
 
 

@@ -20,7 +20,7 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.audit import audit_row
 from currencyex.platform.db import Database
-from currencyex.platform.driver_pool import INTERRUPTED
+from currencyex.platform.driver_pool import INTERRUPTED, one_row
 from currencyex.platform.idempotency import PENDING, first_response, response_text
 from currencyex.platform.outbox import outbox_row
 
@@ -255,12 +255,9 @@ class PgUnitOfWork:
             raise RuntimeError("this unit of work has ended")
         if announces:
             self.announced()
-        if self._connection is None and self._transaction is None and not self._held:
+        if self._connection is None and not self._held:  # no connection: no transaction yet
             return await self._db.batched_row(query, args, lock_order=lock_order)
-        row: asyncpg.Record | None = await (await self.reading()).fetchrow(query, *args)
-        if row is None:
-            raise RuntimeError("a one-row statement returned no row")
-        return row
+        return await one_row(await self.reading(), query, args)
 
     async def autocommit(self, query: str, *args: Any, announces: bool = False) -> list[Any]:
         """Run one statement as the whole of this unit, which it ends: in its own implicit
