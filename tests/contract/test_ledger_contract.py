@@ -632,18 +632,12 @@ async def test_holds_captured_together_are_all_kept_or_none(books):
     assert await problems(books) == []
 
 
-@pytest.mark.integration
-async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settings):
-    sent: list[str] = []
-
-    def log(query: Any) -> None:
-        sent.append(" ".join(query.query.split()))
-
-    db = (await open_books(make_settings, "real", "driver")).db
+def log_driver_queries(db: Database, log: Callable[[Any], None]) -> None:
+    """Every driver connection `db` lends from now on tells `log` what it sends (asyncpg's
+    query loggers), BEGIN and COMMIT included, until it is given back."""
     lend, give_back = db.lend, db.give_back
 
     async def logged_lend() -> Any:
-        """Every driver connection the books use logs what it sends, BEGIN and COMMIT included."""
         conn = await lend()
         conn.add_query_logger(log)
         return conn
@@ -653,6 +647,17 @@ async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settin
         give_back(conn, reusable=reusable)
 
     db.lend, db.give_back = logged_lend, logged_give_back  # type: ignore[method-assign]
+
+
+@pytest.mark.integration
+async def test_a_capture_with_its_fee_is_one_statement_on_the_driver(make_settings):
+    sent: list[str] = []
+
+    def log(query: Any) -> None:
+        sent.append(" ".join(query.query.split()))
+
+    db = (await open_books(make_settings, "real", "driver")).db
+    log_driver_queries(db, log)
 
     async def sending(call: Coroutine[Any, Any, Any]) -> list[str]:
         """The statements `call` sends (asyncpg tells its query loggers in later turns of
@@ -695,14 +700,7 @@ async def test_holds_sent_together_and_a_batch_of_captures_never_deadlock(make_s
             failed.append(query.exception)
 
     db = (await open_books(make_settings, "real", "driver")).db
-    lend = db.lend
-
-    async def logged_lend() -> Any:
-        conn = await lend()
-        conn.add_query_logger(log)  # once: asyncpg keeps its loggers in a set
-        return conn
-
-    db.lend = logged_lend  # type: ignore[method-assign]
+    log_driver_queries(db, log)
     books = Books(db, PgWalletUnitOfWork)
     rng = random.Random(5)
     try:
