@@ -61,10 +61,15 @@ def generate_key(folder: Path) -> SigningKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path = folder / f"{kid}.pem"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written under a name that is not a key's, then renamed: a process reading the folder
+    # meanwhile (load_keys before its lock) never finds a key file half written.
+    partial = folder / f".{kid}.pem.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(partial, folder / f"{kid}.pem")
     return SigningKey(kid, key)
 
 
