@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
 import time
@@ -23,9 +24,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Routes x methods x statuses stay far below this; a bound all the same.
 _MAX_KNOWN_SERIES = 4096
 # A request id is this process's random prefix and a count: unique without a random draw
-# (a system call) per request.
+# (a system call) per request. A forked child (a pre-forking server's worker) draws its own.
 _REQUEST_ID_PREFIX = secrets.token_hex(8)
 _REQUEST_COUNT = itertools.count()
+
+
+def _draw_request_id_prefix() -> None:
+    global _REQUEST_ID_PREFIX
+    _REQUEST_ID_PREFIX = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_draw_request_id_prefix)
 
 
 def new_request_id() -> str:
