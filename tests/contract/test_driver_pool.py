@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from currencyex.platform.db import Database
-from currencyex.platform.driver_pool import DriverPool, PoolClosed
+from currencyex.platform.driver_pool import DriverPool, PoolClosed, PoolTimeout
 from currencyex.platform.pg import PgUnitOfWork
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,10 @@ async def connect(pg_url: str) -> AsyncIterator[Counted]:
         conn.terminate()
 
 
-def pool_of(connect: Counted, size: int = 2, idle_lifetime: float = 60.0) -> DriverPool:
-    return DriverPool(connect, size=size, idle_lifetime=idle_lifetime)
+def pool_of(
+    connect: Counted, size: int = 2, idle_lifetime: float = 60.0, wait_timeout: float = 10.0
+) -> DriverPool:
+    return DriverPool(connect, size=size, idle_lifetime=idle_lifetime, wait_timeout=wait_timeout)
 
 
 async def test_a_connection_given_back_is_lent_again(connect: Counted) -> None:
@@ -80,6 +82,23 @@ async def test_no_more_than_size_are_open_and_callers_wait_in_turn(connect: Coun
     assert len(connect.opened) == 2
     pool.release(lent[0])
     pool.release(lent[1])
+    await pool.close()
+
+
+async def test_a_caller_waits_no_longer_than_the_wait_timeout(connect: Counted) -> None:
+    pool = pool_of(connect, size=1, wait_timeout=0.1)
+    lent = await pool.acquire()
+    waited = asyncio.get_running_loop().time()
+    with pytest.raises(PoolTimeout, match=r"within 0\.1 s"):
+        await asyncio.wait_for(pool.acquire(), 5)
+    assert asyncio.get_running_loop().time() - waited >= 0.1
+    # The caller that gave up is not handed the connection given back next.
+    after = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.05)
+    pool.release(lent)
+    assert await asyncio.wait_for(after, 5) is lent
+    assert len(connect.opened) == 1
+    pool.release(lent)
     await pool.close()
 
 

@@ -112,12 +112,17 @@ async def test_an_interrupted_batch_fails_every_caller_and_its_connection_is_not
     async with db.driver() as conn:
         await conn.execute(f"INSERT INTO {table} (n) VALUES (0)")  # noqa: S608
     callers = [asyncio.create_task(_alone(db, sleeps, n)) for n in range(3)]
-    await asyncio.sleep(0.5)
+    killed = 0
     async with db.driver() as conn:
-        killed = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(10)%'"
-        )
+        # Until the batch has reached the server (on a busy machine that can take a while).
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(10)%'"
+            )
+            if killed:
+                break
     assert killed == 1  # the three statements went on one connection
     results = await asyncio.gather(*callers, return_exceptions=True)
     assert all(isinstance(r, asyncpg.PostgresError | asyncpg.InterfaceError) for r in results)

@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 import sqlalchemy.exc
 
+from currencyex.platform.driver_pool import PoolTimeout
 from currencyex.platform.outages import dependency_down
 from currencyex.platform.redis_client import RedisError, RedisUnavailable
 
@@ -44,6 +45,7 @@ def raised_while_handling(outer: Exception, inner: BaseException) -> Exception:
         asyncpg.exceptions.AdminShutdownError("terminating connection"),
         asyncpg.exceptions.TooManyConnectionsError("too many clients"),
         sqlalchemy.exc.TimeoutError("QueuePool limit reached"),
+        PoolTimeout(10),
         RedisUnavailable("cannot reach Redis at 127.0.0.1:1: Connection refused"),
         RedisUnavailable("Redis did not answer within 2 s"),
         sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),

@@ -45,6 +45,10 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# How long a caller waits for a pooled connection before the request fails with 5001.
+POOL_WAIT_SECONDS = 10.0
+
+
 def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -62,7 +66,7 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # disconnect, discards that connection and invalidates every older one in the pool, so
         # the request in flight gets an error (a retryable 5xx) and the next ones reconnect.
         pool_recycle=1800,
-        pool_timeout=10,
+        pool_timeout=POOL_WAIT_SECONDS,
         # No statement may wait forever (a lost connection, a lock never released).
         connect_args={"command_timeout": 30},
     )
@@ -167,8 +171,11 @@ class Database:
                 raise
             return conn
 
-        # Connections are replaced before typical idle cut-offs, like the engine's.
-        self._driver_pool = DriverPool(connect, size=POOL_SIZE, idle_lifetime=1800)
+        # Connections are replaced before typical idle cut-offs, and a caller waits for one
+        # no longer than for one of the engine's pool.
+        self._driver_pool = DriverPool(
+            connect, size=POOL_SIZE, idle_lifetime=1800, wait_timeout=POOL_WAIT_SECONDS
+        )
         return self._driver_pool
 
     async def ping(self) -> None:

@@ -36,20 +36,31 @@ class PoolClosed(RuntimeError):
         super().__init__("the connection pool is closed")
 
 
+class PoolTimeout(TimeoutError):
+    """No connection came free in time: the database is overloaded or stuck (a 503/5001)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no database connection came free within {seconds:g} s")
+
+
 class DriverPool:
     """Up to `size` connections made by `connect`, lent one holder at a time.
 
     Idle connections are lent most recently used first; one idle for more than `idle_lifetime`
     seconds is closed when its turn comes instead (younger than typical idle cut-offs of
-    PgBouncer, load balancers and firewalls). When all are lent, callers wait in turn.
+    PgBouncer, load balancers and firewalls). When all are lent, callers wait in turn, each
+    for up to `wait_timeout` seconds (then PoolTimeout).
     """
 
-    def __init__(self, connect: Connect, *, size: int, idle_lifetime: float) -> None:
+    def __init__(
+        self, connect: Connect, *, size: int, idle_lifetime: float, wait_timeout: float
+    ) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
         self._connect = connect
         self._size = size
         self._idle_lifetime = idle_lifetime
+        self._wait_timeout = wait_timeout
         self._idle: deque[tuple[asyncpg.Connection, float]] = deque()  # (connection, idle since)
         # A waiter gets a connection, or None: a place came free, so it may open one.
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
@@ -83,10 +94,10 @@ class DriverPool:
                 return conn
 
     async def _wait(self) -> asyncpg.Connection | None:
-        waiter: asyncio.Future[asyncpg.Connection | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_later(self._wait_timeout, self._give_up, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -100,6 +111,13 @@ class DriverPool:
                 with contextlib.suppress(ValueError):  # passed over already
                     self._waiters.remove(waiter)
             raise
+        finally:
+            timer.cancel()
+
+    def _give_up(self, waiter: asyncio.Future[asyncpg.Connection | None]) -> None:
+        if not waiter.done():
+            self._waiters.remove(waiter)
+            waiter.set_exception(PoolTimeout(self._wait_timeout))
 
     def release(self, conn: asyncpg.Connection, *, reusable: bool = True) -> None:
         """Take `conn` back: lent to the next waiter, or kept idle. Not `reusable` (its holder
