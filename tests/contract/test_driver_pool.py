@@ -163,6 +163,18 @@ async def test_a_wait_cancelled_as_a_connection_is_handed_over_passes_it_on(
     await pool.close()
 
 
+async def test_a_wait_cancelled_as_it_fails_ends_cancelled(connect: Counted) -> None:
+    pool = pool_of(connect, size=1)
+    lent = await pool.acquire()
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.05)
+    await pool.close()  # fails the wait (PoolClosed, as a PoolTimeout would)...
+    waiting.cancel()  # ...and its caller is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    pool.release(lent)
+
+
 async def test_closing_closes_idle_and_lent_connections(connect: Counted) -> None:
     pool = pool_of(connect)
     idle, lent = await pool.acquire(), await pool.acquire()

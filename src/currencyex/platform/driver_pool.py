@@ -101,7 +101,7 @@ class DriverPool:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 given = waiter.result()  # handed over as the wait was cancelled: pass it on
                 if given is None:
                     self._offer_place()
