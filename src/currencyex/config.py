@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     ws_max_queued_messages: int = Field(default=100, ge=1)
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
     ws_pong_timeout_seconds: float = Field(default=20.0, gt=0)
+    # How often a live connection's token and user are checked again (and at the token's
+    # expiry): an expired token, a disabled account or a role no longer let in is closed, 1008.
+    ws_token_recheck_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("pricing_corridors")
     @classmethod

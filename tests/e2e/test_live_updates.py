@@ -1,18 +1,23 @@
 """Live updates over a real socket: a uvicorn server in the test, a `websockets` client.
 
 The walk of issue 5: an approved customer with a deposit sends money and the client sees
-PROCESSING then COMPLETED within a few seconds; a bad token is closed with 1008.
+PROCESSING then COMPLETED within a few seconds; a bad token is closed with 1008, and so is a
+live connection once its token expires or its account is disabled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
+import websockets.protocol
 
+from currencyex.platform.tokens import unverified_expiry
 from ws_support import next_update, served
 
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
@@ -58,3 +63,82 @@ async def test_missing_or_bad_token_is_closed_with_policy_violation(
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1008
+
+
+# Credentials checked again while a connection lives
+
+
+async def _closed_within(ws: Any, seconds: float) -> Any:
+    """The close frame the server sends within `seconds` (other messages skipped)."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                await ws.recv()
+            except websockets.ConnectionClosed as closed:
+                frame = closed.rcvd
+                break
+    assert frame is not None, "the server sent a close frame"
+    return frame
+
+
+async def test_a_connection_is_closed_once_its_token_expires(
+    make_settings: Callable[..., Any],
+) -> None:
+    settings = await make_settings("embedded", access_token_ttl_seconds=2)
+    async with served(settings) as (api, ws_url):
+        _, token = await api.user_token()
+        expires = unverified_expiry(token)
+        assert expires is not None
+        async with websockets.connect(f"{ws_url}?token={token}") as ws:
+            close = await _closed_within(ws, 10)
+            closed_at = time.time()
+    assert (close.code, close.reason) == (1008, "token expired or revoked")
+    assert expires <= closed_at < expires + 2
+
+
+async def test_a_disabled_accounts_connection_is_closed_and_others_stay(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    settings = await make_settings(backend, ws_token_recheck_seconds=0.2)
+    async with served(settings) as (api, ws_url):
+        hub = api.container.hub
+        _, admin = await api.user_token("ADMIN")
+        user_id, token = await api.user_token()
+        other_id, other_token = await api.user_token()
+        async with (
+            websockets.connect(f"{ws_url}?token={token}") as ws,
+            websockets.connect(f"{ws_url}?token={other_token}") as other,
+        ):
+            await asyncio.sleep(0.5)  # rechecked a few times, still let in
+            assert hub.connections(uuid.UUID(user_id)) == 1
+            disabled = await api.http.patch(
+                f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=api.bearer(admin)
+            )
+            assert disabled.status_code == 200
+            close = await _closed_within(ws, 10)
+            assert (close.code, close.reason) == (1008, "token expired or revoked")
+            assert hub.connections(uuid.UUID(user_id)) == 0
+            assert hub.connections(uuid.UUID(other_id)) == 1
+            assert other.state is websockets.protocol.State.OPEN
+
+
+async def test_a_connection_stays_while_its_token_cannot_be_checked(
+    make_settings: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = await make_settings("embedded", ws_token_recheck_seconds=0.1)
+    async with served(settings) as (api, ws_url):
+        user_id, token = await api.user_token()
+        checks = 0
+
+        async def unreachable(_token: str) -> Any:
+            nonlocal checks
+            checks += 1
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        async with websockets.connect(f"{ws_url}?token={token}") as ws:
+            await asyncio.sleep(0.3)
+            monkeypatch.setattr(api.container.auth_client, "authenticate", unreachable)
+            await asyncio.sleep(0.5)
+            assert checks >= 2, "the check was tried again"
+            assert api.container.hub.connections(uuid.UUID(user_id)) == 1
+            assert ws.state is websockets.protocol.State.OPEN

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from currencyex.kernel.errors import InvalidToken
-from currencyex.platform.tokens import TokenIssuer, generate_key, load_keys
+from currencyex.platform.tokens import TokenIssuer, generate_key, load_keys, unverified_expiry
 
 NOW = datetime.now(UTC)
 
@@ -34,6 +34,13 @@ def test_issued_token_carries_every_required_claim_and_verifies(tmp_path):
     assert header["kid"] == tokens.jwks()["keys"][0]["kid"]
     assert set(claims) == {"iss", "aud", "sub", "role", "exp", "iat", "jti"}
     assert tokens.verify(token).sub == "user-1"
+
+
+def test_the_expiry_of_a_token_is_read_without_a_check(tmp_path):
+    token = issuer(tmp_path, ttl_seconds=60).issue(subject="user-1", role="CUSTOMER", now=NOW)
+    assert unverified_expiry(token) == int((NOW + timedelta(seconds=60)).timestamp())
+    assert unverified_expiry("not.a.jwt") is None
+    assert unverified_expiry(f"{b64({'alg': 'none'})}.{b64({'sub': 'x'})}.") is None
 
 
 def test_alg_none_token_is_refused(tmp_path):

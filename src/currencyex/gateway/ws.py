@@ -2,7 +2,9 @@
 
 The token comes in `?token=` or as `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot
 set headers on a WebSocket); the connection is then accepted with the `bearer` subprotocol.
-A missing or bad token, or a role the policy does not let in, is closed with 1008.
+A missing or bad token, or a role the policy does not let in, is closed with 1008; so is a live
+connection once its token expires or its user is disabled or loses the role (checked at the
+token's expiry and every `ws_token_recheck_seconds`).
 Client messages: {"action": "subscribe" | "unsubscribe", "topic": "rates"} and {"event":
 "pong"} (any message counts as a sign of life against the server's pings).
 """
@@ -11,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from currencyex.auth.client import Principal
 from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, Subscription, TooManyConnections
-from currencyex.kernel.errors import AppError
+from currencyex.kernel.errors import AccountDisabled, AppError, InvalidToken
+from currencyex.platform.tokens import unverified_expiry
 
 if TYPE_CHECKING:
     from currencyex.bootstrap import Container
@@ -40,18 +46,30 @@ def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
     return None, None
 
 
+async def _admitted(services: Container, token: str) -> Principal | None:
+    """Who `token` lets in, or None: the token is bad or expired, the account disabled, or its
+    role not let in. A dependency being down raises."""
+    try:
+        principal = await services.auth_client.authenticate(token)
+    except (InvalidToken, AccountDisabled):
+        return None
+    if not services.enforcer.enforce(principal.role.value, PATH, "GET"):
+        return None
+    return principal
+
+
 async def live_updates(websocket: WebSocket) -> None:
     services: Container = websocket.app.state.container
     token, subprotocol = _credentials(websocket)
     principal = None
     if token is not None:
         try:
-            principal = await services.auth_client.authenticate(token)
+            principal = await _admitted(services, token)
         except AppError:
             principal = None
     # Accepted before closing, so the client gets the close code rather than a failed handshake.
     await websocket.accept(subprotocol=subprotocol)
-    if principal is None or not services.enforcer.enforce(principal.role.value, PATH, "GET"):
+    if token is None or principal is None:
         await websocket.close(CloseCode.POLICY_VIOLATION, "invalid or missing token")
         return
     try:
@@ -63,13 +81,36 @@ async def live_updates(websocket: WebSocket) -> None:
         await websocket.close(CloseCode.GOING_AWAY, exc.message)
         return
     try:
-        await _serve(websocket, subscription)
+        await _serve(websocket, subscription, _recheck(services, token, subscription))
     finally:
         await services.hub.unregister(subscription)
 
 
-async def _serve(websocket: WebSocket, subscription: Subscription) -> None:
-    """Until the client leaves, or the hub lets go of it (too slow, silent, shutting down).
+async def _recheck(services: Container, token: str, subscription: Subscription) -> None:
+    """At the token's expiry and every `ws_token_recheck_seconds`, until the token no longer
+    lets its user in: then the hub closes the connection (1008). While the check cannot be
+    made (a dependency down), the connection stays and the check is tried again later."""
+    every = services.settings.ws_token_recheck_seconds
+    expires = unverified_expiry(token)
+    while True:
+        wait = every if expires is None else min(every, expires - time.time())
+        # A little past `exp`: a token is valid while now < exp.
+        await asyncio.sleep(max(wait, 0.0) + 0.01)
+        try:
+            admitted = await _admitted(services, token)
+        except Exception:
+            log.warning("ws.recheck_failed", user_id=str(subscription.user_id), exc_info=True)
+            continue
+        if admitted is None or admitted.user_id != subscription.user_id:
+            services.hub.revoke(subscription, "token expired or revoked")
+            return
+
+
+async def _serve(
+    websocket: WebSocket, subscription: Subscription, recheck: Coroutine[Any, Any, None]
+) -> None:
+    """Until the client leaves, or the hub lets go of it (too slow, silent, shutting down, the
+    token no longer valid: `recheck` runs meanwhile).
 
     The hub closes the socket when it lets go, but a client that does not read never takes the
     close frame, and the hub stops trying after a while: returning then ends the connection
@@ -77,12 +118,13 @@ async def _serve(websocket: WebSocket, subscription: Subscription) -> None:
     """
     listening = asyncio.create_task(_listen(websocket, subscription))
     let_go = asyncio.create_task(subscription.wait_closed())
+    checking = asyncio.create_task(recheck)
     try:
         await asyncio.wait((listening, let_go), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (listening, let_go):
+        for task in (listening, let_go, checking):
             task.cancel()
-        await asyncio.gather(listening, let_go, return_exceptions=True)
+        await asyncio.gather(listening, let_go, checking, return_exceptions=True)
     if not listening.cancelled():
         listening.result()  # an unexpected failure surfaces as before
 

@@ -176,6 +176,10 @@ class Hub:
     def connections(self, user_id: uuid.UUID) -> int:
         return len(self._by_user.get(user_id, ()))
 
+    def revoke(self, subscription: Subscription, reason: str) -> None:
+        """The connection's credentials no longer hold: close it (1008) in the background."""
+        self._let_go(subscription, reason, CloseCode.POLICY_VIOLATION)
+
     async def close(self) -> None:
         """Shutdown: close every connection (1001) and refuse new ones."""
         self._closing = True

@@ -201,5 +201,16 @@ class TokenIssuer:
         }
 
 
+def unverified_expiry(token: str) -> float | None:
+    """The `exp` of `token` as a Unix time, read without any check, or None if there is none.
+
+    For timing only (when to look at a token again): whether it is valid is for `verify`."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
