@@ -2,7 +2,8 @@
 
 The walk of issue 5: an approved customer with a deposit sends money and the client sees
 PROCESSING then COMPLETED within a few seconds; a bad token is closed with 1008, and so is a
-live connection once its token expires or its account is disabled.
+live connection once its token expires or its account is disabled. A token that cannot be
+checked (a dependency down) is closed with 1013, try again later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import websockets
 import websockets.protocol
 
+from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.platform.tokens import unverified_expiry
 from ws_support import next_update, served
 
@@ -142,3 +144,23 @@ async def test_a_connection_stays_while_its_token_cannot_be_checked(
             assert checks >= 2, "the check was tried again"
             assert api.container.hub.connections(uuid.UUID(user_id)) == 1
             assert ws.state is websockets.protocol.State.OPEN
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [ConnectionRefusedError(111, "Connection refused"), DependencyUnavailable()],
+    ids=["unreachable", "unavailable"],
+)
+async def test_a_token_that_cannot_be_checked_is_told_to_try_again_later(
+    make_settings: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, outage: Exception
+) -> None:
+    async with served(await make_settings("embedded")) as (api, ws_url):
+        _, token = await api.user_token()
+
+        async def unreachable(_token: str) -> Any:
+            raise outage
+
+        monkeypatch.setattr(api.container.auth_client, "authenticate", unreachable)
+        async with websockets.connect(f"{ws_url}?token={token}") as ws:
+            close = await _closed_within(ws, 10)
+    assert (close.code, close.reason) == (1013, "authentication unavailable, try again later")

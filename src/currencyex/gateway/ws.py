@@ -4,7 +4,8 @@ The token comes in `?token=` or as `Sec-WebSocket-Protocol: bearer, <token>` (br
 set headers on a WebSocket); the connection is then accepted with the `bearer` subprotocol.
 A missing or bad token, or a role the policy does not let in, is closed with 1008; so is a live
 connection once its token expires or its user is disabled or loses the role (checked at the
-token's expiry and every `ws_token_recheck_seconds`).
+token's expiry and every `ws_token_recheck_seconds`). A token that cannot be checked (a
+dependency down) is closed with 1013, try again later.
 Client messages: {"action": "subscribe" | "unsubscribe", "topic": "rates"} and {"event":
 "pong"} (any message counts as a sign of life against the server's pings).
 """
@@ -22,7 +23,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from currencyex.auth.client import Principal
 from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, Subscription, TooManyConnections
-from currencyex.kernel.errors import AccountDisabled, AppError, InvalidToken
+from currencyex.kernel.errors import AccountDisabled, AppError, DependencyUnavailable, InvalidToken
+from currencyex.platform.outages import dependency_down
 from currencyex.platform.tokens import unverified_expiry
 
 if TYPE_CHECKING:
@@ -62,15 +64,21 @@ async def live_updates(websocket: WebSocket) -> None:
     services: Container = websocket.app.state.container
     token, subprotocol = _credentials(websocket)
     principal = None
+    refusal = CloseCode.POLICY_VIOLATION, "invalid or missing token"
     if token is not None:
         try:
             principal = await _admitted(services, token)
-        except AppError:
-            principal = None
+        except Exception as exc:
+            if isinstance(exc, DependencyUnavailable) or dependency_down(exc):
+                # The token could not be checked: nothing says it is bad, the client may retry.
+                log.warning("ws.authentication_unavailable", error=repr(exc))
+                refusal = CloseCode.TRY_AGAIN_LATER, "authentication unavailable, try again later"
+            elif not isinstance(exc, AppError):
+                raise
     # Accepted before closing, so the client gets the close code rather than a failed handshake.
     await websocket.accept(subprotocol=subprotocol)
     if token is None or principal is None:
-        await websocket.close(CloseCode.POLICY_VIOLATION, "invalid or missing token")
+        await websocket.close(*refusal)
         return
     try:
         subscription = services.hub.register(principal.user_id, websocket)
