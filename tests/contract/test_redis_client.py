@@ -25,6 +25,7 @@ from currencyex.platform.redis_client import (
     pack,
     parse,
 )
+from redis_support import ping_fails
 
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -158,12 +159,7 @@ async def test_the_database_in_the_url_is_selected(key: str) -> None:
 
 async def test_a_refused_password_is_an_unavailable_redis() -> None:
     host_and_port = REDIS_URL.split("//", 1)[1].rsplit("/", 1)[0]
-    client = RedisClient(f"redis://:wrong@{host_and_port}/0", timeout=2.0)
-    try:
-        with pytest.raises(RedisUnavailable, match="refused us"):
-            await client.call("PING")
-    finally:
-        await client.close()
+    await ping_fails(f"redis://:wrong@{host_and_port}/0", client_timeout=2.0, match="refused us")
 
 
 async def test_an_unreachable_redis_fails_every_waiting_caller_at_once() -> None:

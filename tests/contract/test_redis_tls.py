@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from currencyex.platform.redis_client import RedisClient, RedisUnavailable
+from currencyex.platform.redis_client import RedisClient
+from redis_support import ping_fails
 
 from conftest import free_port
 
@@ -163,20 +164,11 @@ async def test_commands_go_over_tls_to_a_server_whose_ca_is_trusted(
 
 
 async def test_a_server_whose_certificate_is_not_trusted_is_refused(tls_redis: TlsRedis) -> None:
-    client = RedisClient(f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0", timeout=5.0)
-    try:
-        with pytest.raises(RedisUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
-            await client.call("PING")
-    finally:
-        await client.close()
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0"
+    await ping_fails(url, client_timeout=5.0, match="CERTIFICATE_VERIFY_FAILED")
 
 
 async def test_plain_text_to_a_tls_port_fails_within_the_timeout(tls_redis: TlsRedis) -> None:
-    client = RedisClient(f"redis://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0", timeout=1.0)
     started = time.monotonic()
-    try:
-        with pytest.raises(RedisUnavailable):
-            await client.call("PING")
-    finally:
-        await client.close()
+    await ping_fails(f"redis://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0", client_timeout=1.0)
     assert time.monotonic() - started < 5
