@@ -584,7 +584,7 @@ def bench(args: argparse.Namespace) -> int:
                 f"load: {args.clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s "
                 f"measured, against {', '.join(server.bases)}"
             )
-            server_cpu, client_cpu = server.cpu(), resource.getrusage(resource.RUSAGE_SELF)
+            server_cpu, client_usage = server.cpu(), resource.getrusage(resource.RUSAGE_SELF)
             busy, total = machine_ticks()
             stats = run_loop(
                 load(
@@ -601,7 +601,7 @@ def bench(args: argparse.Namespace) -> int:
             server_cpu = server_cpu_after - server_cpu
             after = resource.getrusage(resource.RUSAGE_SELF)
             client_cpu = (after.ru_utime + after.ru_stime) - (
-                client_cpu.ru_utime + client_cpu.ru_stime
+                client_usage.ru_utime + client_usage.ru_stime
             )
             busy_after, total_after = machine_ticks()
             machine_busy = (busy_after - busy) / max(1, total_after - total) * 100

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -57,8 +58,8 @@ async def main(rounds: int) -> None:
 
         rows = []
         for name, way in (("SQLAlchemy", sa_transaction), ("asyncpg", raw_transaction)):
-            one = await cpu_per_round(rounds, lambda n, way=way: way(n, 1))
-            three = await cpu_per_round(rounds, lambda n, way=way: way(n, 3))
+            one = await cpu_per_round(rounds, functools.partial(way, statements=1))
+            three = await cpu_per_round(rounds, functools.partial(way, statements=3))
             rows.append((name, one, three, (three - one) / 2))
         alone = await cpu_per_round(rounds, raw_alone)
     finally:
