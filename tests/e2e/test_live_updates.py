@@ -86,12 +86,15 @@ async def _closed_within(ws: Any, seconds: float) -> Any:
 async def test_a_connection_is_closed_once_its_token_expires(
     make_settings: Callable[..., Any],
 ) -> None:
-    settings = await make_settings("embedded", access_token_ttl_seconds=2)
+    # Valid for 2 to 3 s (`exp` is in whole seconds): time to connect on a busy machine.
+    settings = await make_settings("embedded", access_token_ttl_seconds=3)
     async with served(settings) as (api, ws_url):
-        _, token = await api.user_token()
+        user_id, token = await api.user_token()
         expires = unverified_expiry(token)
         assert expires is not None
         async with websockets.connect(f"{ws_url}?token={token}") as ws:
+            await asyncio.sleep(0.2)
+            assert api.container.hub.connections(uuid.UUID(user_id)) == 1, "let in at first"
             close = await _closed_within(ws, 10)
             closed_at = time.time()
     assert (close.code, close.reason) == (1008, "token expired or revoked")
