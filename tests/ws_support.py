@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+import websockets
 
 from currencyex.app import create_app
 from currencyex.bootstrap import build
@@ -68,3 +69,14 @@ async def statuses(ws: Any, txn_id: str) -> list[str]:
         updates.append(await next_update(ws))
     assert {update["data"]["txn_id"] for update in updates} == {txn_id}
     return [update["data"]["status"] for update in updates]
+
+
+async def read_to_the_end(ws: Any) -> tuple[list[dict[str, Any]], websockets.ConnectionClosed]:
+    """Every message still on its way to `ws`, and how the connection ended; fails if the
+    server sends nothing for 10 seconds without ending it."""
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        except websockets.ConnectionClosed as closed:
+            return messages, closed

@@ -20,7 +20,7 @@ import websockets.protocol
 
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.platform.tokens import unverified_expiry
-from ws_support import next_update, served
+from ws_support import next_update, read_to_the_end, served
 
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
 
@@ -70,17 +70,12 @@ async def test_missing_or_bad_token_is_closed_with_policy_violation(
 # Credentials checked again while a connection lives
 
 
-async def _closed_within(ws: Any, seconds: float) -> Any:
-    """The close frame the server sends within `seconds` (other messages skipped)."""
-    async with asyncio.timeout(seconds):
-        while True:
-            try:
-                await ws.recv()
-            except websockets.ConnectionClosed as closed:
-                frame = closed.rcvd
-                break
-    assert frame is not None, "the server sent a close frame"
-    return frame
+async def close_frame(ws: Any) -> Any:
+    """The close frame the server ends `ws` with within 10 s (other messages skipped)."""
+    async with asyncio.timeout(10):
+        _, closed = await read_to_the_end(ws)
+    assert closed.rcvd is not None, "the server sent a close frame"
+    return closed.rcvd
 
 
 async def test_a_connection_is_closed_once_its_token_expires(
@@ -95,7 +90,7 @@ async def test_a_connection_is_closed_once_its_token_expires(
         async with websockets.connect(f"{ws_url}?token={token}") as ws:
             await asyncio.sleep(0.2)
             assert api.container.hub.connections(uuid.UUID(user_id)) == 1, "let in at first"
-            close = await _closed_within(ws, 10)
+            close = await close_frame(ws)
             closed_at = time.time()
     assert (close.code, close.reason) == (1008, "token expired or revoked")
     assert expires <= closed_at < expires + 2
@@ -120,7 +115,7 @@ async def test_a_disabled_accounts_connection_is_closed_and_others_stay(
                 f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=api.bearer(admin)
             )
             assert disabled.status_code == 200
-            close = await _closed_within(ws, 10)
+            close = await close_frame(ws)
             assert (close.code, close.reason) == (1008, "token expired or revoked")
             assert hub.connections(uuid.UUID(user_id)) == 0
             assert hub.connections(uuid.UUID(other_id)) == 1
@@ -165,5 +160,5 @@ async def test_a_token_that_cannot_be_checked_is_told_to_try_again_later(
 
         monkeypatch.setattr(api.container.auth_client, "authenticate", unreachable)
         async with websockets.connect(f"{ws_url}?token={token}") as ws:
-            close = await _closed_within(ws, 10)
+            close = await close_frame(ws)
     assert (close.code, close.reason) == (1013, "authentication unavailable, try again later")

@@ -28,7 +28,7 @@ import websockets
 
 from currencyex.rates.providers import bundled_ecb_rates
 from rates_support import ecb_feed, ecb_xml
-from ws_support import messages_until, next_event, served, statuses
+from ws_support import messages_until, next_event, read_to_the_end, served, statuses
 
 from conftest import eventually
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send
@@ -136,17 +136,6 @@ async def cramped_socket(ws_url: str) -> socket.socket:
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     return sock
-
-
-async def read_to_the_end(ws: Any) -> tuple[list[dict[str, Any]], websockets.ConnectionClosed]:
-    """Every message still on its way to `ws`, and how the connection ended; fails if the
-    server sends nothing for 10 seconds without ending it."""
-    messages = []
-    while True:
-        try:
-            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-        except websockets.ConnectionClosed as closed:
-            return messages, closed
 
 
 @pytest.mark.parametrize("reads_again", ["at-once", "after-the-close-timeout"])
