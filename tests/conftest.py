@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from currencyex.app import create_app
 from currencyex.bootstrap import Container, build
 from currencyex.config import Settings
-from currencyex.platform.logging import configure_logging
-from currencyex.platform.migrate import upgrade
+from currencyex.platform.db.migrate import upgrade
+from currencyex.platform.observability.logging import configure_logging
 
 PG_ADMIN_URL = os.environ.get(
     "CURRENCYEX_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -270,7 +270,7 @@ class Api:
 
     async def user_token(self, role: str = "CUSTOMER") -> tuple[str, str]:
         """A fresh user of `role` and its access token: (user_id, token)."""
-        from currencyex.auth.domain import Role
+        from currencyex.kernel.principal import Role
 
         email = f"{role.lower()}-{uuid.uuid4().hex[:10]}@example.com"
         if role == "CUSTOMER":

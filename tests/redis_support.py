@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from currencyex.platform.redis_client import RedisClient, RedisUnavailable
+from currencyex.platform.cache.redis_client import RedisClient, RedisUnavailable
 
 
 async def ping_fails(url: str, *, client_timeout: float, match: str | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from aiobotocore.session import get_session
 
-from currencyex.platform.storage import LocalFolderStorage
+from currencyex.platform.storage.local import LocalFolderStorage
 
 from conftest import S3_CREDENTIALS, Api
 

@@ -15,8 +15,7 @@ import structlog
 from currencyex.auth.client import AuthClient, InProcessAuthClient
 from currencyex.auth.repository import SqlAuthUnitOfWork
 from currencyex.auth.service import AuthService
-from currencyex.config import Settings
-from currencyex.documents.api import SIGNED_FILES_PATH
+from currencyex.config import SIGNED_FILES_PATH, Settings
 from currencyex.documents.client import DocumentsClient, InProcessDocumentsClient
 from currencyex.documents.repository import SqlDocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
@@ -32,19 +31,20 @@ from currencyex.kernel.ports import (
     RateLimitStore,
     UnitOfWork,
 )
-from currencyex.platform.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
-from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
-from currencyex.platform.cache import MemoryCache, RedisCache
-from currencyex.platform.db import Database
-from currencyex.platform.email import ConsoleEmailSender, SmtpEmailSender
-from currencyex.platform.metrics import Metrics
-from currencyex.platform.outbox import OutboxRelay
-from currencyex.platform.passwords import PasswordHasher
-from currencyex.platform.pg import PgUnitOfWork
-from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
-from currencyex.platform.storage import LocalFolderStorage, S3Storage, load_signing_key
-from currencyex.platform.tokens import TokenIssuer, load_keys
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.cache.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.cache.store import MemoryCache, RedisCache
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.pg import PgUnitOfWork
+from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.messaging.email import ConsoleEmailSender, SmtpEmailSender
+from currencyex.platform.messaging.outbox import OutboxRelay
+from currencyex.platform.observability.metrics import Metrics
+from currencyex.platform.resilience.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
+from currencyex.platform.security.passwords import PasswordHasher
+from currencyex.platform.security.tokens import TokenIssuer, load_keys
+from currencyex.platform.storage.local import LocalFolderStorage, load_signing_key
+from currencyex.platform.storage.s3 import S3Storage
 from currencyex.rates.client import InProcessRatesClient, RatesClient
 from currencyex.rates.domain import CorridorOverride, Peg, PricingPolicy, PricingTerms, RateProvider
 from currencyex.rates.providers import EcbBundledProvider, EcbHttpProvider, bundled_ecb_rates

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import uvicorn
 
-from currencyex.auth.domain import Role
 from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.kernel.errors import AppError
-from currencyex.platform.logging import configure_logging
-from currencyex.platform.migrate import upgrade
-from currencyex.platform.tokens import generate_key
+from currencyex.kernel.principal import (
+    Role,
+)
+from currencyex.platform.db.migrate import upgrade
+from currencyex.platform.observability.logging import configure_logging
+from currencyex.platform.security.tokens import generate_key
 
 
 def _settle_garbage_collector() -> None:

@@ -21,6 +21,9 @@ from pydantic_settings import (
 
 FailMode = Literal["open", "closed"]
 
+# Where the app serves the local folder store's signed links (the documents routes).
+SIGNED_FILES_PATH = "/v1/docs/files"
+
 
 class RatePeg(BaseModel):
     """A currency held at `rate` units per one `base` currency (AED: 3.6725 per USD)."""

@@ -6,8 +6,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from currencyex.auth.domain import Role, UserFilter
-from currencyex.platform.outbox import outbox_table
+from currencyex.auth.domain import UserFilter
+from currencyex.kernel.principal import Role
+from currencyex.platform.messaging.outbox import outbox_table
 
 
 def staff_body(role: str = "TELLER") -> dict:

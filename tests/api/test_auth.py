@@ -156,7 +156,7 @@ async def test_missing_or_garbage_token_is_401_2002(api, header):
 
 
 async def test_token_forged_with_another_key_is_401_2002(api, tmp_path):
-    from currencyex.platform.tokens import TokenIssuer, load_keys
+    from currencyex.platform.security.tokens import TokenIssuer, load_keys
 
     user = await api.register()
     real = api.container.tokens

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from currencyex.documents.repository import SqlDocumentsUnitOfWork, documents
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import DependencyUnavailable
-from currencyex.platform.audit import audit_table
-from currencyex.platform.outbox import outbox_table
-from currencyex.platform.storage import LocalFolderStorage
+from currencyex.platform.db.audit import audit_table
+from currencyex.platform.messaging.outbox import outbox_table
+from currencyex.platform.storage.local import LocalFolderStorage
 from storage_support import fetch, stored_objects
 
 from conftest import (

@@ -22,7 +22,7 @@ from currencyex.app import create_app
 from currencyex.auth.repository import users
 from currencyex.bootstrap import build
 from currencyex.config import Settings
-from currencyex.platform.logging import configure_logging
+from currencyex.platform.observability.logging import configure_logging
 
 from conftest import Api, free_port, running_app
 

@@ -26,7 +26,7 @@ from currencyex.config import Settings
 from currencyex.gateway.limits import Limit, RateLimiter, route_limit
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.ports import BucketDecision
-from currencyex.platform.metrics import Metrics
+from currencyex.platform.observability.metrics import Metrics
 
 from conftest import Api, running_app
 

@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from currencyex.app import create_app
-from currencyex.auth.domain import Role
 from currencyex.bootstrap import Container, build
 from currencyex.gateway.guard import ANONYMOUS
+from currencyex.kernel.principal import Role
 
 CUSTOMER, TELLER, COMPLIANCE, ADMIN = "CUSTOMER", "TELLER", "COMPLIANCE", "ADMIN"
 ROLES = (ANONYMOUS, CUSTOMER, TELLER, COMPLIANCE, ADMIN)

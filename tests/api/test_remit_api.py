@@ -16,7 +16,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
-from currencyex.platform.audit import audit_table
+from currencyex.platform.db.audit import audit_table
 from currencyex.workers.receipts import audit_writer
 from storage_support import fetch, stored_objects
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
-from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
 
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REDELIVERY_DELAY = 0.1

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.ports import Cache
-from currencyex.platform.cache import MemoryCache, RedisCache
-from currencyex.platform.redis_client import RedisUnavailable
+from currencyex.platform.cache.redis_client import RedisUnavailable
+from currencyex.platform.cache.store import MemoryCache, RedisCache
 
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from currencyex.platform.db import Database
-from currencyex.platform.driver_pool import DriverPool, PoolClosed, PoolTimeout
-from currencyex.platform.pg import PgUnitOfWork
+from currencyex.platform.db.driver_pool import DriverPool, PoolClosed, PoolTimeout
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.pg import PgUnitOfWork
 
 pytestmark = pytest.mark.integration
 

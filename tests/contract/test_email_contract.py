@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from currencyex.platform.email import ConsoleEmailSender, SmtpEmailSender
+from currencyex.platform.messaging.email import ConsoleEmailSender, SmtpEmailSender
 
 
 class SmtpSink:

@@ -26,8 +26,8 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import IdempotentRequest, SavedResponse
-from currencyex.platform.db import Database
-from currencyex.platform.outbox import outbox_table
+from currencyex.platform.db.engine import Database
+from currencyex.platform.messaging.outbox import outbox_table
 from currencyex.wallet.domain import (
     AccountKind,
     Hold,

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from currencyex.platform.migrate import downgrade, upgrade
+from currencyex.platform.db.migrate import downgrade, upgrade
 
 from conftest import PG_ADMIN_URL, _admin
 

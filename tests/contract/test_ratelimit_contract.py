@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.ports import BucketDecision, RateLimitStore
-from currencyex.platform.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
-from currencyex.platform.redis_client import RedisUnavailable
+from currencyex.platform.cache.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.cache.redis_client import RedisUnavailable
 
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"

@@ -17,7 +17,7 @@ import pytest_asyncio
 import uvloop
 from redis.asyncio import Redis
 
-from currencyex.platform.redis_client import (
+from currencyex.platform.cache.redis_client import (
     RedisClient,
     RedisError,
     RedisUnavailable,

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from currencyex.platform.redis_client import RedisClient
+from currencyex.platform.cache.redis_client import RedisClient
 from redis_support import ping_fails
 
 from conftest import free_port

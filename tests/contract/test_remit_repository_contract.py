@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import Database
-from currencyex.platform.idempotency import PENDING, idempotency_table
-from currencyex.platform.outbox import outbox_table
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.idempotency import PENDING, idempotency_table
+from currencyex.platform.messaging.outbox import outbox_table
 from currencyex.remit import repository
 from currencyex.remit.domain import (
     Beneficiary,

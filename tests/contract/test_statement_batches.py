@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from currencyex.platform.db import Database
-from currencyex.platform.pg import PgUnitOfWork
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.pg import PgUnitOfWork
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,9 @@ from currencyex.bootstrap import build
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.ports import ObjectStorage
-from currencyex.platform.breaker import BreakerSettings, CircuitBreaker
-from currencyex.platform.storage import LocalFolderStorage, S3Storage, load_signing_key
+from currencyex.platform.resilience.breaker import BreakerSettings, CircuitBreaker
+from currencyex.platform.storage.local import LocalFolderStorage, load_signing_key
+from currencyex.platform.storage.s3 import S3Storage
 
 from conftest import S3_CREDENTIALS
 

@@ -24,12 +24,12 @@ import sqlalchemy as sa
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
-from currencyex.platform.audit import audit_table
-from currencyex.platform.db import Database
-from currencyex.platform.idempotency import idempotency_table
-from currencyex.platform.outbox import outbox_table
-from currencyex.platform.pg import PgUnitOfWork
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.audit import audit_table
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.idempotency import idempotency_table
+from currencyex.platform.db.pg import PgUnitOfWork
+from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.messaging.outbox import outbox_table
 
 SCOPE, OWNER = "contract.scope", "owner-1"
 

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import StatementError
 
 from currencyex.kernel.events import Event
-from currencyex.platform.db import Database
-from currencyex.platform.outbox import outbox_table, processed_events_table
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.messaging.outbox import outbox_table, processed_events_table
 
 BACKEND_OF = {"sqlite": "embedded", "postgres": "real"}
 

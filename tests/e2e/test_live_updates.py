@@ -19,7 +19,7 @@ import websockets
 import websockets.protocol
 
 from currencyex.kernel.errors import DependencyUnavailable
-from currencyex.platform.tokens import unverified_expiry
+from currencyex.platform.security.tokens import unverified_expiry
 from ws_support import next_update, read_to_the_end, served
 
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send

@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from currencyex.bootstrap import Container
 from currencyex.kernel.events import USER_REGISTERED, Event
 from currencyex.kernel.ports import EventHandler
-from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
-from currencyex.platform.db import Database
-from currencyex.platform.email import ConsoleEmailSender
-from currencyex.platform.outbox import OutboxRelay, outbox_table, processed_events_table
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.messaging.email import ConsoleEmailSender
+from currencyex.platform.messaging.outbox import OutboxRelay, outbox_table, processed_events_table
 from currencyex.workers.welcome import CONSUMER, welcome_email
 
 from conftest import NATS_URL, Api, eventually, running_app

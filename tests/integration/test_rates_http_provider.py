@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from currencyex.kernel.clock import SystemClock
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
-from currencyex.platform.breaker import BreakerSettings, CircuitBreaker
-from currencyex.platform.bus import InProcessBus, NatsJetStreamBus
-from currencyex.platform.cache import RedisCache
+from currencyex.platform.cache.store import RedisCache
+from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.resilience.breaker import BreakerSettings, CircuitBreaker
 from currencyex.rates.domain import (
     RATE_UPDATED,
     Peg,

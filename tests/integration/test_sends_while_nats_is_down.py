@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from currencyex.platform.audit import audit_table
-from currencyex.platform.outbox import outbox_table
+from currencyex.platform.db.audit import audit_table
+from currencyex.platform.messaging.outbox import outbox_table
 
 from conftest import free_port, running_app
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send, settled

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import DependencyUnavailable
-from currencyex.platform.breaker import (
+from currencyex.platform.resilience.breaker import (
     BreakerMetrics,
     BreakerSettings,
     BreakerState,

@@ -42,7 +42,8 @@ def test_unknown_or_mistyped_settings_are_refused(tmp_path, monkeypatch):
 
 def test_documents_default_to_a_local_folder_and_a_bucket_switches_to_s3(tmp_path, monkeypatch):
     from currencyex.bootstrap import build
-    from currencyex.platform.storage import LocalFolderStorage, S3Storage
+    from currencyex.platform.storage.local import LocalFolderStorage
+    from currencyex.platform.storage.s3 import S3Storage
 
     monkeypatch.delenv("CURRENCYEX_CONFIG", raising=False)
     local = Settings(data_dir=tmp_path)

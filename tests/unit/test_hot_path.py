@@ -17,7 +17,7 @@ from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.gateway.guard import POLICY_DIR, Policy, load_enforcer
 from currencyex.kernel.errors import InvalidToken
-from currencyex.platform.tokens import TokenIssuer, load_keys
+from currencyex.platform.security.tokens import TokenIssuer, load_keys
 
 MODEL = POLICY_DIR / "rbac_model.conf"
 POLICY = POLICY_DIR / "rbac_policy.csv"

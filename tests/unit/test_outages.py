@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 import sqlalchemy.exc
 
-from currencyex.platform.driver_pool import PoolTimeout
-from currencyex.platform.outages import dependency_down
-from currencyex.platform.redis_client import RedisError, RedisUnavailable
+from currencyex.platform.cache.redis_client import RedisError, RedisUnavailable
+from currencyex.platform.db.driver_pool import PoolTimeout
+from currencyex.platform.resilience.outages import dependency_down
 
 
 def raised_from(outer: Exception, inner: BaseException) -> Exception:

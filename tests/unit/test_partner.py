@@ -14,7 +14,7 @@ import pytest
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.money import Money
-from currencyex.platform.breaker import BreakerState, CircuitBreaker
+from currencyex.platform.resilience.breaker import BreakerState, CircuitBreaker
 from currencyex.remit.partner import (
     PAYOUT_BREAKER_SETTINGS,
     Beneficiary,

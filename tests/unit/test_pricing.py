@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import AmountOutOfLimits, RatesUnavailable, ValidationFailed
 from currencyex.kernel.money import Money, currency
-from currencyex.platform.bus import InProcessBus
-from currencyex.platform.cache import MemoryCache
+from currencyex.platform.cache.store import MemoryCache
+from currencyex.platform.messaging.bus import InProcessBus
 from currencyex.rates.domain import (
     RATE_DIGITS,
     CorridorOverride,

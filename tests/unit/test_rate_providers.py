@@ -15,9 +15,14 @@ from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import RatesUnavailable
 from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
-from currencyex.platform.breaker import BreakerSettings, BreakerState, CircuitBreaker, CircuitOpen
-from currencyex.platform.bus import InProcessBus
-from currencyex.platform.cache import MemoryCache
+from currencyex.platform.cache.store import MemoryCache
+from currencyex.platform.messaging.bus import InProcessBus
+from currencyex.platform.resilience.breaker import (
+    BreakerSettings,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+)
 from currencyex.rates.domain import (
     RATE_UPDATED,
     Peg,

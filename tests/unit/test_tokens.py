@@ -11,7 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from currencyex.kernel.errors import InvalidToken
-from currencyex.platform.tokens import TokenIssuer, generate_key, load_keys, unverified_expiry
+from currencyex.platform.security.tokens import (
+    TokenIssuer,
+    generate_key,
+    load_keys,
+    unverified_expiry,
+)
 
 NOW = datetime.now(UTC)
 
@@ -130,7 +135,7 @@ def test_processes_starting_together_on_an_empty_folder_share_one_first_key(tmp_
     script = """
 import sys, time
 from pathlib import Path
-from currencyex.platform.tokens import load_keys
+from currencyex.platform.security.tokens import load_keys
 print("ready", flush=True)
 while not Path(sys.argv[2]).exists():
     time.sleep(0.001)

@@ -9,17 +9,29 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, EmailStr, Field
 
-from currencyex.auth.domain import KycStatus, Role, Tier, TokenPair, User, UserFilter
+from currencyex.auth.domain import (
+    TokenPair,
+    User,
+    UserFilter,
+)
 from currencyex.auth.service import AuthService, UserChanges
+from currencyex.gateway.edge import app_state, edge
 from currencyex.gateway.errors import ErrorOut, Strict
-from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import Limit, rate_limited
 from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
+from currencyex.kernel.principal import (
+    KycStatus,
+    Role,
+    Tier,
+)
+from currencyex.platform.security.tokens import TokenIssuer
 
 
 # async: FastAPI would run a plain `def` dependency in a worker thread on every request.
 async def auth_service(request: Request) -> AuthService:
-    return container(request).auth
+    service: AuthService = app_state(request).auth
+    return service
 
 
 Auth = Annotated[AuthService, Depends(auth_service)]
@@ -126,7 +138,7 @@ async def register(body: RegisterIn, auth: Auth) -> UserOut:
 @router.post("/login")
 @rate_limited("login", 5, per="ip")
 async def login(body: LoginIn, auth: Auth, request: Request) -> TokenOut:
-    await container(request).limiter.check(request, LOGIN_PER_EMAIL, body.email.lower())
+    await edge(request).limiter.check(request, LOGIN_PER_EMAIL, body.email.lower())
     return TokenOut.of(await auth.login(body.email, body.password))
 
 
@@ -150,7 +162,8 @@ async def me(auth: Auth, caller: CurrentPrincipal) -> UserOut:
 
 @router.get("/jwks")
 async def jwks(request: Request) -> dict[str, list[dict[str, str]]]:
-    return container(request).tokens.jwks()
+    tokens: TokenIssuer = app_state(request).tokens
+    return tokens.jwks()
 
 
 @admin.post("/staff", status_code=201)

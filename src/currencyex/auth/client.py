@@ -10,30 +10,14 @@ from typing import Protocol
 from currencyex.auth.domain import (
     KycApplicant,
     KycQueuePosition,
-    KycStatus,
-    Principal,
-    Role,
-    Tier,
 )
 from currencyex.auth.service import AuthService
+from currencyex.kernel.principal import Authenticator, Principal
 
-__all__ = [
-    "AuthClient",
-    "InProcessAuthClient",
-    "KycApplicant",
-    "KycQueuePosition",
-    "KycStatus",
-    "Principal",
-    "Role",
-    "Tier",
-]
+__all__ = ["AuthClient", "InProcessAuthClient", "KycApplicant", "KycQueuePosition"]
 
 
-class AuthClient(Protocol):
-    async def authenticate(self, access_token: str) -> Principal:
-        """The caller behind a bearer token; 2002 for a bad token, 2005 for a disabled account."""
-        ...
-
+class AuthClient(Authenticator, Protocol):
     async def principal(self, user_id: uuid.UUID) -> Principal | None:
         """What the auth service knows of a user (role, tier, KYC), or None if there is none."""
         ...

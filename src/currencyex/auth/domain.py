@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import re
 import uuid
 from dataclasses import dataclass
@@ -11,28 +10,7 @@ from typing import Protocol
 
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.ports import UnitOfWork
-
-
-class Role(enum.StrEnum):
-    CUSTOMER = "CUSTOMER"
-    TELLER = "TELLER"
-    COMPLIANCE = "COMPLIANCE"
-    ADMIN = "ADMIN"
-
-
-STAFF_ROLES = frozenset({Role.TELLER, Role.COMPLIANCE, Role.ADMIN})
-
-
-class KycStatus(enum.StrEnum):
-    PENDING = "PENDING"
-    IN_REVIEW = "IN_REVIEW"
-    APPROVED = "APPROVED"
-    REJECTED = "REJECTED"
-
-
-class Tier(enum.StrEnum):
-    BASIC = "BASIC"
-    PRO = "PRO"
+from currencyex.kernel.principal import KycStatus, Principal, Role, Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +27,11 @@ class User:
     created_at: datetime
     updated_at: datetime
     kyc_updated_at: datetime  # when kyc_status last changed
+
+
+def principal_of(user: User) -> Principal:
+    """What the rest of the system needs to know about `user` as a caller."""
+    return Principal(user.id, user.role, user.tier, user.kyc_status, user.disabled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,21 +51,6 @@ class KycQueuePosition:
 
     submitted_at: datetime
     user_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: what the guard needs on every request, cached briefly."""
-
-    user_id: uuid.UUID
-    role: Role
-    tier: Tier
-    kyc_status: KycStatus
-    disabled: bool
-
-    @classmethod
-    def of(cls, user: User) -> Principal:
-        return cls(user.id, user.role, user.tier, user.kyc_status, user.disabled)
 
 
 @dataclass(frozen=True, slots=True)

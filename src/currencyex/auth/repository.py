@@ -14,16 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from currencyex.auth.domain import (
     KycApplicant,
     KycQueuePosition,
-    KycStatus,
     RefreshToken,
-    Role,
-    Tier,
     User,
     UserFilter,
 )
 from currencyex.kernel.errors import EmailTaken
-from currencyex.platform.db import UtcDateTime, is_unique_violation, metadata
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.kernel.principal import (
+    KycStatus,
+    Role,
+    Tier,
+)
+from currencyex.platform.db.engine import UtcDateTime, is_unique_violation, metadata
+from currencyex.platform.db.uow import SqlUnitOfWork
 
 users = sa.Table(
     "auth_users",

@@ -11,19 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from currencyex.auth.domain import (
-    STAFF_ROLES,
     AuthUnitOfWork,
     KycApplicant,
     KycQueuePosition,
-    KycStatus,
-    Principal,
     RefreshToken,
-    Role,
-    Tier,
     TokenPair,
     User,
     UserFilter,
     check_password_policy,
+    principal_of,
 )
 from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
@@ -37,8 +33,15 @@ from currencyex.kernel.errors import (
 from currencyex.kernel.events import KYC_DECIDED, USER_REGISTERED, Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry, Cache
-from currencyex.platform.passwords import PasswordHasher
-from currencyex.platform.tokens import TokenIssuer
+from currencyex.kernel.principal import (
+    STAFF_ROLES,
+    KycStatus,
+    Principal,
+    Role,
+    Tier,
+)
+from currencyex.platform.security.passwords import PasswordHasher
+from currencyex.platform.security.tokens import TokenIssuer
 
 
 def normalise_email(email: str) -> str:
@@ -189,7 +192,7 @@ class AuthService:
             user = await uow.users.get(user_id)
         if user is None:
             return None
-        principal = Principal.of(user)
+        principal = principal_of(user)
         doc = {
             "role": principal.role,
             "tier": principal.tier,

@@ -11,7 +11,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from currencyex.auth.client import KycQueuePosition, KycStatus
+from currencyex.auth.client import (
+    KycQueuePosition,
+)
+from currencyex.config import SIGNED_FILES_PATH
 from currencyex.documents.domain import (
     MAX_DOCUMENT_BYTES,
     DocType,
@@ -22,8 +25,9 @@ from currencyex.documents.domain import (
 )
 from currencyex.documents.intake import MULTIPART_OVERHEAD, received_upload
 from currencyex.documents.service import DocumentService, QueueEntry
+from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import ErrorOut
-from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
 from currencyex.gateway.pagination import (
     decode_cursor,
@@ -33,18 +37,23 @@ from currencyex.gateway.pagination import (
     invalid_cursor,
 )
 from currencyex.kernel.errors import NotFound
+from currencyex.kernel.principal import (
+    KycStatus,
+)
+from currencyex.platform.storage.local import LocalFolderStorage
 
 
 # async: FastAPI would run a plain `def` dependency in a worker thread on every request.
 async def document_service(request: Request) -> DocumentService:
-    return container(request).documents
+    service: DocumentService = app_state(request).documents
+    return service
 
 
 Documents = Annotated[DocumentService, Depends(document_service)]
 
 PREFIX = "/v1/docs"
-FILES = "/files"
-SIGNED_FILES_PATH = PREFIX + FILES  # where the local store's signed links point (see bootstrap)
+# Where the local store's signed links point (bootstrap builds them from the same constant).
+FILES = SIGNED_FILES_PATH.removeprefix(PREFIX)
 UPLOAD = "/upload"
 UPLOAD_PATH = PREFIX + UPLOAD
 # The upload route checks the file as it streams; the request-size limit bounds the whole body.
@@ -200,7 +209,7 @@ async def signed_file(
     sig: Annotated[str, Query(max_length=128)] = "",
 ) -> FileResponse:
     """Serves a document of the local store to whoever holds a signed link to it."""
-    store = container(request).local_files
+    store: LocalFolderStorage | None = app_state(request).local_files
     file = store.open_signed("GET", path, expires, sig) if store is not None else None
     if file is None:
         raise NotFound("Link invalid or expired")

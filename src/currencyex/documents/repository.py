@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.documents.domain import DocType, Document, DocumentStatus, MediaType
-from currencyex.platform.db import UtcDateTime, metadata
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.engine import UtcDateTime, metadata
+from currencyex.platform.db.uow import SqlUnitOfWork
 
 documents = sa.Table(
     "docs_documents",

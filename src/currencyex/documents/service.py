@@ -14,8 +14,6 @@ from currencyex.auth.client import (
     AuthClient,
     KycApplicant,
     KycQueuePosition,
-    Principal,
-    Role,
 )
 from currencyex.documents.domain import (
     DOCUMENT_VIEWED,
@@ -34,6 +32,10 @@ from currencyex.kernel.errors import NotFound
 from currencyex.kernel.events import KYC_UPLOADED, Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry, ObjectStorage
+from currencyex.kernel.principal import (
+    Principal,
+    Role,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from currencyex.kernel.errors import (
     RateLimited,
     ValidationFailed,
 )
-from currencyex.platform.outages import dependency_down
+from currencyex.platform.resilience.outages import dependency_down
 
 log = structlog.get_logger(__name__)
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import casbin
 import structlog
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 
-from currencyex.auth.client import Principal
+from currencyex.gateway.edge import edge
 from currencyex.gateway.limits import Limit, RateLimiter, route_limit
 from currencyex.kernel.errors import Forbidden, InvalidToken
-
-if TYPE_CHECKING:
-    from currencyex.bootstrap import Container
+from currencyex.kernel.principal import (
+    Principal,
+)
 
 ANONYMOUS = "anonymous"
 POLICY_DIR = Path(__file__).resolve().parent.parent / "auth"
@@ -132,11 +132,6 @@ def _limit(name: str, capacity: int, per_seconds: float) -> Limit:
     return Limit(name=name, capacity=capacity, per_seconds=per_seconds)
 
 
-def container(request: Request) -> Container:
-    """The app's container (a plain helper, not a dependency: callers call it directly)."""
-    return request.app.state.container  # type: ignore[no-any-return]
-
-
 def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -146,7 +141,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def guard(request: Request) -> None:
-    services = container(request)
+    services = edge(request)
     settings = services.settings
     limiter = services.limiter
     await limiter.check(request, _limit("global", settings.global_rate_per_second, 1.0), "all")

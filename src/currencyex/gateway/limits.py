@@ -17,7 +17,7 @@ from fastapi import Request
 
 from currencyex.kernel.errors import DependencyUnavailable, RateLimited
 from currencyex.kernel.ports import RateLimitStore
-from currencyex.platform.metrics import Metrics
+from currencyex.platform.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from currencyex.platform.metrics import Metrics
+from currencyex.platform.observability.metrics import Metrics
 
 log = structlog.get_logger("currencyex.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from currencyex.gateway.guard import container
+from currencyex.gateway.edge import edge
 
 router = APIRouter(tags=["operations"])
 
@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
 async def readyz(request: Request) -> JSONResponse:
-    checks = container(request).readiness_checks()
+    checks = edge(request).readiness_checks()
     results = await asyncio.gather(
         *(asyncio.wait_for(check(), timeout=2.0) for check in checks.values()),
         return_exceptions=True,
@@ -39,5 +39,5 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     return Response(
-        container(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        edge(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

@@ -16,19 +16,19 @@ import asyncio
 import json
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from currencyex.auth.client import Principal
+from currencyex.gateway.edge import Edge, edge
 from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, Subscription, TooManyConnections
 from currencyex.kernel.errors import AccountDisabled, AppError, DependencyUnavailable, InvalidToken
-from currencyex.platform.outages import dependency_down
-from currencyex.platform.tokens import unverified_expiry
-
-if TYPE_CHECKING:
-    from currencyex.bootstrap import Container
+from currencyex.kernel.principal import (
+    Principal,
+)
+from currencyex.platform.resilience.outages import dependency_down
+from currencyex.platform.security.tokens import unverified_expiry
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
     return None, None
 
 
-async def _admitted(services: Container, token: str) -> Principal | None:
+async def _admitted(services: Edge, token: str) -> Principal | None:
     """Who `token` lets in, or None: the token is bad or expired, the account disabled, or its
     role not let in. A dependency being down raises."""
     try:
@@ -61,7 +61,7 @@ async def _admitted(services: Container, token: str) -> Principal | None:
 
 
 async def live_updates(websocket: WebSocket) -> None:
-    services: Container = websocket.app.state.container
+    services = edge(websocket)
     token, subprotocol = _credentials(websocket)
     principal = None
     refusal = CloseCode.POLICY_VIOLATION, "invalid or missing token"
@@ -94,7 +94,7 @@ async def live_updates(websocket: WebSocket) -> None:
         await services.hub.unregister(subscription)
 
 
-async def _recheck(services: Container, token: str, subscription: Subscription) -> None:
+async def _recheck(services: Edge, token: str, subscription: Subscription) -> None:
     """At the token's expiry and every `ws_token_recheck_seconds`, until the token no longer
     lets its user in: then the hub closes the connection (1008). While the check cannot be
     made (a dependency down), the connection stays and the check is tried again later."""

@@ -8,8 +8,9 @@ from typing import Annotated, Self
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
+from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import Strict
-from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.money import Money
 from currencyex.rates.domain import LiveRates, Quote, SupportedCurrency, format_rate
@@ -18,7 +19,8 @@ from currencyex.rates.service import RateService
 
 # async: FastAPI would run a plain `def` dependency in a worker thread on every request.
 async def rate_service(request: Request) -> RateService:
-    return container(request).rates
+    service: RateService = app_state(request).rates
+    return service
 
 
 Rates = Annotated[RateService, Depends(rate_service)]

@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 import httpx
 
 from currencyex.kernel.money import parse_rate
-from currencyex.platform.breaker import CircuitBreaker
+from currencyex.platform.resilience.breaker import CircuitBreaker
 from currencyex.rates.domain import PublishedRates, RateProviderError
 
 ECB_BASE = "EUR"

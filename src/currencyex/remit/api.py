@@ -11,8 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
+from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import Strict
-from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
@@ -21,7 +22,8 @@ from currencyex.remit.service import RemitService
 
 
 async def remit_service(request: Request) -> RemitService:
-    return container(request).remit
+    service: RemitService = app_state(request).remit
+    return service
 
 
 Remit = Annotated[RemitService, Depends(remit_service)]

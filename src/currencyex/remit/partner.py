@@ -27,7 +27,7 @@ import httpx
 
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.kernel.money import Money
-from currencyex.platform.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
+from currencyex.platform.resilience.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
 from currencyex.remit.domain import Beneficiary
 
 T = TypeVar("T")

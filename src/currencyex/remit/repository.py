@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import IdempotentRequest, SavedResponse
-from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore_for, metadata
-from currencyex.platform.idempotency import response_text
-from currencyex.platform.pg import PgUnitOfWork, event_args
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.engine import Database, UtcDateTime, insert_or_ignore_for, metadata
+from currencyex.platform.db.idempotency import response_text
+from currencyex.platform.db.pg import PgUnitOfWork, event_args
+from currencyex.platform.db.uow import SqlUnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
     Outcome,

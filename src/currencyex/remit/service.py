@@ -27,11 +27,15 @@ from typing import Any
 
 import structlog
 
-from currencyex.auth.client import KycStatus, Principal, Role
 from currencyex.kernel.clock import Clock
 from currencyex.kernel.errors import InsufficientFunds, KycNotApproved, NotFound
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import IdempotentRequest, ObjectStorage, SavedResponse
+from currencyex.kernel.principal import (
+    KycStatus,
+    Principal,
+    Role,
+)
 from currencyex.rates.client import Quote, RatesClient, take_quote_or_replay
 from currencyex.remit.domain import (
     Beneficiary,

@@ -9,8 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
+from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import Strict
-from currencyex.gateway.guard import CurrentPrincipal, container
+from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
@@ -21,7 +22,8 @@ from currencyex.wallet.service import Movement, WalletService
 
 # async: FastAPI would run a plain `def` dependency in a worker thread on every request.
 async def wallet_service(request: Request) -> WalletService:
-    return container(request).wallet
+    service: WalletService = app_state(request).wallet
+    return service
 
 
 Wallets = Annotated[WalletService, Depends(wallet_service)]

@@ -22,10 +22,10 @@ from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.events import Event
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import Database, UtcDateTime, insert_or_ignore, metadata
-from currencyex.platform.idempotency import first_response, response_text
-from currencyex.platform.pg import PgUnitOfWork, event_args
-from currencyex.platform.uow import SqlUnitOfWork
+from currencyex.platform.db.engine import Database, UtcDateTime, insert_or_ignore, metadata
+from currencyex.platform.db.idempotency import first_response, response_text
+from currencyex.platform.db.pg import PgUnitOfWork, event_args
+from currencyex.platform.db.uow import SqlUnitOfWork
 from currencyex.wallet.domain import (
     Account,
     AccountKind,

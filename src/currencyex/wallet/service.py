@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from currencyex.auth.client import AuthClient, KycStatus, Principal, Role
+from currencyex.auth.client import (
+    AuthClient,
+)
 from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
     KycNotApproved,
@@ -19,6 +21,11 @@ from currencyex.kernel.events import Event
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import IdempotentRequest, SavedResponse
+from currencyex.kernel.principal import (
+    KycStatus,
+    Principal,
+    Role,
+)
 from currencyex.rates.client import RatesClient, take_quote_or_replay
 from currencyex.wallet.domain import (
     Account,

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from currencyex.platform.driver_pool import INTERRUPTED, DriverPool, StatementBatches
+from currencyex.platform.db.driver_pool import INTERRUPTED, DriverPool, StatementBatches
 
 metadata = sa.MetaData()
 

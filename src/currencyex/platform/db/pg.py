@@ -18,11 +18,11 @@ import asyncpg
 
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
-from currencyex.platform.audit import audit_row
-from currencyex.platform.db import Database
-from currencyex.platform.driver_pool import INTERRUPTED, one_row
-from currencyex.platform.idempotency import PENDING, first_response, response_text
-from currencyex.platform.outbox import outbox_row
+from currencyex.platform.db.audit import audit_row
+from currencyex.platform.db.driver_pool import INTERRUPTED, one_row
+from currencyex.platform.db.engine import Database
+from currencyex.platform.db.idempotency import PENDING, first_response, response_text
+from currencyex.platform.messaging.outbox import outbox_row
 
 _CLAIM = """
 INSERT INTO idempotency_keys (scope, owner, key, request_hash, status_code, response, created_at)

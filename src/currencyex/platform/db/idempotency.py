@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db import UtcDateTime, insert_or_ignore_for, metadata
-from currencyex.platform.outbox import outbox_row, outbox_table
+from currencyex.platform.db.engine import UtcDateTime, insert_or_ignore_for, metadata
+from currencyex.platform.messaging.outbox import outbox_row, outbox_table
 
 idempotency_table = sa.Table(
     "idempotency_keys",

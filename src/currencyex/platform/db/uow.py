@@ -10,10 +10,10 @@ from typing import Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.events import Event
-from currencyex.platform.audit import SqlAuditLog
-from currencyex.platform.db import Database, insert_or_ignore_for
-from currencyex.platform.idempotency import SqlIdempotency
-from currencyex.platform.outbox import outbox_row, outbox_table, processed_events_table
+from currencyex.platform.db.audit import SqlAuditLog
+from currencyex.platform.db.engine import Database, insert_or_ignore_for
+from currencyex.platform.db.idempotency import SqlIdempotency
+from currencyex.platform.messaging.outbox import outbox_row, outbox_table, processed_events_table
 
 _ADD_EVENT = outbox_table.insert()
 

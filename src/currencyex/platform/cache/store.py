@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from currencyex.kernel.clock import Clock, SystemClock
-from currencyex.platform.redis_client import RedisClient, Reply
+from currencyex.platform.cache.redis_client import RedisClient, Reply
 
 # An unreachable Redis must fail the request quickly (a clear 503) rather than hold it open.
 REDIS_TIMEOUT_SECONDS = 2.0

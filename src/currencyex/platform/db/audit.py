@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry
-from currencyex.platform.db import UtcDateTime, insert_or_ignore_for, metadata
+from currencyex.platform.db.engine import UtcDateTime, insert_or_ignore_for, metadata
 
 audit_table = sa.Table(
     "audit_log",

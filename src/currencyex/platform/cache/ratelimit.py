@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import BucketDecision
-from currencyex.platform.cache import REDIS_TIMEOUT_SECONDS
-from currencyex.platform.redis_client import RedisClient, Script
+from currencyex.platform.cache.redis_client import RedisClient, Script
+from currencyex.platform.cache.store import REDIS_TIMEOUT_SECONDS
 
 # Refill is computed in floating point; without this slack a bucket that has waited exactly
 # long enough could hold 0.9999999 tokens and refuse a request it should allow.

@@ -15,7 +15,7 @@ import structlog
 
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
-from currencyex.platform.db import Database, UtcDateTime, metadata
+from currencyex.platform.db.engine import Database, UtcDateTime, metadata
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""Events leaving the process: the event bus adapters, the transactional outbox, email."""

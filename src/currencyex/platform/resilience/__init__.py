@@ -1,0 +1,1 @@
+"""Staying up when a dependency is not: the circuit breaker, and what counts as an outage."""

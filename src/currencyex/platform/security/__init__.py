@@ -1,0 +1,1 @@
+"""Credentials: JWT signing keys and tokens, password hashing."""

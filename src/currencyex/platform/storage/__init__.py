@@ -1,0 +1,1 @@
+"""Object storage: a local folder or S3 (any S3-compatible server)."""
