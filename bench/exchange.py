@@ -457,10 +457,15 @@ def percentile(values: list[float], q: float) -> float:
 # pgbench
 
 
-def pgbench(db: str, clients: int, duration: int) -> tuple[float, str]:
+# The uncontended yardstick: at scale 1 every pgbench client updates the one branch row, so
+# more clients wait on one another; at scale 10 with 16 clients they mostly do not.
+UNCONTENDED_SCALE, UNCONTENDED_CLIENTS = 10, 16
+
+
+def pgbench(db: str, clients: int, duration: int, scale: int = 1) -> tuple[float, str]:
     common = ["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER]
     subprocess.run(
-        ["pgbench", "-i", "-s", "1", "-q", *common, db],
+        ["pgbench", "-i", "-s", str(scale), "-q", *common, db],
         capture_output=True,
         text=True,
         timeout=300,
@@ -620,6 +625,13 @@ def bench(args: argparse.Namespace) -> int:
             idle_cpu = server.cpu()
             tps, _ = pgbench(pgbench_db, args.clients, int(args.duration))
             idle_cpu = server.cpu() - idle_cpu
+            print(
+                f"pgbench: -i -s {UNCONTENDED_SCALE}, then {UNCONTENDED_CLIENTS} clients, -j 2,"
+                f" {int(args.duration)} s"
+            )
+            uncontended, _ = pgbench(
+                pgbench_db, UNCONTENDED_CLIENTS, int(args.duration), scale=UNCONTENDED_SCALE
+            )
         finally:
             server.stop()
 
@@ -659,6 +671,12 @@ def bench(args: argparse.Namespace) -> int:
         f"ratio {noun}/pgbench: {ratio:.3f} (sustained: {sustained_ratio:.3f})   "
         f"target >= {target_ratio}: "
         f"{'MET' if min(ratio, sustained_ratio) >= target_ratio else 'NOT MET'}"
+    )
+    print(
+        f"pgbench TPC-B tps uncontended: {uncontended:.1f} (clients {UNCONTENDED_CLIENTS}, "
+        f"scale {UNCONTENDED_SCALE}); ratio {noun}/uncontended pgbench: "
+        f"{rate / uncontended if uncontended else float('nan'):.3f} "
+        f"(sustained: {sustained / uncontended if uncontended else float('nan'):.3f})"
     )
     print(f"errors: {errors}")
     print(

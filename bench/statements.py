@@ -1,9 +1,11 @@
-"""CPU per statement in this process: SQLAlchemy's asyncio engine against bare asyncpg.
+"""CPU per statement in this process: SQLAlchemy Core's asyncio engine against asyncpg.
 
-The figure behind platform/pg.py. Each way runs the same trivial parameterised SELECT on one
-PostgreSQL (127.0.0.1:5432, user postgres, database `postgres`), one client at a time, and the
-process CPU time is divided by the number of statements, so the database's own work is not
-counted. Bounded (a fixed number of rounds), loopback only, creates nothing.
+One of the figures behind the choice of asyncpg for every statement (CONTRIBUTING.md). Each
+way runs the same trivial parameterised SELECT on one PostgreSQL (127.0.0.1:5432, user
+postgres, database `postgres`), one client at a time, and the process CPU time is divided by
+the number of statements, so the database's own work is not counted. asyncpg runs through the
+app's own `Database` (asyncpg's pool, as configured there). Bounded (a fixed number of rounds),
+loopback only, creates nothing.
 
     .venv/bin/python bench/statements.py [--rounds 2000]
 """
@@ -16,9 +18,10 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from currencyex.platform.db.database import Database
 
 URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUERY = sa.text("SELECT CAST(:n AS integer)")
@@ -37,7 +40,7 @@ async def cpu_per_round(rounds: int, one: Callable[[int], Awaitable[None]]) -> f
 
 async def main(rounds: int) -> None:
     engine: AsyncEngine = create_async_engine(URL.replace("postgresql:", "postgresql+asyncpg:"))
-    pool = await asyncpg.create_pool(URL, min_size=1, max_size=1)
+    db = Database(URL, pool_size=1)
     try:
 
         async def sa_transaction(n: int, statements: int) -> None:
@@ -48,12 +51,12 @@ async def main(rounds: int) -> None:
                 await conn.commit()
 
         async def raw_transaction(n: int, statements: int) -> None:
-            async with pool.acquire() as conn, conn.transaction():
+            async with db.connection() as conn, conn.transaction():
                 for _ in range(statements):
                     await conn.fetchval(RAW_QUERY, n)
 
         async def raw_alone(n: int) -> None:
-            async with pool.acquire() as conn:
+            async with db.connection() as conn:
                 await conn.fetchval(RAW_QUERY, n)
 
         rows = []
@@ -63,7 +66,7 @@ async def main(rounds: int) -> None:
             rows.append((name, one, three, (three - one) / 2))
         alone = await cpu_per_round(rounds, raw_alone)
     finally:
-        await pool.close()
+        await db.close()
         await engine.dispose()
 
     print(f"CPU of this process per transaction, {rounds} rounds each (microseconds):")

@@ -2,7 +2,8 @@
 
 The real services are PostgreSQL, Redis and NATS JetStream on loopback (bin/test starts any that
 is down) and an S3-compatible server (moto's, started here on a free loopback port when a test
-first needs it). Each test session migrates its own PostgreSQL database and drops it at the end.
+first needs it). Both backends run on PostgreSQL: each test session migrates its own databases
+and drops them at the end, and each test starts on empty tables.
 """
 
 from __future__ import annotations
@@ -10,32 +11,37 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from currencyex.app import create_app
 from currencyex.bootstrap import Container, build
 from currencyex.config import Settings
+from currencyex.platform.db.database import driver_url
+from currencyex.platform.db.embedded import EmbeddedPostgres
 from currencyex.platform.db.migrate import upgrade
 from currencyex.platform.observability.logging import configure_logging
 
+pytest_plugins = ["redis_cluster"]  # the `redis_cluster` fixture: three masters on loopback
+
 PG_ADMIN_URL = os.environ.get(
-    "CURRENCYEX_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    "CURRENCYEX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -64,18 +70,16 @@ def json_logs() -> None:
 
 
 async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    conn = await asyncpg.connect(driver_url(PG_ADMIN_URL))
     try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(sql))
+        await conn.execute(sql)
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL database of this test session, migrated to head."""
-    name = f"cx_test_{uuid.uuid4().hex[:12]}"
+def _database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, migrated to head, dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
@@ -86,11 +90,34 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied for each test instead of migrating again."""
-    path = tmp_path_factory.mktemp("sqlite") / "template.db"
-    upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
+def pg_url() -> Iterator[str]:
+    """The PostgreSQL database of this test session's "real" backend, migrated to head."""
+    yield from _database("cx_test")
+
+
+@contextmanager
+def embedded_workdir() -> Iterator[Path]:
+    """A working folder for the embedded server, removed at the end, outside pytest's.
+
+    As root the server runs as another user, who must pass through every folder above its
+    data, and pytest takes other users' rights away from its own base folder whenever a
+    session starts: one started beside this test would pull them mid-way.
+    """
+    path = Path(tempfile.mkdtemp(prefix="cx-embedded-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_pg_url() -> Iterator[str]:
+    """The database of this test session's "embedded" backend: the embedded default's own
+    PostgreSQL server (the wheel's, as `bin/serve` runs it) in a folder of this session,
+    migrated to head, stopped and removed at the end."""
+    with embedded_workdir() as folder, EmbeddedPostgres(folder / "postgres").running() as server:
+        upgrade(server.url)
+        yield server.url
 
 
 USER_TABLES = (
@@ -111,12 +138,21 @@ USER_TABLES = (
 
 
 async def _truncate(url: str) -> None:
-    engine = create_async_engine(url)
+    conn = await asyncpg.connect(driver_url(url))
     try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f"TRUNCATE {', '.join(USER_TABLES)} CASCADE"))
+        await conn.execute(f"TRUNCATE {', '.join(USER_TABLES)} CASCADE")
     finally:
-        await engine.dispose()
+        await conn.close()
+
+
+async def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one statement on the database at `url`, on a connection of its own."""
+    conn = await asyncpg.connect(driver_url(url))
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return rows
+    finally:
+        await conn.close()
 
 
 async def eventually(
@@ -181,7 +217,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture
 async def make_settings(
-    request: pytest.FixtureRequest, pg_url: str, tmp_path: Path, sqlite_template: Path
+    request: pytest.FixtureRequest, pg_url: str, embedded_pg_url: str, tmp_path: Path
 ) -> Callable[..., Settings]:
     """Settings for a backend ("embedded" or "real") with overrides, on an empty database.
 
@@ -198,9 +234,8 @@ async def make_settings(
             **FAST_HASHING,
         }
         if backend == "embedded":
-            db = tmp_path / f"{uuid.uuid4().hex[:8]}.db"
-            db.write_bytes(sqlite_template.read_bytes())
-            base["database_url"] = f"sqlite+aiosqlite:///{db}"
+            await _truncate(embedded_pg_url)
+            base["database_url"] = embedded_pg_url
         elif backend == "real":
             await _truncate(pg_url)
             base.update(
@@ -281,6 +316,16 @@ class Api:
             )
             user_id = str(user.id)
         return user_id, (await self.login(email))["access_token"]
+
+    async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of one statement on the app's database."""
+        async with self.container.db.connection() as conn:
+            found: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return found
+
+    async def value(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row of one statement on the app's database."""
+        return (await self.rows(sql, *args))[0][0]
 
     @staticmethod
     def bearer(token: str) -> dict[str, str]:

@@ -6,8 +6,11 @@ process's output in a log file; the other helpers walk a customer through the re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -166,3 +169,42 @@ def submit_kyc(client: httpx.Client, headers: dict[str, str]) -> dict[str, bytes
         uploaded[document["document_id"]] = content
     wait_for_kyc(client, headers, "IN_REVIEW")
     return uploaded
+
+
+def postmaster_pid(postgres_dir: Path) -> int | None:
+    """The pid in the embedded server's postmaster.pid (in `<data_dir>/postgres`), if any."""
+    try:
+        return int((postgres_dir / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def stop_leftover_postgres(postgres_dir: Path) -> None:
+    """Stop an embedded server that a test left running (it failed before the last process
+    using the server left): fast shutdown, then SIGKILL after 30 s."""
+    pid = postmaster_pid(postgres_dir)
+    if pid is None or not server_alive(postgres_dir):
+        return  # a stale file: its pid may be another process's by now
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while postmaster_pid(postgres_dir) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if postmaster_pid(postgres_dir) == pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def server_alive(postgres_dir: Path) -> bool:
+    """Whether any process of the embedded server is alive: they hold server.lock."""
+    lock = postgres_dir / "server.lock"
+    if not lock.exists():
+        return False
+    with lock.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False

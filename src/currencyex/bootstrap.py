@@ -13,11 +13,11 @@ import casbin
 import structlog
 
 from currencyex.auth.client import AuthClient, InProcessAuthClient
-from currencyex.auth.repository import SqlAuthUnitOfWork
+from currencyex.auth.repository import AuthUnitOfWork
 from currencyex.auth.service import AuthService
 from currencyex.config import SIGNED_FILES_PATH, Settings
 from currencyex.documents.client import DocumentsClient, InProcessDocumentsClient
-from currencyex.documents.repository import SqlDocumentsUnitOfWork
+from currencyex.documents.repository import DocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
 from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
@@ -32,10 +32,10 @@ from currencyex.kernel.ports import (
     UnitOfWork,
 )
 from currencyex.platform.cache.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from currencyex.platform.cache.redis_url import redis_from_url
 from currencyex.platform.cache.store import MemoryCache, RedisCache
-from currencyex.platform.db.engine import Database
-from currencyex.platform.db.pg import PgUnitOfWork
-from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.db.database import Database
+from currencyex.platform.db.uow import UnitOfWork as DatabaseUnitOfWork
 from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.messaging.email import ConsoleEmailSender, SmtpEmailSender
 from currencyex.platform.messaging.outbox import OutboxRelay
@@ -56,16 +56,15 @@ from currencyex.remit.partner import (
     PayoutPartner,
     SimulatedPartner,
 )
-from currencyex.remit.repository import PgRemitUnitOfWork, SqlRemitUnitOfWork
-from currencyex.remit.service import PayoutPolicy, RemitService
+from currencyex.remit.payouts import PayoutPolicy, Payouts
+from currencyex.remit.repository import RemitUnitOfWork
+from currencyex.remit.service import RemitService
+from currencyex.remit.steps import SendSteps
 from currencyex.wallet.client import InProcessWalletClient, WalletClient
-from currencyex.wallet.repository import (
-    AccountDirectory,
-    PgWalletUnitOfWork,
-    SqlWalletUnitOfWork,
-)
+from currencyex.wallet.domain import WalletLimits
+from currencyex.wallet.repository import AccountDirectory, WalletUnitOfWork
 from currencyex.wallet.service import WalletService
-from currencyex.workers import compliance, live_updates, payouts, receipts, wallets, welcome
+from currencyex.workers import compliance, live_updates, payouts, txn_audit, wallets, welcome
 from currencyex.workers.payouts import PayoutWorker
 
 log = structlog.get_logger(__name__)
@@ -99,6 +98,7 @@ class Container:
     documents: DocumentService
     documents_client: DocumentsClient
     remit: RemitService
+    payouts: Payouts
     payout_partner: PayoutPartner
     payout_worker: PayoutWorker
     # The live WebSocket connections of this process.
@@ -107,7 +107,7 @@ class Container:
 
     def uow(self) -> UnitOfWork:
         """A unit of work over the platform tables (outbox, audit log, processed events)."""
-        return PgUnitOfWork(self.db) if self.db.dialect == "postgresql" else SqlUnitOfWork(self.db)
+        return DatabaseUnitOfWork(self.db)
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {
@@ -198,7 +198,7 @@ async def subscribe_consumers(container: Container) -> None:
     await wallets.subscribe(container.bus, container.wallet_client)
     await compliance.subscribe(container.bus, container.documents_client)
     await payouts.subscribe(container.bus, container.payout_worker)
-    await receipts.subscribe(container.bus, container.remit, container.uow)
+    await txn_audit.subscribe(container.bus, container.uow)
 
 
 def build(
@@ -210,8 +210,10 @@ def build(
     cache: Cache
     rate_store: RateLimitStore
     if settings.redis_url:
-        cache = RedisCache(settings.redis_url)
-        rate_store = RedisRateLimitStore(settings.redis_url)
+        # One client, one pool of connections, for both: per server, or per Cluster node.
+        redis = redis_from_url(settings.redis_url)
+        cache = RedisCache(redis)
+        rate_store = RedisRateLimitStore(redis)
     else:
         cache = MemoryCache(clock)
         rate_store = MemoryRateLimitStore(clock)
@@ -235,7 +237,7 @@ def build(
         ttl_seconds=settings.access_token_ttl_seconds,
     )
     auth = AuthService(
-        lambda: SqlAuthUnitOfWork(db),
+        lambda: AuthUnitOfWork(db),
         hasher=PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
@@ -255,20 +257,24 @@ def build(
     supported = frozenset(c.code for c in rates.currencies())
     known_accounts = AccountDirectory()
     wallet = WalletService(
-        lambda: SqlWalletUnitOfWork(db, known_accounts),
+        lambda: WalletUnitOfWork(db, known_accounts),
         auth=auth_client,
         rates=rates_client,
         clock=clock,
         default_currency=settings.default_wallet_currency,
         supported=supported.__contains__,
-        # On PostgreSQL money moves over the bare driver (platform/pg.py).
-        postings=(lambda: PgWalletUnitOfWork(db, known_accounts))
-        if db.dialect == "postgresql"
-        else None,
+        limits=WalletLimits(
+            deposit_max=settings.wallet_limits_default.deposit_max,
+            balance_max=settings.wallet_limits_default.balance_max,
+            currencies={
+                code: (terms.deposit_max, terms.balance_max)
+                for code, terms in settings.wallet_limits.items()
+            },
+        ),
     )
     storage, local_files = _build_storage(settings, clock=clock, breakers=breaker_metrics)
     documents = DocumentService(
-        lambda: SqlDocumentsUnitOfWork(db),
+        lambda: DocumentsUnitOfWork(db),
         storage=storage,
         auth=auth_client,
         clock=clock,
@@ -277,27 +283,39 @@ def build(
     wallet_client = InProcessWalletClient(wallet)
     payout_partner = partner or _build_partner(settings)
     resume_after = settings.remit_resume_after_seconds
+
+    def remit_uow() -> RemitUnitOfWork:
+        return RemitUnitOfWork(db, resume_after_seconds=resume_after)
+
+    policy = PayoutPolicy(
+        deadline_seconds=settings.payout_deadline_seconds,
+        retry_base_seconds=settings.payout_retry_base_seconds,
+        retry_max_seconds=settings.payout_retry_max_seconds,
+        lease_seconds=settings.payout_lease_seconds,
+        batch=settings.payout_batch,
+    )
+    steps = SendSteps(
+        remit_uow, wallets=wallet_client, clock=clock, lease_seconds=policy.lease_seconds
+    )
     remit = RemitService(
-        # On PostgreSQL over the bare driver (platform/pg.py), like the wallet's postings.
-        (lambda: PgRemitUnitOfWork(db, resume_after_seconds=resume_after))
-        if db.dialect == "postgresql"
-        else (lambda: SqlRemitUnitOfWork(db, resume_after_seconds=resume_after)),
+        remit_uow,
+        steps=steps,
         rates=rates_client,
+        clock=clock,
+        deadline_seconds=policy.deadline_seconds,
+        storage=storage,
+        receipt_link_seconds=settings.docs_link_seconds,
+    )
+    payout_engine = Payouts(
+        remit_uow,
+        steps=steps,
         wallets=wallet_client,
         partner=GuardedPartner(
             payout_partner,
             CircuitBreaker(PAYOUT_BREAKER_SETTINGS, clock=clock, on_state_change=breaker_metrics),
         ),
         clock=clock,
-        policy=PayoutPolicy(
-            deadline_seconds=settings.payout_deadline_seconds,
-            retry_base_seconds=settings.payout_retry_base_seconds,
-            retry_max_seconds=settings.payout_retry_max_seconds,
-            lease_seconds=settings.payout_lease_seconds,
-            batch=settings.payout_batch,
-        ),
-        storage=storage,
-        receipt_link_seconds=settings.docs_link_seconds,
+        policy=policy,
     )
     breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
     relay = OutboxRelay(
@@ -337,9 +355,10 @@ def build(
         documents_client=InProcessDocumentsClient(documents),
         wallet_client=wallet_client,
         remit=remit,
+        payouts=payout_engine,
         payout_partner=payout_partner,
         payout_worker=PayoutWorker(
-            remit, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
+            payout_engine, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
         ),
         hub=Hub(
             HubSettings(

@@ -10,7 +10,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -20,6 +23,7 @@ from currencyex.kernel.errors import AppError
 from currencyex.kernel.principal import (
     Role,
 )
+from currencyex.platform.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from currencyex.platform.db.migrate import upgrade
 from currencyex.platform.observability.logging import configure_logging
 from currencyex.platform.security.tokens import generate_key
@@ -119,6 +123,8 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> int:
 def _export_openapi(settings: Settings, args: argparse.Namespace) -> int:
     from currencyex.app import create_app
 
+    # The spec is read off the routes: the database is never opened, the embedded one never
+    # started.
     spec = create_app(build(settings), manage_lifecycle=False).openapi()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +142,11 @@ def _ledger_verify(settings: Settings, _args: argparse.Namespace) -> int:
             await container.stop()
         return [f"{p.check}: {p.subject}: {p.detail}" for p in problems]
 
-    problems = asyncio.run(run())
+    try:
+        problems = asyncio.run(run())
+    except Exception as error:  # a report, never a traceback: the operator reads this
+        print(f"ledger verify: could not check the books: {error!r}", file=sys.stderr)
+        return 2
     if problems:
         print(f"ledger verify: {len(problems)} problem(s)", file=sys.stderr)
         for line in problems:
@@ -186,11 +196,50 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# The commands that use the database: with database_url empty, each starts the embedded server
+# or joins the one another command of the same data folder started, and leaves it at its end.
+_USES_DATABASE: frozenset[Callable[[Settings, argparse.Namespace], int]] = frozenset(
+    {_serve, _worker, _migrate, _create_admin, _ledger_verify}
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json, final=True)
-    return int(args.run(settings, args))
+    if settings.database_url or args.run not in _USES_DATABASE:
+        return int(args.run(settings, args))
+    with _signals_end_the_command(), ExitStack() as leave:
+        try:
+            server = leave.enter_context(EmbeddedPostgres(settings.postgres_dir).running())
+        except EmbeddedPostgresError as error:
+            print(f"currencyex: {error}", file=sys.stderr)
+            return 1
+        return int(args.run(settings.model_copy(update={"database_url": server.url}), args))
+
+
+@contextmanager
+def _signals_end_the_command() -> Iterator[None]:
+    """SIGTERM and SIGINT end the command with SystemExit, so that it leaves the embedded
+    server on its way out (the last process to leave stops it).
+
+    `serve` and `worker` take the signals over while they run and shut down gracefully;
+    uvicorn then raises the signal again, which lands here. A second signal while leaving is
+    ignored: leaving is bounded, and cut short it would leave the server running.
+    """
+    handled = (signal.SIGTERM, signal.SIGINT)
+
+    def end(signum: int, _frame: FrameType | None) -> None:
+        for each in handled:
+            signal.signal(each, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, end) for signum in handled}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Configuration: defaults, then a YAML file (CURRENCYEX_CONFIG), then CURRENCYEX_* environment.
 
-The defaults are the embedded mode: SQLite, in-process bus, memory cache, everything under ./var.
+The defaults are the embedded mode: PostgreSQL started by CurrencyEx itself, in-process bus,
+memory cache, everything under ./var.
 """
 
 from __future__ import annotations
@@ -69,11 +70,29 @@ class CorridorTerms(CorridorOverrideTerms):
     max_amount: Decimal = Field(default=Decimal(10000), gt=0)
 
 
+class WalletLimitOverride(BaseModel):
+    """A currency's own wallet limits, in its units; a limit left out is the default's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deposit_max: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
+    balance_max: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class WalletLimitTerms(WalletLimitOverride):
+    deposit_max: Decimal = Field(default=Decimal(1_000_000), gt=0, allow_inf_nan=False)
+    balance_max: Decimal = Field(default=Decimal(100_000_000), gt=0, allow_inf_nan=False)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CURRENCYEX_", extra="forbid")
 
-    # Backing parts: leaving a URL empty picks the embedded adapter.
-    database_url: str = "sqlite+aiosqlite:///var/currencyex.db"
+    # Backing parts: leaving a URL empty picks the embedded adapter. For the database that is a
+    # PostgreSQL server that the commands start themselves, data in <data_dir>/postgres
+    # (platform/db/embedded.py); the cli puts its URL here.
+    database_url: str = ""
+    # One server, redis://host:port/db (rediss:// for TLS), or a Cluster seeded by some of its
+    # nodes, redis+cluster://host:port,host:port (rediss+cluster://); see cache/redis_url.py.
     redis_url: str = ""
     nats_url: str = ""
     data_dir: Path = Path("var")
@@ -120,6 +139,10 @@ class Settings(BaseSettings):
 
     # Wallets: every new customer gets one in this currency; others open on first credit.
     default_wallet_currency: str = "USD"
+    # How much one deposit may bring (more: 422/1006) and one wallet may hold (more: 422/1010),
+    # in units of the currency; `wallet_limits` overrides them per currency ("JPY": {...}).
+    wallet_limits_default: WalletLimitTerms = Field(default_factory=WalletLimitTerms)
+    wallet_limits: dict[str, WalletLimitOverride] = Field(default_factory=dict)
 
     # Outbox relay
     outbox_poll_seconds: float = 0.2
@@ -216,6 +239,16 @@ class Settings(BaseSettings):
     # expiry): an expired token, a disabled account or a role no longer let in is closed, 1008.
     ws_token_recheck_seconds: float = Field(default=30.0, gt=0)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql(cls, url: str) -> str:
+        if url and url.split("://", 1)[0] not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError(
+                "database_url must be a PostgreSQL URL (postgresql://user:password@host:port/db),"
+                " or empty for the embedded server; SQLite is no longer supported"
+            )
+        return url
+
     @field_validator("pricing_corridors")
     @classmethod
     def _corridor_keys(
@@ -231,6 +264,11 @@ class Settings(BaseSettings):
         return self.jwt_keys_dir or self.data_dir / "keys"
 
     @property
+    def postgres_dir(self) -> Path:
+        """The embedded PostgreSQL server's folder (used when database_url is empty)."""
+        return self.data_dir / "postgres"
+
+    @property
     def objects_dir(self) -> Path:
         return self.storage_dir or self.data_dir / "objects"
 
@@ -241,10 +279,6 @@ class Settings(BaseSettings):
     @property
     def workers_in_process(self) -> bool:
         return self.run_workers if self.run_workers is not None else not self.nats_url
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @classmethod
     def settings_customise_sources(

@@ -4,11 +4,9 @@ import asyncio
 import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from currencyex.auth.domain import UserFilter
 from currencyex.kernel.principal import Role
-from currencyex.platform.messaging.outbox import outbox_table
 
 
 def staff_body(role: str = "TELLER") -> dict:
@@ -188,8 +186,7 @@ async def test_kyc_decision_is_visible_to_the_customer_and_announced(api, review
     assert response.json()["kyc_status"] == "APPROVED"
     me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
     assert me.json()["kyc_status"] == "APPROVED"
-    async with api.container.db.connect() as conn:
-        subjects = (await conn.execute(sa.select(outbox_table.c.payload))).scalars().all()
+    subjects = [row[0] for row in await api.rows("SELECT payload FROM outbox")]
     assert any('"full.kyc.decided"' in p and user_id in p for p in subjects)
 
 

@@ -8,17 +8,15 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from currencyex.documents.repository import SqlDocumentsUnitOfWork, documents
+from currencyex.documents.repository import DocumentsUnitOfWork
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import DependencyUnavailable
-from currencyex.platform.db.audit import audit_table
-from currencyex.platform.messaging.outbox import outbox_table
 from currencyex.platform.storage.local import LocalFolderStorage
 from storage_support import fetch, stored_objects
 
@@ -37,27 +35,24 @@ MiB = 1024 * 1024
 # What the store and the database hold
 
 
-async def document_rows(api: Api, user_id: str) -> list[sa.Row]:
-    async with api.container.db.connect() as conn:
-        query = sa.select(documents).where(documents.c.user_id == uuid.UUID(user_id))
-        return list((await conn.execute(query.order_by(documents.c.id))).all())
+async def document_rows(api: Api, user_id: str) -> list[SimpleNamespace]:
+    rows = await api.rows(
+        "SELECT * FROM docs_documents WHERE user_id = $1 ORDER BY id", uuid.UUID(user_id)
+    )
+    return [SimpleNamespace(**row) for row in rows]
 
 
 async def events(api: Api, subject: str, user_id: str) -> list[dict]:
-    async with api.container.db.connect() as conn:
-        rows = await conn.execute(
-            sa.select(outbox_table.c.payload).where(outbox_table.c.subject == subject)
-        )
-        found = [json.loads(row.payload) for row in rows]
+    rows = await api.rows("SELECT payload FROM outbox WHERE subject = $1", subject)
+    found = [json.loads(row["payload"]) for row in rows]
     return [event for event in found if event["data"].get("user_id") == user_id]
 
 
-async def audit(api: Api, action: str | None = None) -> list[sa.Row]:
-    async with api.container.db.connect() as conn:
-        query = sa.select(audit_table).order_by(audit_table.c.at)
-        if action:
-            query = query.where(audit_table.c.action == action)
-        return list((await conn.execute(query)).all())
+async def audit(api: Api, action: str | None = None) -> list[SimpleNamespace]:
+    rows = await api.rows(
+        "SELECT * FROM audit_log WHERE $1::text IS NULL OR action = $1 ORDER BY at", action
+    )
+    return [SimpleNamespace(**row) for row in rows]
 
 
 async def assert_nothing_stored(api: Api, user_id: str) -> None:
@@ -94,7 +89,7 @@ async def test_upload_stores_the_file_under_the_bucket_layout_and_records_its_ha
     assert await stored_objects(api, f"kyc/{user_id}/") == {path: SAMPLE_JPEG}
     [row] = await document_rows(api, user_id)
     assert (row.object_path, row.sha256) == (path, body["sha256"])
-    assert "Passport" not in str(row._mapping)  # the client's file name is kept nowhere
+    assert "Passport" not in str(vars(row))  # the client's file name is kept nowhere
     [event] = await events(api, "full.kyc.uploaded", user_id)
     assert event["data"]["document_id"] == body["document_id"]
     assert event["data"]["doc_type"] == "passport_front"
@@ -288,10 +283,10 @@ async def test_a_path_as_file_name_writes_nothing_anywhere(api: Api, tmp_path):
 async def test_an_upload_whose_row_fails_to_commit_leaves_no_object(api: Api, monkeypatch):
     user_id, token = await api.user_token()
 
-    async def failing_commit(self: SqlDocumentsUnitOfWork) -> None:
+    async def failing_commit(self: DocumentsUnitOfWork) -> None:
         raise RuntimeError("the database went away mid-commit")
 
-    monkeypatch.setattr(SqlDocumentsUnitOfWork, "commit", failing_commit)
+    monkeypatch.setattr(DocumentsUnitOfWork, "commit", failing_commit)
     response = await api.upload(token, "selfie", SAMPLE_PNG, filename="me.png")
     assert_error(response, 500, 9000)
     await assert_nothing_stored(api, user_id)

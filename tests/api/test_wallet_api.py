@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+from conftest import running_app
+
 
 async def approved_customer(api) -> tuple[str, dict[str, str]]:
     """A registered customer who uploaded their documents and was approved: (id, headers)."""
@@ -289,3 +291,77 @@ async def test_statement_filters_by_currency_and_pages_newest_first(api):
         response = await api.http.get("/v1/wallet/statement", params=bad, headers=headers)
         assert response.status_code == 422
         assert response.json()["code"] == 1000
+
+
+# Money bounds
+
+
+async def ledger_rows(api) -> tuple[int, int, int]:
+    """How many journals, entries and outbox events there are."""
+    return (
+        await api.value("SELECT count(*) FROM wallet_journals"),
+        await api.value("SELECT count(*) FROM wallet_entries"),
+        await api.value("SELECT count(*) FROM outbox"),
+    )
+
+
+async def test_a_deposit_above_the_limit_is_1006_and_moves_nothing(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    most = api.container.settings.wallet_limits_default.deposit_max
+    assert (await deposit(api, tellers, user_id, f"{most}.00")).status_code == 201
+    before = await ledger_rows(api)
+    refused = await deposit(api, tellers, user_id, f"{most}.01")
+    assert (refused.status_code, refused.json()["code"]) == (422, 1006), refused.text
+    assert await ledger_rows(api) == before
+    assert (await balances(api, headers))["USD"]["balance"] == f"{most}.00"
+
+
+async def test_the_teller_who_keeps_depositing_the_most_meets_the_balance_limit_with_1010(api):
+    """The attempt that once overflowed a wallet: maximum deposits, one after another, until
+    the wallet is full. The one that would cross the limit gets 422/1010 with nothing written,
+    the balance stays readable, and the books stay clean."""
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    limits = api.container.settings.wallet_limits_default
+    most, full = limits.deposit_max, limits.balance_max
+    for _ in range(int(full / most)):
+        made = await deposit(api, tellers, user_id, f"{most}.00")
+        assert made.status_code == 201, made.text
+    assert (await balances(api, headers))["USD"]["balance"] == f"{full}.00"
+    before = await ledger_rows(api)
+    refused = await deposit(api, tellers, user_id, "0.01")
+    assert (refused.status_code, refused.json()["code"]) == (422, 1010), refused.text
+    assert refused.json()["message"] == "Wallet balance limit reached"
+    assert await ledger_rows(api) == before
+    assert (await balances(api, headers))["USD"] == {
+        "currency": "USD",
+        "balance": f"{full}.00",
+        "locked_balance": "0.00",
+        "available": f"{full}.00",
+    }
+    assert await verify(api) == []
+
+
+async def test_an_exchange_that_would_fill_the_target_wallet_past_its_limit_is_1010(
+    make_settings,
+):
+    settings = await make_settings(
+        "embedded", wallet_limits={"EUR": {"balance_max": "50"}, "USD": {"deposit_max": "500"}}
+    )
+    async with running_app(settings) as api:
+        user_id, headers = await approved_customer(api)
+        assert (await deposit(api, await teller(api), user_id, "500.00")).status_code == 201
+        offered = await quote(
+            api, headers, source_currency="USD", target_currency="EUR", target_amount="50.01"
+        )
+        refused = await exchange(api, headers, offered["quote_id"])
+        assert (refused.status_code, refused.json()["code"]) == (422, 1010), refused.text
+        assert "EUR" not in await balances(api, headers)
+        # The quote stays usable and a smaller one fits.
+        fits = await quote(
+            api, headers, source_currency="USD", target_currency="EUR", target_amount="50.00"
+        )
+        assert (await exchange(api, headers, fits["quote_id"])).status_code == 201
+        assert (await balances(api, headers))["EUR"]["balance"] == "50.00"
+        assert await verify(api) == []

@@ -1,49 +1,42 @@
-"""The contract every `Cache` adapter keeps, run against the memory and the Redis adapter."""
+"""The contract every `Cache` adapter keeps, run against memory, a single Redis and a three-master
+Redis Cluster."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
+import redis.exceptions
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.ports import Cache
-from currencyex.platform.cache.redis_client import RedisUnavailable
+from currencyex.platform.cache.redis_url import redis_from_url
 from currencyex.platform.cache.store import MemoryCache, RedisCache
+from currencyex.platform.resilience.outages import dependency_down
+from redis_support import ADAPTERS, delete_keys, real_redis_url
 
-REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
+UNREACHABLE_CLUSTER_URL = "redis+cluster://127.0.0.1:1,127.0.0.1:2"
 
 
-async def _delete_keys(prefix: str) -> None:
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest_asyncio.fixture(params=ADAPTERS)
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
     if request.param == "memory":
         memory = MemoryCache()
         yield memory
         await memory.close()
         return
+    url = real_redis_url(request, request.param)
     # A prefix of its own per test keeps tests from seeing each other's keys.
     prefix = f"cx:test:{uuid.uuid4().hex}:"
-    redis_cache = RedisCache(REDIS_URL, prefix=prefix)
+    redis_cache = RedisCache(redis_from_url(url), prefix=prefix)
     yield redis_cache
     await redis_cache.close()
-    await _delete_keys(prefix)
+    await delete_keys(url, prefix)
 
 
 async def test_missing_key_reads_as_none(cache: Cache) -> None:
@@ -163,12 +156,25 @@ async def test_memory_cache_sweeps_expired_keys_nobody_reads() -> None:
     await cache.close()
 
 
-async def test_unreachable_redis_fails_ping_and_get_promptly() -> None:
-    cache = RedisCache(UNREACHABLE_REDIS_URL)
+async def test_unreachable_redis_fails_ping_and_get_promptly_as_an_outage() -> None:
+    cache = RedisCache(redis_from_url(UNREACHABLE_REDIS_URL))
     started = time.monotonic()
-    with pytest.raises(RedisUnavailable):
+    with pytest.raises(redis.exceptions.ConnectionError) as pinged:
         await cache.ping()
-    with pytest.raises(RedisUnavailable):
+    with pytest.raises(redis.exceptions.ConnectionError) as read:
         await cache.get("k")
     assert time.monotonic() - started < 3
+    assert dependency_down(pinged.value)
+    assert dependency_down(read.value)
+    await cache.close()
+
+
+async def test_unreachable_cluster_fails_get_promptly_as_an_outage() -> None:
+    cache = RedisCache(redis_from_url(UNREACHABLE_CLUSTER_URL))
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.RedisClusterException) as read:
+        await cache.get("k")
+    assert time.monotonic() - started < 3
+    # Raised from the last seed's ConnectionError, which is what makes it an outage.
+    assert dependency_down(read.value)
     await cache.close()

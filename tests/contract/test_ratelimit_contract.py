@@ -1,33 +1,38 @@
-"""The contract every `RateLimitStore` adapter keeps, run against memory and Redis buckets."""
+"""The contract every `RateLimitStore` adapter keeps, run against buckets in memory, in a single
+Redis and in a three-master Redis Cluster."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+import redis.exceptions
 from redis.asyncio import Redis
 
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.ports import BucketDecision, RateLimitStore
 from currencyex.platform.cache.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
-from currencyex.platform.cache.redis_client import RedisUnavailable
+from currencyex.platform.cache.redis_url import redis_from_url
+from currencyex.platform.resilience.outages import dependency_down
+from redis_cluster import RedisClusterUnderTest
+from redis_support import ADAPTERS, real_redis_url
 
-REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 
 # Slow enough that no token comes back during a test that does not wait on purpose.
 NO_REFILL = 0.001
 
 
-@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest_asyncio.fixture(params=ADAPTERS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RateLimitStore]:
     adapter: RateLimitStore = (
-        MemoryRateLimitStore() if request.param == "memory" else RedisRateLimitStore(REDIS_URL)
+        MemoryRateLimitStore()
+        if request.param == "memory"
+        else RedisRateLimitStore(redis_from_url(real_redis_url(request, request.param)))
     )
     yield adapter
     await adapter.close()
@@ -155,25 +160,115 @@ async def test_memory_store_forgets_buckets_that_have_refilled() -> None:
 
 
 @pytest.mark.integration
-async def test_idle_redis_bucket_expires_once_refilled(key: str) -> None:
-    store = RedisRateLimitStore(REDIS_URL)
-    await store.take(key, capacity=10, refill_per_second=5, cost=10)
-    client = Redis.from_url(REDIS_URL)
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_idle_redis_bucket_expires_once_refilled(
+    request: pytest.FixtureRequest, kind: str, key: str
+) -> None:
+    client = redis_from_url(real_redis_url(request, kind))
+    store = RedisRateLimitStore(client)
     try:
+        await store.take(key, capacity=10, refill_per_second=5, cost=10)
         ttl_ms = await client.pttl("cx:rl:" + key)
     finally:
-        await client.aclose()
         await store.close()
     # Two seconds to refill ten tokens at five per second, plus a margin of about one.
     assert 2000 < ttl_ms <= 3100
 
 
-async def test_unreachable_redis_fails_take_and_ping_promptly() -> None:
-    store = RedisRateLimitStore(UNREACHABLE_REDIS_URL)
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_a_script_redis_has_forgotten_is_sent_again_and_runs_once(
+    request: pytest.FixtureRequest, kind: str, key: str
+) -> None:
+    client = redis_from_url(real_redis_url(request, kind))
+    store = RedisRateLimitStore(client)
+    limits = {"capacity": 5, "refill_per_second": NO_REFILL}
+    try:
+        assert (await store.take(key, **limits)).remaining == 4
+        await client.script_flush()  # on every master of a Cluster
+        assert (await store.take(key, **limits)).remaining == 3
+        assert (await store.take(key, **limits)).remaining == 2
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_fails_take_and_ping_promptly_as_an_outage() -> None:
+    store = RedisRateLimitStore(redis_from_url(UNREACHABLE_REDIS_URL))
     started = time.monotonic()
-    with pytest.raises(RedisUnavailable):
+    with pytest.raises(redis.exceptions.ConnectionError) as taken:
         await store.take("k", capacity=1, refill_per_second=1)
-    with pytest.raises(RedisUnavailable):
+    with pytest.raises(redis.exceptions.ConnectionError) as pinged:
         await store.ping()
     assert time.monotonic() - started < 3
+    assert dependency_down(taken.value)
+    assert dependency_down(pinged.value)
     await store.close()
+
+
+# Across the Cluster: every master keeps its own buckets, and each bucket holds.
+
+
+async def _masters_by_slot(client: Redis, ports: tuple[int, ...]) -> dict[int, int]:
+    """Slot -> the port of the master that serves it, as the Cluster itself says."""
+    owners: dict[int, int] = {}
+    for first, last, master, *_ in await client.execute_command("CLUSTER", "SLOTS"):
+        assert int(master[1]) in ports
+        owners.update(dict.fromkeys(range(int(first), int(last) + 1), int(master[1])))
+    assert len(owners) == 16384
+    return owners
+
+
+async def _buckets_on(port: int, prefix: str) -> set[str]:
+    node = Redis(host="127.0.0.1", port=port)
+    try:
+        return {key.decode() async for key in node.scan_iter(match=prefix + "*")}
+    finally:
+        await node.aclose()
+
+
+@pytest.mark.integration
+async def test_rate_limits_hold_on_every_master_of_the_cluster(
+    redis_cluster: RedisClusterUnderTest,
+) -> None:
+    prefix = f"cx:rl:{uuid.uuid4().hex}:"
+    per_master, capacity = 8, 5
+    seed = Redis(host="127.0.0.1", port=redis_cluster.ports[0])
+    try:
+        owners = await _masters_by_slot(seed, redis_cluster.ports)
+        # Client addresses, as the limiter names them, until every master has its share.
+        buckets: dict[int, list[str]] = {port: [] for port in redis_cluster.ports}
+        for n in range(10_000):
+            if all(len(keys) == per_master for keys in buckets.values()):
+                break
+            key = f"login:ip:10.{n // 65536}.{n // 256 % 256}.{n % 256}"
+            slot = await seed.execute_command("CLUSTER", "KEYSLOT", prefix + key)
+            if len(buckets[owners[slot]]) < per_master:
+                buckets[owners[slot]].append(key)
+    finally:
+        await seed.aclose()
+    keys = [key for keys in buckets.values() for key in keys]
+    assert len(keys) == per_master * len(redis_cluster.ports)
+
+    # Two app processes, each with its own client, take twice each bucket's capacity at once.
+    processes = [
+        RedisRateLimitStore(redis_from_url(redis_cluster.url), prefix=prefix) for _ in range(2)
+    ]
+    takes = [key for key in keys for _ in range(2 * capacity)]
+    try:
+        decisions = await asyncio.gather(
+            *(
+                processes[index % 2].take(key, capacity=capacity, refill_per_second=NO_REFILL)
+                for index, key in enumerate(takes)
+            )
+        )
+    finally:
+        for process in processes:
+            await process.close()
+
+    allowed = dict.fromkeys(keys, 0)
+    for key, decision in zip(takes, decisions, strict=True):
+        allowed[key] += decision.allowed
+    assert allowed == dict.fromkeys(keys, capacity)
+    # Each master holds exactly the buckets of its own slots, read from the master itself.
+    for port, expected in buckets.items():
+        assert await _buckets_on(port, prefix) == {prefix + key for key in expected}

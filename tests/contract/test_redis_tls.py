@@ -1,4 +1,5 @@
-"""The Redis client over TLS (`rediss://`), against a real redis-server with a TLS port.
+"""The Redis client over TLS (`rediss://`), against a real redis-server with a TLS port and a
+password.
 
 The server's certificate is signed by a CA made for the test; the client trusts it the way a
 deployment with a private CA would, through OpenSSL's `SSL_CERT_FILE`.
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from currencyex.platform.cache.redis_client import RedisClient
+from currencyex.platform.cache.redis_url import redis_from_url
 from redis_support import ping_fails
 
 from conftest import free_port
@@ -150,22 +151,29 @@ async def test_commands_go_over_tls_to_a_server_whose_ca_is_trusted(
     tls_redis: TlsRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
-    client = RedisClient(f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/2", timeout=5.0)
+    client = redis_from_url(f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/2", timeout=5.0)
     try:
-        assert await client.call("SET", "cx:tls", "over tls") == "OK"
-        assert await client.call("GET", "cx:tls") == b"over tls"
-        replies = await asyncio.gather(*(client.call("INCR", "cx:tls:count") for _ in range(50)))
-        assert sorted(replies) == list(range(1, 51))  # type: ignore[type-var]
-        info = await client.call("CLIENT", "INFO")
-        assert isinstance(info, bytes)
-        assert b" db=2 " in info  # the handshake's SELECT went over TLS too
+        assert await client.set("cx:tls", "over tls") is True
+        assert await client.get("cx:tls") == b"over tls"
+        replies = await asyncio.gather(*(client.incr("cx:tls:count") for _ in range(50)))
+        assert sorted(replies) == list(range(1, 51))
+        info = await client.client_info()
+        assert info["db"] == 2  # the handshake's SELECT went over TLS too
     finally:
-        await client.close()
+        await client.aclose()
 
 
 async def test_a_server_whose_certificate_is_not_trusted_is_refused(tls_redis: TlsRedis) -> None:
     url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0"
     await ping_fails(url, client_timeout=5.0, match="CERTIFICATE_VERIFY_FAILED")
+
+
+async def test_a_wrong_password_is_refused_as_an_outage(
+    tls_redis: TlsRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
+    url = f"rediss://:not-{PASSWORD}@127.0.0.1:{tls_redis.port}/0"
+    await ping_fails(url, client_timeout=5.0, match="(?i)password")
 
 
 async def test_plain_text_to_a_tls_port_fails_within_the_timeout(tls_redis: TlsRedis) -> None:

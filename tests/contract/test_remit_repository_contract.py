@@ -1,9 +1,10 @@
-"""The remittance repository on each unit of work there is: SQLAlchemy's on SQLite and on
-PostgreSQL, and the bare driver's on PostgreSQL (platform/pg.py), held to the same tests.
+"""The remittance repository on PostgreSQL (its statements call `remit_add_once` and
+`remit_move`, migration 0008).
 
-Covers what the send saga and the payout workers rely on: a new transaction with its first
-history row (a taken reference drawn again), conditional status moves with their history,
-a move recorded whole (its event and the send's saved response, kept only if it moved), leases
+Covers what the send saga and the payout workers rely on: a new transaction stored whole with
+its first history row, its Idempotency-Key claimed with its reply and its event (a taken
+reference drawn again, a taken key answered with the first reply), conditional status moves
+with their history and event (and the send's saved response, kept only if it moved), leases
 of due work, retries later, and the transaction list's filters.
 """
 
@@ -12,21 +13,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import sqlalchemy as sa
 
+from currencyex.kernel.errors import IdempotencyKeyReused
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db.engine import Database
-from currencyex.platform.db.idempotency import PENDING, idempotency_table
-from currencyex.platform.messaging.outbox import outbox_table
+from currencyex.platform.db.database import Database
 from currencyex.remit import repository
 from currencyex.remit.domain import (
     Beneficiary,
@@ -36,32 +35,30 @@ from currencyex.remit.domain import (
     TxnQuery,
     TxnStatus,
 )
-from currencyex.remit.repository import PgRemitUnitOfWork, SqlRemitUnitOfWork
+from currencyex.remit.repository import RemitUnitOfWork
+
+pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SCOPE = "contract.send"
 
 
 @dataclass(frozen=True)
 class Remits:
     db: Database
-    unit: Callable[..., Any]
 
-    def uow(self) -> Any:
-        return self.unit(self.db, resume_after_seconds=30.0)
+    def uow(self) -> RemitUnitOfWork:
+        return RemitUnitOfWork(self.db, resume_after_seconds=30.0)
+
+    async def rows(self, sql: str, *args: Any) -> list[Any]:
+        async with self.db.connection() as conn:
+            return list(await conn.fetch(sql, *args))
 
 
-@pytest_asyncio.fixture(
-    params=[
-        ("embedded", SqlRemitUnitOfWork),
-        pytest.param(("real", SqlRemitUnitOfWork), marks=pytest.mark.integration),
-        pytest.param(("real", PgRemitUnitOfWork), marks=pytest.mark.integration),
-    ],
-    ids=["embedded", "real", "real-driver"],
-)
-async def remits(request: pytest.FixtureRequest, make_settings: Any) -> AsyncIterator[Remits]:
-    backend, unit = request.param
-    db = Database((await make_settings(backend)).database_url)
-    yield Remits(db, unit)
+@pytest_asyncio.fixture
+async def remits(make_settings: Callable[..., Any]) -> AsyncIterator[Remits]:
+    db = Database((await make_settings("real")).database_url)
+    yield Remits(db)
     await db.close()
 
 
@@ -86,10 +83,22 @@ def a_transaction(user: uuid.UUID, reference: str, *, at: datetime = NOW) -> Tra
     )
 
 
-async def add(remits: Remits, txn: Transaction) -> Transaction:
+async def add_once(
+    remits: Remits, txn: Transaction, request_hash: str = "h"
+) -> Transaction | SavedResponse:
+    """`txn` stored with its key claimed under SCOPE the way a send claims it: its reply
+    202 with the transaction's id."""
     async with remits.uow() as uow:
-        added: Transaction = await uow.transactions.add(txn, "hash")
+        added = await uow.transactions.add_once(
+            txn, request_hash, Reply(SCOPE, 202, {"txn_id": str(txn.id)})
+        )
         await uow.commit()
+    return added
+
+
+async def add(remits: Remits, txn: Transaction) -> Transaction:
+    added = await add_once(remits, txn)
+    assert isinstance(added, Transaction)
     return added
 
 
@@ -101,6 +110,20 @@ async def test_a_new_transaction_is_stored_whole_with_its_first_history_row(remi
         history = await uow.transactions.history(txn.id)
     assert found == txn == by_reference
     assert [(c.status, c.at, c.reason) for c in history] == [(TxnStatus.CREATED, NOW, None)]
+    assert await saved_response(remits, txn) == SavedResponse(202, {"txn_id": str(txn.id)})
+    assert await events_of(remits, txn) == ["CREATED"]
+
+
+async def test_a_key_claimed_before_gives_its_first_reply_and_stores_nothing(remits) -> None:
+    user = uuid.uuid4()
+    first = await add(remits, a_transaction(user, "TXN-KEY000001"))
+    again = replace(a_transaction(user, "TXN-KEY000002"), idempotency_key=first.idempotency_key)
+    assert await add_once(remits, again) == SavedResponse(202, {"txn_id": str(first.id)})
+    with pytest.raises(IdempotencyKeyReused):
+        await add_once(remits, again, request_hash="another request")
+    async with remits.uow() as uow:
+        assert await uow.transactions.find(again.id) is None
+    assert await events_of(remits, again) == []
 
 
 async def test_many_transactions_are_found_at_once(remits) -> None:
@@ -133,6 +156,8 @@ async def test_a_move_is_conditional_on_the_status_read_and_keeps_its_history(re
         moved = await uow.transactions.move(
             txn, Outcome(TxnStatus.PROCESSING), later, next_attempt_at=later
         )
+        await uow.commit()
+    async with remits.uow() as uow:
         stale = await uow.transactions.move(
             txn, Outcome(TxnStatus.FAILED, "late"), later, next_attempt_at=later
         )
@@ -164,50 +189,26 @@ async def test_a_move_is_conditional_on_the_status_read_and_keeps_its_history(re
     ]
 
 
-SCOPE = "contract.send"
-
-
-async def claimed(remits: Remits, txn: Transaction) -> Transaction:
-    """`txn` added, with its key claimed under SCOPE the way a send claims it."""
-    async with remits.uow() as uow:
-        assert (
-            await uow.idempotency.claim(SCOPE, str(txn.user_id), txn.idempotency_key, "h") is None
-        )
-        added: Transaction = await uow.transactions.add(txn, "h")
-        await uow.commit()
-    return added
-
-
-async def saved_response(remits: Remits, txn: Transaction) -> SavedResponse | str:
-    """The response saved under the send's key, or "pending" while it is only claimed."""
-    async with remits.db.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(idempotency_table.c.status_code, idempotency_table.c.response).where(
-                    idempotency_table.c.key == txn.idempotency_key
-                )
-            )
-        ).one()
-    return (
-        "pending"
-        if row.status_code == PENDING
-        else SavedResponse(row.status_code, json.loads(row.response))
+async def saved_response(remits: Remits, txn: Transaction) -> SavedResponse:
+    """The response saved under the send's key."""
+    [row] = await remits.rows(
+        "SELECT status_code, response FROM idempotency_keys WHERE key = $1", txn.idempotency_key
     )
+    return SavedResponse(row["status_code"], json.loads(row["response"]))
 
 
 async def events_of(remits: Remits, txn: Transaction) -> list[str]:
     """The statuses announced in the outbox for `txn`."""
-    async with remits.db.connect() as conn:
-        payloads = (await conn.execute(sa.select(outbox_table.c.payload))).scalars()
+    payloads = [row["payload"] for row in await remits.rows("SELECT payload FROM outbox")]
     data = [json.loads(payload)["data"] for payload in payloads]
     return sorted(d["status"] for d in data if d.get("txn_id") == str(txn.id))
 
 
 async def test_a_recorded_move_keeps_its_event_and_the_sends_reply(remits) -> None:
-    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-REC000001"))
+    txn = await add(remits, a_transaction(uuid.uuid4(), "TXN-REC000001"))
     later = NOW + timedelta(seconds=5)
     async with remits.uow() as uow:
-        moved = await uow.record_move(
+        moved = await uow.transactions.move(
             txn,
             Outcome(TxnStatus.PROCESSING),
             later,
@@ -225,9 +226,9 @@ async def test_a_recorded_move_keeps_its_event_and_the_sends_reply(remits) -> No
         (TxnStatus.PROCESSING, later),
     ]
     assert await saved_response(remits, txn) == SavedResponse(201, moved.to_json())
-    assert await events_of(remits, txn) == ["PROCESSING"]
+    assert await events_of(remits, txn) == ["CREATED", "PROCESSING"]
     async with remits.uow() as uow:  # no reply: the event alone
-        failed = await uow.record_move(
+        failed = await uow.transactions.move(
             moved,
             Outcome(TxnStatus.FAILED, "rejected", failure_code=4000),
             later,
@@ -238,15 +239,17 @@ async def test_a_recorded_move_keeps_its_event_and_the_sends_reply(remits) -> No
     async with remits.uow() as uow:
         assert await uow.transactions.find(txn.id) == failed
     assert await saved_response(remits, txn) == SavedResponse(201, moved.to_json())
-    assert await events_of(remits, txn) == ["FAILED", "PROCESSING"]
+    assert await events_of(remits, txn) == ["CREATED", "FAILED", "PROCESSING"]
 
 
 async def test_a_recorded_move_from_a_status_no_longer_stored_keeps_nothing(remits) -> None:
-    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-REC000002"))
+    txn = await add(remits, a_transaction(uuid.uuid4(), "TXN-REC000002"))
     async with remits.uow() as uow:
-        assert await uow.record_move(txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW)
+        assert await uow.transactions.move(
+            txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW
+        )
     async with remits.uow() as uow:
-        stale = await uow.record_move(
+        stale = await uow.transactions.move(
             txn,
             Outcome(TxnStatus.FAILED, "insufficient funds", failure_code=1001),
             NOW,
@@ -260,14 +263,16 @@ async def test_a_recorded_move_from_a_status_no_longer_stored_keeps_nothing(remi
     assert stored is not None
     assert (stored.status, stored.failure_code) == (TxnStatus.PROCESSING, None)
     assert len(history) == 2
-    assert await events_of(remits, txn) == ["PROCESSING"]
-    assert await saved_response(remits, txn) == "pending"
+    assert await events_of(remits, txn) == ["CREATED", "PROCESSING"]
+    assert await saved_response(remits, txn) == SavedResponse(202, {"txn_id": str(txn.id)})
 
 
 async def processing(remits: Remits, reference: str) -> Transaction:
-    txn = await claimed(remits, a_transaction(uuid.uuid4(), reference))
+    txn = await add(remits, a_transaction(uuid.uuid4(), reference))
     async with remits.uow() as uow:
-        moved = await uow.record_move(txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW)
+        moved = await uow.transactions.move(
+            txn, Outcome(TxnStatus.PROCESSING), NOW, next_attempt_at=NOW
+        )
     assert moved is not None
     return moved
 
@@ -275,7 +280,7 @@ async def processing(remits: Remits, reference: str) -> Transaction:
 async def test_moves_recorded_together_keep_each_move_with_its_history_and_event(remits) -> None:
     paid, rejected, stale = [await processing(remits, f"TXN-MANYMOVE{n}") for n in range(3)]
     async with remits.uow() as uow:  # `stale` moved on meanwhile
-        await uow.record_move(stale, Outcome(TxnStatus.COMPLETED), NOW, next_attempt_at=NOW)
+        await uow.transactions.move(stale, Outcome(TxnStatus.COMPLETED), NOW, next_attempt_at=NOW)
     later = NOW + timedelta(seconds=5)
     outcomes = [
         (paid, Outcome(TxnStatus.COMPLETED, partner_reference="P-1")),
@@ -283,7 +288,7 @@ async def test_moves_recorded_together_keep_each_move_with_its_history_and_event
         (stale, Outcome(TxnStatus.FAILED, "late", failure_code=4000)),
     ]
     async with remits.uow() as uow:
-        moved = await uow.record_moves(outcomes, later)
+        moved = await uow.transactions.move_all(outcomes, later)
     assert sorted(moved, key=lambda t: t.reference_id) == [
         paid.after(outcomes[0][1], later),
         rejected.after(outcomes[1][1], later),
@@ -298,19 +303,19 @@ async def test_moves_recorded_together_keep_each_move_with_its_history_and_event
         assert (stored.status, stored.updated_at) == (TxnStatus.COMPLETED, NOW)
         assert len(await uow.transactions.history(stale.id)) == 3
     assert (moved[0].partner_reference, moved[1].failure_reason) == ("P-1", "rejected")
-    assert await events_of(remits, paid) == ["COMPLETED", "PROCESSING"]
-    assert await events_of(remits, rejected) == ["FAILED", "PROCESSING"]
-    assert await events_of(remits, stale) == ["COMPLETED", "PROCESSING"]
+    assert await events_of(remits, paid) == ["COMPLETED", "CREATED", "PROCESSING"]
+    assert await events_of(remits, rejected) == ["CREATED", "FAILED", "PROCESSING"]
+    assert await events_of(remits, stale) == ["COMPLETED", "CREATED", "PROCESSING"]
     async with remits.uow() as uow:
-        assert await uow.record_moves([], later) == []
+        assert await uow.transactions.move_all([], later) == []
 
 
 async def test_moves_recorded_together_go_only_to_final_statuses(remits) -> None:
-    txn = await claimed(remits, a_transaction(uuid.uuid4(), "TXN-MANYMOVE9"))
+    txn = await add(remits, a_transaction(uuid.uuid4(), "TXN-MANYMOVE9"))
     async with remits.uow() as uow:
         with pytest.raises(ValueError, match="not a final status"):
-            await uow.record_moves([(txn, Outcome(TxnStatus.PROCESSING))], NOW)
-    assert await events_of(remits, txn) == []
+            await uow.transactions.move_all([(txn, Outcome(TxnStatus.PROCESSING))], NOW)
+    assert await events_of(remits, txn) == ["CREATED"]
 
 
 async def test_due_work_is_leased_once_and_retried_later(remits) -> None:
@@ -318,6 +323,8 @@ async def test_due_work_is_leased_once_and_retried_later(remits) -> None:
     txn = await add(remits, a_transaction(user, "TXN-LEASE0001", at=NOW - timedelta(minutes=5)))
     async with remits.uow() as uow:
         leased = await uow.transactions.lease_due(NOW, NOW + timedelta(seconds=60), 10)
+        await uow.commit()
+    async with remits.uow() as uow:
         again = await uow.transactions.lease_due(NOW, NOW + timedelta(seconds=60), 10)
         await uow.commit()
     mine = [t for t in leased if t.id == txn.id]
@@ -328,6 +335,8 @@ async def test_due_work_is_leased_once_and_retried_later(remits) -> None:
         await uow.commit()
     async with remits.uow() as uow:
         early = await uow.transactions.lease_due(NOW, NOW + timedelta(seconds=60), 10)
+        await uow.commit()
+    async with remits.uow() as uow:
         due = await uow.transactions.lease_due(
             NOW + timedelta(seconds=10), NOW + timedelta(seconds=70), 10
         )

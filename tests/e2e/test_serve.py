@@ -24,16 +24,17 @@ import pytest
 
 from serve_support import Server, base_env, fresh_database, ip, login, real_services_env, submit_kyc
 
-from conftest import S3_CREDENTIALS
+from conftest import S3_CREDENTIALS, embedded_workdir
 
 
 @pytest.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.integration)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    env = base_env(tmp_path)
     with ExitStack() as cleanup:
         if request.param == "embedded":
-            env["CURRENCYEX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cx.db'}"
+            # No database URL: `serve` starts its own PostgreSQL in the data folder.
+            env = base_env(cleanup.enter_context(embedded_workdir()))
         else:
+            env = base_env(tmp_path)
             env.update(
                 real_services_env(cleanup.enter_context(fresh_database())),
                 CURRENCYEX_S3_ENDPOINT=request.getfixturevalue("s3_url"),

@@ -12,11 +12,9 @@ import uuid
 from collections import Counter
 
 import pytest
-import sqlalchemy as sa
 
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
-from currencyex.wallet.repository import accounts, entries
 
 from conftest import running_app
 
@@ -126,33 +124,22 @@ async def test_concurrent_money_movements_keep_the_books_exact(make_settings):
         # Enough money that most movements go through: the race is between successes.
         assert outcomes["exchange"] >= 100, outcomes
         assert await api.container.wallet.verify() == []
-        async with api.container.db.connect() as conn:
-            negative = await conn.scalar(
-                sa.select(sa.func.count()).where(
-                    accounts.c.kind == "WALLET",
-                    accounts.c.balance - accounts.c.locked_balance < 0,
-                )
-            )
-            assert negative == 0
-            # Customers' wallets plus every house account except cash-in hold exactly what was
-            # deposited: exchanges, fees and captures only move money between them.
-            rows = await conn.execute(
-                sa.select(entries.c.currency, sa.func.sum(entries.c.amount))
-                .join(accounts, accounts.c.id == entries.c.account_id)
-                .where(accounts.c.kind != "CASH_IN")
-                .group_by(entries.c.currency)
-            )
-            assert dict(rows.all()) == dict(deposited)
-            wallet_rows = await conn.execute(
-                sa.select(accounts.c.currency, sa.func.sum(accounts.c.balance))
-                .where(accounts.c.kind == "WALLET")
-                .group_by(accounts.c.currency)
-            )
-            cash_in = await conn.execute(
-                sa.select(entries.c.currency, sa.func.sum(entries.c.amount))
-                .join(accounts, accounts.c.id == entries.c.account_id)
-                .where(accounts.c.kind == "CASH_IN")
-                .group_by(entries.c.currency)
-            )
-            assert {c: -t for c, t in cash_in.all()} == dict(deposited)
-            assert all(total >= 0 for _, total in wallet_rows.all())
+        negative = await api.value(
+            "SELECT count(*) FROM wallet_accounts"
+            " WHERE kind = 'WALLET' AND balance - locked_balance < 0"
+        )
+        assert negative == 0
+        totals = (
+            "SELECT e.currency, sum(e.amount) FROM wallet_entries AS e"
+            " JOIN wallet_accounts AS a ON a.id = e.account_id"
+            " WHERE (a.kind = 'CASH_IN') = $1 GROUP BY e.currency"
+        )
+        # Customers' wallets plus every house account except cash-in hold exactly what was
+        # deposited: exchanges, fees and captures only move money between them.
+        assert dict(await api.rows(totals, False)) == dict(deposited)
+        assert {c: -t for c, t in await api.rows(totals, True)} == dict(deposited)
+        wallet_rows = await api.rows(
+            "SELECT currency, sum(balance) FROM wallet_accounts WHERE kind = 'WALLET'"
+            " GROUP BY currency"
+        )
+        assert all(total >= 0 for _, total in wallet_rows)

@@ -1,7 +1,7 @@
 """The transactional outbox end to end: use case -> outbox row -> relay -> bus -> consumer.
 
-Runs on the embedded default (SQLite, in-process bus) and on the real services (PostgreSQL,
-NATS JetStream). With NATS the consumers normally run in `currencyex worker`; these tests force
+Runs on the embedded default (in-process bus) and on the real services (NATS JetStream), both
+on PostgreSQL. With NATS the consumers normally run in `currencyex worker`; these tests force
 them into the app (`run_workers=True`).
 """
 
@@ -13,20 +13,20 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from types import SimpleNamespace
 from typing import Any
 
 import nats
 import pytest
-import sqlalchemy as sa
 
 from currencyex.bootstrap import Container
 from currencyex.kernel.events import USER_REGISTERED, Event
 from currencyex.kernel.ports import EventHandler
-from currencyex.platform.db.engine import Database
-from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.platform.db.database import Database
+from currencyex.platform.db.uow import UnitOfWork
 from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.messaging.email import ConsoleEmailSender
-from currencyex.platform.messaging.outbox import OutboxRelay, outbox_table, processed_events_table
+from currencyex.platform.messaging.outbox import OutboxRelay
 from currencyex.workers.welcome import CONSUMER, welcome_email
 
 from conftest import NATS_URL, Api, eventually, running_app
@@ -70,9 +70,9 @@ async def _is_zero(count: Awaitable[int]) -> bool:
 
 
 async def outbox_rows(db: Database) -> list[Any]:
-    async with db.connect() as conn:
-        query = sa.select(outbox_table).order_by(outbox_table.c.created_at, outbox_table.c.id)
-        return list((await conn.execute(query)).all())
+    async with db.connection() as conn:
+        rows = await conn.fetch("SELECT * FROM outbox ORDER BY created_at, id")
+    return [SimpleNamespace(**row) for row in rows]
 
 
 def _unique() -> str:
@@ -147,7 +147,7 @@ async def app_settings(make_settings: Callable[..., Any], backend: str) -> Any:
 
 
 async def write_events(db: Database, events: list[Event]) -> None:
-    async with SqlUnitOfWork(db) as uow:
+    async with UnitOfWork(db) as uow:
         for event in events:
             await uow.outbox.add(event)
         await uow.commit()
@@ -182,13 +182,11 @@ async def test_registering_sends_exactly_one_welcome_email(
         assert "Hello Test User" in message.get_content()
         assert user["password"] not in message.get_content()
         (row,) = await outbox_rows(api.container.db)
-        async with api.container.db.connect() as conn:
-            marks = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(processed_events_table)
-                .where(processed_events_table.c.consumer == CONSUMER)
-                .where(processed_events_table.c.event_id == row.id)
-            )
+        marks = await api.value(
+            "SELECT count(*) FROM processed_events WHERE consumer = $1 AND event_id = $2",
+            CONSUMER,
+            row.id,
+        )
         assert marks == 1
 
 
@@ -258,16 +256,13 @@ async def test_the_welcome_consumer_is_idempotent(
         await handler(direct)
         assert len(emails_to(container, other)) == 1
 
-        async with container.db.connect() as conn:
-            marked = (
-                await conn.execute(
-                    sa.select(processed_events_table.c.event_id).where(
-                        processed_events_table.c.consumer == CONSUMER,
-                        processed_events_table.c.event_id.in_([event.id, direct.id]),
-                    )
-                )
-            ).all()
-        assert sorted(row.event_id for row in marked) == sorted([event.id, direct.id])
+        async with container.db.connection() as conn:
+            marked = await conn.fetch(
+                "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2)",
+                CONSUMER,
+                [event.id, direct.id],
+            )
+        assert sorted(row["event_id"] for row in marked) == sorted([event.id, direct.id])
 
 
 async def test_a_handler_that_fails_before_commit_sends_again_on_redelivery(
@@ -516,7 +511,7 @@ async def test_a_relay_only_sees_committed_rows(
     bus = FlakyBus()
     relay = OutboxRelay(db, bus)
     try:
-        async with SqlUnitOfWork(db) as uow:
+        async with UnitOfWork(db) as uow:
             await uow.outbox.add(Event("full.test.uncommitted", {}))
         committed = Event("full.test.committed", {})
         await write_events(db, [committed])
@@ -538,7 +533,7 @@ async def test_a_commit_with_events_wakes_the_relay_long_before_its_next_poll(
     try:
         relay.start()
         await asyncio.sleep(0.1)  # the first pass found nothing: the relay now waits 60 s
-        async with SqlUnitOfWork(db) as uow:  # no events: nothing to wake the relay for
+        async with UnitOfWork(db) as uow:  # no events: nothing to wake the relay for
             await uow.commit()
         event = Event("full.test.woken", {})
         await write_events(db, [event])

@@ -11,10 +11,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-
 from currencyex.remit.partner import SimulatedPartner
-from currencyex.remit.repository import transactions
 
 from conftest import Api, running_app
 from remit_support import funded_customer, quote, send, settled, usd
@@ -122,14 +119,11 @@ async def test_a_payout_batch_completes_the_others_when_one_capture_cannot_go_th
         customers, references = await three_sends(api, "300.00")
         # The last one's fee now fills its whole hold: its capture is refused (a fee must be
         # less than the hold), which fails the batch's capture as a whole.
-        async with api.container.db.connect() as conn:
-            await conn.execute(
-                sa.update(transactions)
-                .where(transactions.c.reference_id == references[-1])
-                .values(fee=transactions.c.total_debit)
-            )
-            await conn.commit()
-        assert await api.container.remit.run_payouts_once() == 3
+        await api.rows(
+            "UPDATE remit_transactions SET fee = total_debit WHERE reference_id = $1",
+            references[-1],
+        )
+        assert await api.container.payouts.run_payouts_once() == 3
         for (_, headers), reference in zip(customers[:-1], references[:-1], strict=True):
             done = await settled(api, headers, reference, within_seconds=1.0)
             assert done["status"] == "COMPLETED"

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from currencyex.kernel.clock import SystemClock
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
+from currencyex.platform.cache.redis_url import redis_from_url
 from currencyex.platform.cache.store import RedisCache
 from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
 from currencyex.platform.resilience.breaker import BreakerSettings, CircuitBreaker
@@ -114,7 +115,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
 @pytest_asyncio.fixture
 async def redis_cache() -> AsyncIterator[tuple[RedisCache, str]]:
     prefix = f"test-rates-{uuid.uuid4().hex[:8]}:"
-    cache = RedisCache(REDIS_URL, prefix=prefix)
+    cache = RedisCache(redis_from_url(REDIS_URL), prefix=prefix)
     yield cache, prefix
     await cache.close()
     client = Redis.from_url(REDIS_URL)

@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-
-from currencyex.platform.db.audit import audit_table
-from currencyex.platform.messaging.outbox import outbox_table
 
 from conftest import free_port, running_app
 from remit_support import FAST_PAYOUTS, funded_customer, quote, send, settled
@@ -94,13 +90,7 @@ async def test_sends_are_accepted_while_nats_is_down_and_every_event_arrives_onc
             assert (await settled(api, headers, reference))["status"] == "COMPLETED"
 
         async def unpublished() -> int:
-            async with api.container.db.connect() as conn:
-                count = await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(outbox_table)
-                    .where(outbox_table.c.published_at.is_(None))
-                )
-            return int(count or 0)
+            return int(await api.value("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
         assert await unpublished() >= 15  # CREATED, PROCESSING, COMPLETED of each send
 
@@ -112,17 +102,16 @@ async def test_sends_are_accepted_while_nats_is_down_and_every_event_arrives_onc
         await until(drained)
 
         async def audit_rows() -> list[Any]:
-            async with api.container.db.connect() as conn:
-                return list(await conn.execute(sa.select(audit_table.c.detail)))
+            return await api.rows("SELECT detail FROM audit_log")
 
         async def audited() -> bool:
-            details = [json.loads(row.detail) for row in await audit_rows()]
+            details = [json.loads(row["detail"]) for row in await audit_rows()]
             sends = [d for d in details if d.get("reference_id") in references]
             return len(sends) >= 15
 
         await until(audited)
         await asyncio.sleep(1.0)  # time for a duplicate delivery to show up, if there were one
-        details = [json.loads(row.detail) for row in await audit_rows()]
+        details = [json.loads(row["detail"]) for row in await audit_rows()]
         for reference in references:
             statuses = sorted(d["status"] for d in details if d.get("reference_id") == reference)
             assert statuses == ["COMPLETED", "CREATED", "PROCESSING"]  # each once

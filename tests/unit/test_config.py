@@ -10,11 +10,20 @@ def test_defaults_are_the_embedded_mode(monkeypatch):
     for name in ("CURRENCYEX_CONFIG", "CURRENCYEX_DATABASE_URL", "CURRENCYEX_NATS_URL"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert settings.database_url.startswith("sqlite+aiosqlite")
+    assert settings.database_url == ""  # the embedded PostgreSQL server
+    assert settings.postgres_dir == settings.data_dir / "postgres"
     assert settings.redis_url == ""
     assert settings.nats_url == ""
     assert settings.port == 8080
     assert settings.workers_in_process
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite+aiosqlite:///var/currencyex.db", "mysql://root@127.0.0.1/cx", "127.0.0.1:5432"]
+)
+def test_a_database_that_is_not_postgresql_is_refused_with_a_clear_message(url):
+    with pytest.raises(ValidationError, match="must be a PostgreSQL URL"):
+        Settings(database_url=url)
 
 
 def test_yaml_overrides_defaults_and_environment_overrides_yaml(tmp_path, monkeypatch):

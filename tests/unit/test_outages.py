@@ -6,10 +6,8 @@ import socket
 
 import asyncpg
 import pytest
-import sqlalchemy.exc
+import redis.exceptions
 
-from currencyex.platform.cache.redis_client import RedisError, RedisUnavailable
-from currencyex.platform.db.driver_pool import PoolTimeout
 from currencyex.platform.resilience.outages import dependency_down
 
 
@@ -38,21 +36,28 @@ def raised_while_handling(outer: Exception, inner: BaseException) -> Exception:
     [
         ConnectionRefusedError(111, "Connection refused"),
         ConnectionResetError(),
-        TimeoutError(),
+        TimeoutError(),  # also what asyncpg's pool raises when no connection comes free
         socket.gaierror(-2, "Name or service not known"),
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
         asyncpg.exceptions.AdminShutdownError("terminating connection"),
         asyncpg.exceptions.TooManyConnectionsError("too many clients"),
-        sqlalchemy.exc.TimeoutError("QueuePool limit reached"),
-        PoolTimeout(10),
-        RedisUnavailable("cannot reach Redis at 127.0.0.1:1: Connection refused"),
-        RedisUnavailable("Redis did not answer within 2 s"),
-        sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
-        raised_from(
-            sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception()),
-            ConnectionRefusedError(),
+        redis.exceptions.ConnectionError(
+            "Error 111 connecting to 127.0.0.1:1. Connection refused."
         ),
+        redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379"),
+        redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.MaxConnectionsError("Too many connections"),
+        redis.exceptions.ClusterDownError("The cluster is down"),
+        redis.exceptions.MasterDownError("Link with MASTER is down"),
+        redis.exceptions.SlotNotCoveredError("Slot 866 is not covered by the cluster."),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        raised_from(
+            redis.exceptions.RedisClusterException("Redis Cluster cannot be connected."),
+            redis.exceptions.ConnectionError("Connection refused."),
+        ),
+        raised_from(RuntimeError("query failed"), ConnectionRefusedError()),
         raised_while_handling(RuntimeError("cleanup failed"), ConnectionResetError()),
     ],
     ids=repr,
@@ -69,8 +74,10 @@ def test_unreachable_stores_are_a_dependency_down(exc: BaseException) -> None:
         FileNotFoundError("no such file"),
         asyncpg.exceptions.UniqueViolationError("duplicate key"),
         asyncpg.exceptions.InterfaceError("another operation is in progress"),
-        sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")),
-        RedisError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        asyncpg.exceptions.CheckViolationError("ck_wallet_accounts_available"),
+        redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"),
+        redis.exceptions.NoScriptError("No matching script."),
+        redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node"),
         raised_from(RuntimeError("wrapped"), KeyError("missing")),
     ],
     ids=repr,

@@ -4,104 +4,90 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from currencyex.documents.domain import DocType, Document, DocumentStatus, MediaType
-from currencyex.platform.db.engine import UtcDateTime, metadata
-from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.documents.tables import documents
+from currencyex.platform.db.uow import UnitOfWork
 
-documents = sa.Table(
-    "docs_documents",
-    metadata,
-    sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("user_id", sa.Uuid, nullable=False),
-    sa.Column("doc_type", sa.String(20), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("content_type", sa.String(50), nullable=False),
-    sa.Column("size_bytes", sa.Integer, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("object_path", sa.String(200), nullable=False, unique=True),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-)
+_COLUMNS = ", ".join(column.name for column in documents.columns)
+_ADD = f"""
+INSERT INTO docs_documents ({_COLUMNS})
+VALUES ({", ".join(f"${n}" for n in range(1, len(documents.columns) + 1))})
+"""  # noqa: S608 (column names and placeholders only)
+_SUPERSEDE = """
+UPDATE docs_documents SET status = 'SUPERSEDED'
+WHERE user_id = $1 AND doc_type = $2 AND status = 'UPLOADED'
+"""
+_GET = f"SELECT {_COLUMNS} FROM docs_documents WHERE id = $1"  # noqa: S608
+# Ids are UUIDv7: their order is the order of upload.
+_OF_USER = f"""
+SELECT {_COLUMNS} FROM docs_documents
+WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
+"""  # noqa: S608
+_CURRENT_TYPES = """
+SELECT DISTINCT doc_type FROM docs_documents WHERE user_id = $1 AND status = 'UPLOADED'
+"""
+_CURRENT_OF_USERS = f"""
+SELECT {_COLUMNS} FROM docs_documents
+WHERE user_id = ANY($1::uuid[]) AND status = 'UPLOADED'
+ORDER BY id
+"""  # noqa: S608
 
 
-def _document(row: Any) -> Document:
+def _document(row: asyncpg.Record) -> Document:
     return Document(
-        id=row.id,
-        user_id=row.user_id,
-        doc_type=DocType(row.doc_type),
-        status=DocumentStatus(row.status),
-        media_type=MediaType.of_mime(row.content_type),
-        size=row.size_bytes,
-        sha256=row.sha256,
-        object_path=row.object_path,
-        created_at=row.created_at,
+        id=row["id"],
+        user_id=row["user_id"],
+        doc_type=DocType(row["doc_type"]),
+        status=DocumentStatus(row["status"]),
+        media_type=MediaType.of_mime(row["content_type"]),
+        size=row["size_bytes"],
+        sha256=row["sha256"],
+        object_path=row["object_path"],
+        created_at=row["created_at"],
     )
 
 
-class SqlDocumentRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+class DocumentRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
 
     async def add(self, document: Document) -> None:
-        await self._conn.execute(
-            documents.insert().values(
-                id=document.id,
-                user_id=document.user_id,
-                doc_type=document.doc_type.value,
-                status=document.status.value,
-                content_type=document.media_type.mime,
-                size_bytes=document.size,
-                sha256=document.sha256,
-                object_path=document.object_path,
-                created_at=document.created_at,
-            )
+        row = {
+            "id": document.id,
+            "user_id": document.user_id,
+            "doc_type": document.doc_type.value,
+            "status": document.status.value,
+            "content_type": document.media_type.mime,
+            "size_bytes": document.size,
+            "sha256": document.sha256,
+            "object_path": document.object_path,
+            "created_at": document.created_at,
+        }
+        await (await self._uow.transaction()).execute(
+            _ADD, *(row[column.name] for column in documents.columns)
         )
 
     async def supersede(self, user_id: uuid.UUID, doc_type: DocType) -> None:
-        await self._conn.execute(
-            documents.update()
-            .where(
-                documents.c.user_id == user_id,
-                documents.c.doc_type == doc_type.value,
-                documents.c.status == DocumentStatus.UPLOADED.value,
-            )
-            .values(status=DocumentStatus.SUPERSEDED.value)
-        )
+        await (await self._uow.transaction()).execute(_SUPERSEDE, user_id, doc_type.value)
 
     async def get(self, document_id: uuid.UUID) -> Document | None:
-        row = (
-            await self._conn.execute(sa.select(documents).where(documents.c.id == document_id))
-        ).first()
+        row = await (await self._uow.connection()).fetchrow(_GET, document_id)
         return _document(row) if row else None
 
     async def of_user(
         self, user_id: uuid.UUID, *, before: uuid.UUID | None, limit: int
     ) -> list[Document]:
-        # Ids are UUIDv7: their order is the order of upload.
-        query = (
-            sa.select(documents)
-            .where(documents.c.user_id == user_id)
-            .order_by(documents.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            query = query.where(documents.c.id < before)
-        return [_document(row) for row in await self._conn.execute(query)]
+        rows = await (await self._uow.connection()).fetch(_OF_USER, user_id, before, limit)
+        return [_document(row) for row in rows]
 
     async def current_types(self, user_id: uuid.UUID) -> set[DocType]:
-        rows = await self._conn.execute(
-            sa.select(documents.c.doc_type)
-            .where(
-                documents.c.user_id == user_id,
-                documents.c.status == DocumentStatus.UPLOADED.value,
-            )
-            .distinct()
-        )
-        return {DocType(row.doc_type) for row in rows}
+        rows = await (await self._uow.connection()).fetch(_CURRENT_TYPES, user_id)
+        return {DocType(row["doc_type"]) for row in rows}
 
     async def current_of_users(
         self, user_ids: Iterable[uuid.UUID]
@@ -110,21 +96,13 @@ class SqlDocumentRepository:
         found: dict[uuid.UUID, list[Document]] = {user_id: [] for user_id in wanted}
         if not wanted:
             return found
-        rows = await self._conn.execute(
-            sa.select(documents)
-            .where(
-                documents.c.user_id.in_(wanted),
-                documents.c.status == DocumentStatus.UPLOADED.value,
-            )
-            .order_by(documents.c.id)
-        )
-        for row in rows:
-            found[row.user_id].append(_document(row))
+        for row in await (await self._uow.connection()).fetch(_CURRENT_OF_USERS, wanted):
+            found[row["user_id"]].append(_document(row))
         return found
 
 
-class SqlDocumentsUnitOfWork(SqlUnitOfWork):
-    documents: SqlDocumentRepository
+class DocumentsUnitOfWork(UnitOfWork):
+    documents: DocumentRepository
 
-    def bind(self, conn: AsyncConnection) -> None:
-        self.documents = SqlDocumentRepository(conn)
+    def bind(self) -> None:
+        self.documents = DocumentRepository(self)

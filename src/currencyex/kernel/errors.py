@@ -62,6 +62,10 @@ class IdempotencyKeyReused(AppError):
     code, status, default_message = 1007, 422, "Idempotency-Key reused with a different request"
 
 
+class BalanceLimitReached(AppError):
+    code, status, default_message = 1010, 422, "Wallet balance limit reached"
+
+
 class RatesUnavailable(AppError):
     code, status, default_message = 1008, 503, "Rates unavailable or stale"
 
@@ -124,6 +128,7 @@ CATALOG: tuple[type[AppError], ...] = (
     AmountOutOfLimits,
     IdempotencyKeyReused,
     RatesUnavailable,
+    BalanceLimitReached,
     InvalidCredentials,
     InvalidToken,
     Forbidden,

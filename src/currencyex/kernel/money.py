@@ -21,6 +21,7 @@ from currencyex.kernel.errors import AmountOutOfLimits, UnsupportedCurrency, Val
 # At most 15 integer digits: with up to 3 minor digits every amount fits a signed BIGINT.
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]+)?")
 _BIGINT = 2**63
+BIGINT_MAX = _BIGINT - 1  # the most minor units a BIGINT column holds
 
 
 @dataclass(frozen=True, slots=True)

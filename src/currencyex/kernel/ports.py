@@ -138,24 +138,11 @@ class IdempotencyStore(Protocol):
     async def claim(
         self, scope: str, owner: str, key: str, request_hash: str
     ) -> SavedResponse | None:
-        """None when the key is new (go ahead); the first response when it was used before.
+        """None when the key is new (go ahead); the first response when it was used before (a
+        request still holding the key is waited for).
 
         The same key with a different request hash raises IdempotencyKeyReused (1007).
         """
-        ...
-
-    async def save(
-        self,
-        scope: str,
-        owner: str,
-        key: str,
-        status_code: int,
-        body: dict[str, Any],
-        *,
-        announce: Event | None = None,
-    ) -> None:
-        """Keep the response for repeats of the key; with `announce`, also add that event to the
-        outbox (in the same statement where the database allows)."""
         ...
 
 

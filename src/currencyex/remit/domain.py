@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from currencyex.kernel.clock import rfc3339
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import IdempotencyStore, IdempotentRequest, Outbox, SavedResponse
+from currencyex.kernel.ports import SavedResponse, UnitOfWork
 
 
 class TxnStatus(enum.StrEnum):
@@ -214,9 +214,14 @@ class Reply:
 
 
 class RemitRepository(Protocol):
-    async def add(self, txn: Transaction, request_hash: str) -> Transaction:
-        """Insert a CREATED transaction with its first history row; a reference that collides
-        is drawn again (the returned transaction carries the one stored)."""
+    async def add_once(
+        self, txn: Transaction, request_hash: str, reply: Reply
+    ) -> Transaction | SavedResponse:
+        """Store a CREATED transaction with its first history row, its Idempotency-Key
+        (`txn.idempotency_key`, for the request `request_hash`) claimed with `reply` saved, and
+        its `full.txn.status_changed` event, in one statement: the transaction as stored (a
+        reference that collides is drawn again). When the key was claimed before, nothing is
+        written and the response saved then is returned; 1007 for another request."""
         ...
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None: ...
@@ -239,10 +244,21 @@ class RemitRepository(Protocol):
         *,
         next_attempt_at: datetime,
         lease_until: datetime | None = None,
+        reply: Reply | None = None,
     ) -> Transaction | None:
-        """`txn` from its stored status to `outcome.status`, with a history row; an unfinished
-        one is next due at `next_attempt_at`, leased until `lease_until` (None: not leased).
-        None (nothing changed) when the stored status is no longer `txn.status`."""
+        """`txn` from its stored status to `outcome.status`, with a history row and its
+        `full.txn.status_changed` event and, with `reply`, the send's response saved under its
+        key, in one statement; an unfinished one is next due at `next_attempt_at`, leased until
+        `lease_until` (None: not leased). None, with nothing written, when the stored status is
+        no longer `txn.status`."""
+        ...
+
+    async def move_all(
+        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
+    ) -> list[Transaction]:
+        """`move` for each of `moves` (to final statuses, with no reply), together, in one
+        statement: the moved transactions. A move whose stored status is no longer its
+        transaction's is left out; the others are kept."""
         ...
 
     async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
@@ -255,54 +271,9 @@ class RemitRepository(Protocol):
         ...
 
 
-class RemitUnitOfWork(Protocol):
-    """One transaction over the remittance tables, with its outbox and idempotency records.
-    Leaving the block without `commit()` rolls back."""
+class RemitUnitOfWork(UnitOfWork, Protocol):
+    """One transaction over the remittance tables. Leaving the block without `commit()` rolls
+    back."""
 
     @property
     def transactions(self) -> RemitRepository: ...
-
-    @property
-    def outbox(self) -> Outbox: ...
-
-    @property
-    def idempotency(self) -> IdempotencyStore: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-    async def commit(self) -> None: ...
-
-    async def add_once(
-        self, txn: Transaction, request: IdempotentRequest, reply: Reply
-    ) -> Transaction | SavedResponse:
-        """`transactions.add`, claiming the send's Idempotency-Key (`request.key`) with `reply`
-        saved, and its `full.txn.status_changed` event in the outbox; then commit, which ends
-        the unit (one statement on the driver). When the key was claimed before, nothing is
-        written and the response saved then is returned; 1007 for another request."""
-        ...
-
-    async def record_move(
-        self,
-        txn: Transaction,
-        outcome: Outcome,
-        at: datetime,
-        *,
-        next_attempt_at: datetime,
-        lease_until: datetime | None = None,
-        reply: Reply | None = None,
-    ) -> Transaction | None:
-        """`transactions.move`, its `full.txn.status_changed` event in the outbox and, with
-        `reply`, the send's response saved under its key; then commit, which ends the unit
-        (one statement on the driver). None, and nothing kept, when the stored status is no
-        longer `txn.status`."""
-        ...
-
-    async def record_moves(
-        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
-    ) -> list[Transaction]:
-        """`record_move` for each of `moves` (to final statuses, with no reply), together, then
-        commit (one statement on the driver): the moved transactions. A move whose stored
-        status is no longer its transaction's is left out; the others are kept."""
-        ...

@@ -1,17 +1,24 @@
-"""The PDF receipt of a completed transfer: one A4 page of Helvetica text, written by hand.
+"""The PDF receipt of a completed transfer, laid out by fpdf2 in fonts that show any name.
 
-No PDF library is needed for a page of text: the file is a catalog, a page tree, one page, two
-standard fonts, one content stream, an info dictionary, the cross-reference table and the
-trailer. The same receipt always renders to the same bytes.
+Text is shaped by HarfBuzz (joined Arabic letters, Devanagari conjuncts), right-to-left words are
+ordered by fpdf2's bidi algorithm, and each font is embedded as the subset the receipt uses. The
+same receipt always renders to the same bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib.resources import files
+from pathlib import Path
+
+import fontpkg  # type: ignore[import-untyped]  # fontpkg ships no type information
+import uharfbuzz  # type: ignore[import-untyped]  # nor does uharfbuzz
+from fpdf import FPDF, Align, XPos, YPos
 
 from currencyex.kernel.money import Money
 from currencyex.remit.domain import Beneficiary
@@ -44,86 +51,114 @@ def mask_account_number(account_number: str) -> str:
 
 
 def render_receipt(receipt: Receipt) -> bytes:
-    """The receipt as a PDF 1.4 file."""
-    content = _content_stream(_lines(receipt))
-    title = f"Receipt {receipt.reference_id}"
-    info = (
-        b"<< /Title "
-        + _pdf_string(title)
-        + b" /Producer (CurrencyEx) /CreationDate "
-        + _pdf_string(_utc(receipt.completed_at).strftime("D:%Y%m%d%H%M%SZ"))
-        + b" >>"
-    )
-    return _pdf_file(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842]"
-            b" /Resources << /Font << /F1 4 0 R /F2 5 0 R >> >> /Contents 6 0 R >>",
-            _font(b"Helvetica"),
-            _font(b"Helvetica-Bold"),
-            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-            info,
-        ],
-        info_object=7,
-    )
+    """The receipt as a PDF file: one A4 page, more only if its values are too long for one."""
+    every_face = _typefaces()
+    sections = [section.as_shown(every_face) for section in _sections(receipt)]
+    typefaces = every_face.needed_for([text for section in sections for _, text in section.rows])
+    pdf = _document(receipt, typefaces)
+    pdf.set_font(typefaces.heading.family, size=_TITLE_SIZE)
+    pdf.cell(text=_TITLE, h=_TITLE_SIZE, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(_LINE)
+    for section in sections:
+        if section.heading is not None:
+            pdf.set_font(typefaces.heading.family, size=_TEXT_SIZE)
+            pdf.cell(text=section.heading, h=_LINE, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        for label, value in section.rows:
+            _write_row(pdf, typefaces, label, value)
+        pdf.ln(_LINE)
+    return bytes(pdf.output())
 
 
 # The page's text
 
-_REGULAR, _BOLD = b"/F1", b"/F2"
-# One line of text in the page: (font, text), or None for an empty line.
-_Line = tuple[bytes, str] | None
-
-# About 80 Helvetica characters fit the 495 points between the margins at 11 points.
-_MAX_LINE_CHARS = 80
+_TITLE = "CurrencyEx transfer receipt"
+_TITLE_SIZE, _TEXT_SIZE = 18, 11  # points
+_LINE = 16  # points from one baseline to the next
+_MARGIN = 50  # points around the text
 
 
-def _lines(receipt: Receipt) -> list[_Line]:
+@dataclass(frozen=True, slots=True)
+class _Section:
+    heading: str | None
+    rows: list[tuple[str, str]]  # (label, value)
+
+    def as_shown(self, typefaces: _Typefaces) -> _Section:
+        rows = [(label, typefaces.printable(value)) for label, value in self.rows]
+        return _Section(self.heading, rows)
+
+
+def _sections(receipt: Receipt) -> list[_Section]:
     source, target = receipt.source, receipt.target
     beneficiary = receipt.beneficiary
     return [
-        (_REGULAR, f"Reference: {receipt.reference_id}"),
-        (_REGULAR, f"Transaction ID: {receipt.txn_id}"),
-        (_REGULAR, "Status: COMPLETED"),
-        None,
-        (_BOLD, "Amounts"),
-        (_REGULAR, f"Amount sent: {source}"),
-        (_REGULAR, f"Exchange rate: 1 {source.currency} = {receipt.rate:f} {target.currency}"),
-        (_REGULAR, f"Fee: {receipt.fee}"),
-        (_REGULAR, f"Total debited: {receipt.total_debit}"),
-        (_REGULAR, f"Amount received: {target}"),
-        None,
-        (_BOLD, "Beneficiary"),
-        (_REGULAR, f"Name: {beneficiary.name}"),
-        (_REGULAR, f"Account number: {mask_account_number(beneficiary.account_number)}"),
-        (_REGULAR, f"Bank code: {beneficiary.bank_code}"),
-        (_REGULAR, f"Country: {beneficiary.country}"),
-        None,
-        (_BOLD, "Timeline (UTC)"),
-        (_REGULAR, f"Created: {_timestamp(receipt.created_at)}"),
-        (_REGULAR, f"Completed: {_timestamp(receipt.completed_at)}"),
+        _Section(
+            None,
+            [
+                ("Reference", receipt.reference_id),
+                ("Transaction ID", str(receipt.txn_id)),
+                ("Status", "COMPLETED"),
+            ],
+        ),
+        _Section(
+            "Amounts",
+            [
+                ("Amount sent", str(source)),
+                ("Exchange rate", f"1 {source.currency} = {receipt.rate:f} {target.currency}"),
+                ("Fee", str(receipt.fee)),
+                ("Total debited", str(receipt.total_debit)),
+                ("Amount received", str(target)),
+            ],
+        ),
+        _Section(
+            "Beneficiary",
+            [
+                ("Name", beneficiary.name),
+                ("Account number", mask_account_number(beneficiary.account_number)),
+                ("Bank code", beneficiary.bank_code),
+                ("Country", beneficiary.country),
+            ],
+        ),
+        _Section(
+            "Timeline (UTC)",
+            [
+                ("Created", _timestamp(receipt.created_at)),
+                ("Completed", _timestamp(receipt.completed_at)),
+            ],
+        ),
     ]
 
 
-def _content_stream(lines: list[_Line]) -> bytes:
-    ops = [
-        b"BT",
-        b"/F2 18 Tf",
-        b"50 790 Td",
-        _pdf_string("CurrencyEx transfer receipt") + b" Tj",
-        b"16 TL",
-        b"0 -36 Td",
-    ]
-    for line in lines:
-        if line is not None:
-            font, text = line
-            if len(text) > _MAX_LINE_CHARS:
-                text = text[: _MAX_LINE_CHARS - 3] + "..."
-            ops += [font + b" 11 Tf", _pdf_string(text) + b" Tj"]
-        ops.append(b"T*")
-    ops.append(b"ET")
-    return b"\n".join(ops)
+def _document(receipt: Receipt, typefaces: _Typefaces) -> FPDF:
+    pdf = FPDF(unit="pt", format="A4")
+    pdf.set_margins(_MARGIN, _MARGIN)
+    pdf.set_auto_page_break(auto=True, margin=_MARGIN)
+    # The text starts right at the x where a cell starts: a label and its value then read as
+    # one line, "Name: Ada Lovelace", in the page and in the text a reader extracts from it.
+    pdf.c_margin = 0
+    # Nothing in the file tells when, or by which fpdf2, it was written (fpdf2 would stamp the
+    # current time and its version), so the same receipt is the same bytes.
+    pdf.set_creation_date(_utc(receipt.completed_at))
+    pdf.set_producer("CurrencyEx")
+    pdf.set_title(f"Receipt {receipt.reference_id}")
+    for face in (typefaces.heading, *typefaces.text):
+        pdf.add_font(face.family, fname=face.path, collection_font_number=face.index)
+    pdf.set_text_shaping(use_shaping_engine=True)
+    pdf.add_page()
+    return pdf
+
+
+def _write_row(pdf: FPDF, typefaces: _Typefaces, label: str, value: str) -> None:
+    """``Label: value``, the value wrapping under itself when it is longer than the line."""
+    pdf.set_font(typefaces.sans.family, size=_TEXT_SIZE)
+    label = f"{label}: "
+    pdf.cell(w=pdf.get_string_width(label), h=_LINE, text=label)
+    face = typefaces.for_value(value)
+    pdf.set_font(face.family, size=_TEXT_SIZE)
+    # The value's own face draws its spaces too, so a run of right-to-left words is one piece
+    # of text: a reader extracting text reorders a piece at a time, and would give back the
+    # words of a name split by font changes in their visual order, last word first.
+    pdf.set_fallback_fonts([other.family for other in typefaces.text if other != face])
+    pdf.multi_cell(w=0, h=_LINE, text=value, align=Align.L, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
 def _timestamp(moment: datetime) -> str:
@@ -136,76 +171,86 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-# PDF syntax
+# Fonts
 
 
-def _font(base_font: bytes) -> bytes:
-    # WinAnsiEncoding matches the cp1252 bytes _pdf_string writes.
-    return b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>" % base_font
+@dataclass(frozen=True, slots=True)
+class _Face:
+    family: str  # the name the document knows it by
+    path: Path
+    index: int  # the face's number in a collection file (.ttc), 0 in a single-font file
+    covers: frozenset[int]  # the code points it has a glyph for
+
+    @classmethod
+    def load(cls, family: str, path: Path, index: int = 0) -> _Face:
+        # HarfBuzz reads the character map it shapes with, and no glyph table.
+        blob = uharfbuzz.Blob.from_file_path(str(path))
+        return cls(family, path, index, frozenset(uharfbuzz.Face(blob, index).unicodes))
 
 
-# The escapes of a literal string's own delimiters.
-_ESCAPED = str.maketrans({"(": "\\(", ")": "\\)", "\\": "\\\\"})
+@dataclass(frozen=True, slots=True)
+class _Typefaces:
+    heading: _Face
+    text: tuple[_Face, ...]  # in the order a character looks for a face that has it
+
+    @property
+    def sans(self) -> _Face:
+        """The face of the labels, and of a value without letters."""
+        return self.text[0]
+
+    def printable(self, text: str) -> str:
+        """``text`` as the receipt shows it: composed, control characters as spaces, and a
+        character that no face has as ``?`` (rather than nothing at all)."""
+        shown = []
+        # Composed first, so that "e" followed by a combining acute is the one glyph "é".
+        for char in unicodedata.normalize("NFC", text):
+            category = unicodedata.category(char)
+            if category == "Cc":
+                shown.append(" ")
+            # A format character (a joiner, a direction mark) has no glyph of its own to show.
+            elif category == "Cf" or self._face_for(char) is not None:
+                shown.append(char)
+            else:
+                shown.append("?")
+        return "".join(shown)
+
+    def for_value(self, value: str) -> _Face:
+        """The face that sets ``value``: the first to have its first letter."""
+        first_letter = next((char for char in value if unicodedata.category(char)[0] == "L"), "")
+        return self._face_for(first_letter) or self.sans
+
+    def needed_for(self, values: list[str]) -> _Typefaces:
+        """These faces less those that no label or value uses: loading a face costs a document
+        more time than drawing its text, and a face loaded is embedded even if unused."""
+        used = {self.sans}
+        used.update(self.for_value(value) for value in values)
+        used.update(face for value in values for char in value if (face := self._face_for(char)))
+        return _Typefaces(self.heading, tuple(face for face in self.text if face in used))
+
+    def _face_for(self, char: str) -> _Face | None:
+        return next((face for face in self.text if char and ord(char) in face.covers), None)
 
 
-def _pdf_string(text: str) -> bytes:
-    """A literal string: ``(`` ``)`` and ``\\`` escaped, every non-ASCII byte as octal."""
-    if text.isascii() and text.isprintable():  # most text: its bytes are its characters
-        return b"(" + text.translate(_ESCAPED).encode() + b")"
-    out = bytearray(b"(")
-    for byte in _winansi(text):
-        if byte in b"()\\":
-            out += b"\\" + bytes([byte])
-        elif 0x20 <= byte < 0x7F:
-            out.append(byte)
-        else:
-            out += b"\\%03o" % byte
-    out += b")"
-    return bytes(out)
-
-
-def _winansi(text: str) -> bytes:
-    """``text`` in the fonts' encoding (cp1252, a superset of printable Latin-1).
-
-    A character outside it loses its accents if that brings it in (``ř`` -> ``r``) and becomes
-    ``?`` otherwise; control characters become spaces.
-    """
-    out = bytearray()
-    # Composed first, so that "e" followed by a combining acute stays one "é".
-    for char in unicodedata.normalize("NFC", text):
-        if unicodedata.category(char) == "Cc":
-            out += b" "
-            continue
-        try:
-            out += char.encode("cp1252")
-        except UnicodeEncodeError:
-            out += _without_accents(char)
-    return bytes(out)
-
-
-def _without_accents(char: str) -> bytes:
-    if unicodedata.combining(char):
-        return b""  # a stray accent: dropping it loses nothing readable
-    base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
-    try:
-        return base.encode("cp1252")
-    except UnicodeEncodeError:
-        return b"?"
-
-
-def _pdf_file(objects: list[bytes], *, info_object: int) -> bytes:
-    """Numbers ``objects`` from 1, then writes the cross-reference table and the trailer."""
-    # The second line's bytes above 127 tell transfer tools the file is binary (PDF 7.5.2).
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets: list[int] = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref_offset = len(out)
-    # Each entry is exactly 20 bytes, its end of line being " \n".
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, info_object)
-    out += b"startxref\n%d\n%%%%EOF\n" % xref_offset
-    return bytes(out)
+@functools.cache
+def _typefaces() -> _Typefaces:
+    """The receipt's faces, read once per process: every document parses the ones it uses
+    again, because fpdf2 cuts a parsed font down to the document's subset when it writes it."""
+    return _Typefaces(
+        # The headings are English words, and IBM Plex Sans Arabic has Latin letters in a static
+        # bold face. Noto Sans is a variable font: fpdf2 takes seconds to make its bold instance
+        # in each document, and then shapes that at the regular widths.
+        heading=_Face.load("heading", fontpkg.path("IBM Plex Sans Arabic", weight=700)),
+        text=(
+            # Latin, Greek, Cyrillic and Devanagari.
+            _Face.load("sans", fontpkg.path("Noto Sans")),
+            # Arabic in one glyph a letter: Noto Sans Arabic draws the dots of a letter as glyphs
+            # of their own that no text maps back to, and extracted text shows them as junk.
+            _Face.load("arabic", fontpkg.path("IBM Plex Sans Arabic", weight=400)),
+            # Chinese, Japanese and Korean (WenQuanYi Micro Hei) in TrueType outlines: fpdf2 embeds
+            # a CFF font (Noto Sans CJK, Source Han Sans) with an encoding of its own, which
+            # pypdf decodes as a NUL before every character.
+            _Face.load(
+                "cjk", Path(str(files("paperang_p2_fonts_cjk") / "fonts" / "wqy-microhei.ttc"))
+            ),
+        ),
+    )

@@ -1,29 +1,29 @@
-"""SQL for remittances: remit_transactions (with the beneficiary snapshot) and their status history.
+"""The remittances' SQL: transactions (with the beneficiary snapshot) and their status history.
 
-A status change is a conditional UPDATE (`WHERE status = <the one read>`): of two workers or
-requests moving one transaction, one wins and the other sees it already moved.
+A new transaction and each status move are one call of a SQL function (migration 0008) that
+writes the history row and the event with it. A move is conditional on the status read (`WHERE
+status = <the one read>`): of two workers or requests moving one transaction, one wins and the
+other sees it already moved.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import IdempotentRequest, SavedResponse
-from currencyex.platform.db.engine import Database, UtcDateTime, insert_or_ignore_for, metadata
-from currencyex.platform.db.idempotency import response_text
-from currencyex.platform.db.pg import PgUnitOfWork, event_args
-from currencyex.platform.db.uow import SqlUnitOfWork
+from currencyex.kernel.ports import SavedResponse
+from currencyex.platform.db.calls import REFERENCE_TAKEN, call, sqlstate
+from currencyex.platform.db.database import Database
+from currencyex.platform.db.idempotency import first_response, response_text
+from currencyex.platform.db.outbox import event_arguments
+from currencyex.platform.db.uow import UnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
     Outcome,
@@ -34,124 +34,95 @@ from currencyex.remit.domain import (
     TxnStatus,
     new_reference_id,
 )
+from currencyex.remit.tables import transactions
 
-transactions = sa.Table(
-    "remit_transactions",
-    metadata,
-    sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("reference_id", sa.String(20), nullable=False, unique=True),
-    sa.Column("user_id", sa.Uuid, nullable=False),
-    sa.Column("idempotency_key", sa.String(255), nullable=False),
-    sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("quote_id", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("source_amount", sa.BigInteger, nullable=False),
-    sa.Column("source_currency", sa.String(3), nullable=False),
-    sa.Column("target_amount", sa.BigInteger, nullable=False),
-    sa.Column("target_currency", sa.String(3), nullable=False),
-    sa.Column("rate", sa.String(40), nullable=False),  # an exact decimal, as text
-    sa.Column("fee", sa.BigInteger, nullable=False),
-    sa.Column("total_debit", sa.BigInteger, nullable=False),
-    # The beneficiary snapshot and the purpose, as sent (the seed's JSONB metadata).
-    sa.Column("metadata", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
-    sa.Column("failure_code", sa.Integer),
-    sa.Column("failure_reason", sa.String(500)),
-    sa.Column("partner_reference", sa.String(200)),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("next_attempt_at", UtcDateTime),
-    sa.Column("lease_until", UtcDateTime),
-    sa.Column("deadline_at", UtcDateTime),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.UniqueConstraint("user_id", "idempotency_key", name="uq_remit_transactions_user_key"),
+_COLUMNS = tuple(column.name for column in transactions.columns)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM remit_transactions"  # noqa: S608 (column names)
+_BY_ID = f"{_SELECT} WHERE id = $1"
+_BY_IDS = f"{_SELECT} WHERE id = ANY($1::uuid[])"
+_BY_REFERENCE = f"{_SELECT} WHERE reference_id = $1"
+_PAGE = f"""
+{_SELECT}
+WHERE user_id = $1 AND ($2::varchar IS NULL OR status = $2) AND ($3::uuid IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4
+"""
+_HISTORY = """
+SELECT status, reason, created_at FROM remit_status_history WHERE txn_id = $1 ORDER BY id
+"""
+# Several workers split the due transactions instead of waiting on one another.
+_LEASE_DUE = f"""
+UPDATE remit_transactions SET lease_until = $2, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM remit_transactions
+    WHERE status IN ('CREATED', 'PROCESSING') AND next_attempt_at <= $1
+        AND (lease_until IS NULL OR lease_until <= $1)
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
 )
-
-status_history = sa.Table(
-    "remit_status_history",
-    metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("txn_id", sa.Uuid, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("reason", sa.String(500)),
-    sa.Column("created_at", UtcDateTime, nullable=False),
+RETURNING {", ".join(_COLUMNS)}
+"""  # noqa: S608 (column names)
+_RETRY_LATER = """
+UPDATE remit_transactions SET next_attempt_at = $2, lease_until = NULL WHERE id = $1
+"""
+# Moves to final statuses, one `remit_move` per row of the arrays: one statement, so all of
+# them are kept or none. The ids of those that moved.
+_MOVE_ALL = """
+SELECT m.id FROM unnest(
+    $1::uuid[], $2::varchar[], $3::varchar[], $4::int[], $5::varchar[], $6::varchar[],
+    $7::varchar[], $8::varchar[], $9::varchar[], $10::text[], $11::timestamptz[]
+) AS m(id, from_status, to_status, failure_code, failure_reason, partner_reference, reason,
+    event_id, event_subject, event_payload, event_at)
+WHERE remit_move(
+    p_txn_id => m.id,
+    p_from => m.from_status,
+    p_to => m.to_status,
+    p_at => $12,
+    p_failure_code => m.failure_code,
+    p_failure_reason => m.failure_reason,
+    p_partner_reference => m.partner_reference,
+    p_next_attempt_at => NULL,
+    p_lease_until => NULL,
+    p_reason => m.reason,
+    p_event_id => m.event_id,
+    p_event_subject => m.event_subject,
+    p_event_payload => m.event_payload,
+    p_event_at => m.event_at
 )
-
-_T = transactions.c
-
-
-@functools.cache
-def _insert_txn(dialect: str) -> Any:
-    """The transaction's INSERT, which writes nothing when its reference is taken already."""
-    return (
-        insert_or_ignore_for(dialect, transactions)
-        .on_conflict_do_nothing(index_elements=["reference_id"])
-        .returning(_T.id)
-    )
-
-
-_INSERT_HISTORY = status_history.insert()
-_BY_ID = sa.select(transactions).where(_T.id == sa.bindparam("txn_id"))
-_BY_REFERENCE = sa.select(transactions).where(_T.reference_id == sa.bindparam("reference_id"))
-_HISTORY = (
-    sa.select(status_history.c.status, status_history.c.reason, status_history.c.created_at)
-    .where(status_history.c.txn_id == sa.bindparam("txn_id"))
-    .order_by(status_history.c.id)
-)
-_MOVE = (
-    transactions.update()
-    .where(_T.id == sa.bindparam("txn_id"), _T.status == sa.bindparam("from_status"))
-    .values(
-        status=sa.bindparam("to_status"),
-        updated_at=sa.bindparam("at"),
-        failure_code=sa.bindparam("failure_code", type_=sa.Integer),
-        failure_reason=sa.bindparam("failure_reason", type_=sa.String),
-        partner_reference=sa.bindparam("partner_reference", type_=sa.String),
-        next_attempt_at=sa.bindparam("next_attempt_at"),
-        lease_until=sa.bindparam("lease_until"),
-    )
-    .returning(*transactions.c)
-)
-_RETRY_LATER = (
-    transactions.update()
-    .where(_T.id == sa.bindparam("txn_id"))
-    .values(next_attempt_at=sa.bindparam("next_at"), lease_until=None)
-)
-_UNFINISHED = (TxnStatus.CREATED.value, TxnStatus.PROCESSING.value)
+"""
 _REFERENCE_DRAWS = 5
 
 
-def _transaction(row: Any) -> Transaction:
-    """A transaction from its row: a SQLAlchemy row, or anything that maps column names (an
-    asyncpg record)."""
-    m = row._mapping if isinstance(row, sa.Row) else row
-    details = m["metadata"]
+def _transaction(row: asyncpg.Record) -> Transaction:
+    details = row["metadata"]
     return Transaction(
-        id=m["id"],
-        reference_id=m["reference_id"],
-        user_id=m["user_id"],
-        status=TxnStatus(m["status"]),
-        quote_id=m["quote_id"],
-        source_amount=Money(m["source_amount"], m["source_currency"]),
-        target_amount=Money(m["target_amount"], m["target_currency"]),
-        fee=Money(m["fee"], m["source_currency"]),
-        total_debit=Money(m["total_debit"], m["source_currency"]),
-        rate=Decimal(m["rate"]),
+        id=row["id"],
+        reference_id=row["reference_id"],
+        user_id=row["user_id"],
+        status=TxnStatus(row["status"]),
+        quote_id=row["quote_id"],
+        source_amount=Money(row["source_amount"], row["source_currency"]),
+        target_amount=Money(row["target_amount"], row["target_currency"]),
+        fee=Money(row["fee"], row["source_currency"]),
+        total_debit=Money(row["total_debit"], row["source_currency"]),
+        rate=Decimal(row["rate"]),
         beneficiary=Beneficiary.from_json(details["beneficiary"]),
         purpose=details.get("purpose"),
-        idempotency_key=m["idempotency_key"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        deadline_at=m["deadline_at"],
-        attempts=m["attempts"],
-        failure_code=m["failure_code"],
-        failure_reason=m["failure_reason"],
-        partner_reference=m["partner_reference"],
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deadline_at=row["deadline_at"],
+        attempts=row["attempts"],
+        failure_code=row["failure_code"],
+        failure_reason=row["failure_reason"],
+        partner_reference=row["partner_reference"],
     )
 
 
-def _txn_row(txn: Transaction, request_hash: str, resume_after: float) -> dict[str, Any]:
-    """The row of a new transaction."""
-    return {
+def _row(txn: Transaction, request_hash: str, resume_after: float) -> tuple[Any, ...]:
+    """A new transaction as a row of the table, its columns in their order."""
+    row = {
         "id": txn.id,
         "reference_id": txn.reference_id,
         "user_id": txn.user_id,
@@ -174,481 +145,82 @@ def _txn_row(txn: Transaction, request_hash: str, resume_after: float) -> dict[s
         "created_at": txn.created_at,
         "updated_at": txn.updated_at,
     }
+    return tuple(row.get(column) for column in _COLUMNS)
 
 
-def _move_params(
-    txn: Transaction,
-    outcome: Outcome,
-    at: datetime,
-    next_attempt_at: datetime,
-    lease_until: datetime | None,
+def _move_arguments(
+    txn: Transaction, outcome: Outcome, at: datetime, moved: Transaction
 ) -> dict[str, Any]:
-    moved = txn.after(outcome, at)
+    """The arguments of `remit_move` for the move of `txn` to `moved`, but where it is due
+    next and who leases it."""
     return {
         "txn_id": txn.id,
-        "from_status": txn.status.value,
-        "to_status": moved.status.value,
+        "from": txn.status.value,
+        "to": moved.status.value,
         "at": at,
         "failure_code": moved.failure_code,
         "failure_reason": moved.failure_reason,
         "partner_reference": moved.partner_reference,
-        "next_attempt_at": None if outcome.status.final else next_attempt_at,
-        "lease_until": None if outcome.status.final else lease_until,
+        "reason": outcome.reason,
+        **event_arguments(moved.status_changed(outcome.status, at)),
     }
 
 
-class SqlRemitRepository:
-    def __init__(self, conn: AsyncConnection, *, resume_after_seconds: float) -> None:
-        self._conn = conn
-        self._resume_after = resume_after_seconds
-
-    async def add(self, txn: Transaction, request_hash: str) -> Transaction:
-        insert = _insert_txn(self._conn.dialect.name)
-
-        async def store(candidate: Transaction) -> Transaction | None:
-            row = _txn_row(candidate, request_hash, self._resume_after)
-            added = await self._conn.execute(insert, row)
-            return candidate if added.first() is not None else None
-
-        added = await _with_free_reference(txn, store)
-        await self._conn.execute(
-            _INSERT_HISTORY,
-            {
-                "txn_id": added.id,
-                "status": added.status.value,
-                "reason": None,
-                "created_at": added.created_at,
-            },
-        )
-        return added
-
-    async def find(self, txn_id: uuid.UUID) -> Transaction | None:
-        row = (await self._conn.execute(_BY_ID, {"txn_id": txn_id})).first()
-        return None if row is None else _transaction(row)
-
-    async def find_many(self, txn_ids: Sequence[uuid.UUID]) -> list[Transaction]:
-        rows = await self._conn.execute(sa.select(transactions).where(_T.id.in_(txn_ids)))
-        return [_transaction(row) for row in rows]
-
-    async def find_by_reference(self, reference_id: str) -> Transaction | None:
-        row = (await self._conn.execute(_BY_REFERENCE, {"reference_id": reference_id})).first()
-        return None if row is None else _transaction(row)
-
-    async def history(self, txn_id: uuid.UUID) -> list[StatusChange]:
-        rows = await self._conn.execute(_HISTORY, {"txn_id": txn_id})
-        return [StatusChange(TxnStatus(r.status), r.created_at, r.reason) for r in rows]
-
-    async def page(self, query: TxnQuery) -> list[Transaction]:
-        stmt = (
-            sa.select(transactions)
-            .where(_T.user_id == query.user_id)
-            .order_by(_T.id.desc())
-            .limit(query.limit)
-        )
-        if query.status is not None:
-            stmt = stmt.where(_T.status == query.status.value)
-        if query.before is not None:
-            stmt = stmt.where(_T.id < query.before)
-        return [_transaction(row) for row in await self._conn.execute(stmt)]
-
-    async def move(
-        self,
-        txn: Transaction,
-        outcome: Outcome,
-        at: datetime,
-        *,
-        next_attempt_at: datetime,
-        lease_until: datetime | None = None,
-    ) -> Transaction | None:
-        params = _move_params(txn, outcome, at, next_attempt_at, lease_until)
-        row = (await self._conn.execute(_MOVE, params)).first()
-        if row is None:
-            return None
-        await self._conn.execute(
-            _INSERT_HISTORY,
-            {
-                "txn_id": txn.id,
-                "status": outcome.status.value,
-                "reason": outcome.reason,
-                "created_at": at,
-            },
-        )
-        return _transaction(row)
-
-    async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
-        due = (
-            sa.select(_T.id)
-            .where(
-                _T.status.in_(_UNFINISHED),
-                _T.next_attempt_at <= now,
-                sa.or_(_T.lease_until.is_(None), _T.lease_until <= now),
-            )
-            .order_by(_T.next_attempt_at)
-            .limit(limit)
-        )
-        if self._conn.dialect.name == "postgresql":
-            # Several workers split the due transactions instead of waiting on one another.
-            due = due.with_for_update(skip_locked=True)
-        rows = await self._conn.execute(
-            transactions.update()
-            .where(_T.id.in_(due.scalar_subquery()))
-            .values(lease_until=until, attempts=_T.attempts + 1)
-            .returning(*transactions.c)
-        )
-        return sorted((_transaction(row) for row in rows), key=lambda t: t.id)
-
-    async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
-        await self._conn.execute(_RETRY_LATER, {"txn_id": txn_id, "next_at": at})
-
-
-_Stored = TypeVar("_Stored")
-
-
-async def _with_free_reference(
-    txn: Transaction, store: Callable[[Transaction], Awaitable[_Stored | None]]
-) -> _Stored:
-    """Store a new transaction as it is, or, while `store` finds its reference taken (None),
-    under a freshly drawn one; what `store` gave back."""
-    candidate = txn
-    for _ in range(_REFERENCE_DRAWS):
-        stored = await store(candidate)
-        if stored is not None:
-            return stored
-        candidate = replace(txn, reference_id=new_reference_id())
-    raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
-
-
-class SqlRemitUnitOfWork(SqlUnitOfWork):
-    transactions: SqlRemitRepository
-
-    def __init__(self, db: Database, *, resume_after_seconds: float) -> None:
-        super().__init__(db)
-        self._resume_after = resume_after_seconds
-
-    def bind(self, conn: AsyncConnection) -> None:
-        self.transactions = SqlRemitRepository(conn, resume_after_seconds=self._resume_after)
-
-    async def add_once(
-        self, txn: Transaction, request: IdempotentRequest, reply: Reply
-    ) -> Transaction | SavedResponse:
-        owner = str(txn.user_id)
-        saved = await self.idempotency.claim(reply.scope, owner, request.key, request.fingerprint)
-        if saved is not None:
-            return saved
-        added = await self.transactions.add(txn, request.fingerprint)
-        await self.idempotency.save(
-            reply.scope,
-            owner,
-            request.key,
-            reply.status,
-            reply.body_for(added),
-            announce=added.status_changed(added.status, added.created_at),
-        )
-        await self.commit()
-        return added
-
-    async def record_move(
-        self,
-        txn: Transaction,
-        outcome: Outcome,
-        at: datetime,
-        *,
-        next_attempt_at: datetime,
-        lease_until: datetime | None = None,
-        reply: Reply | None = None,
-    ) -> Transaction | None:
-        moved = await self._record(
-            txn, outcome, at, next_attempt_at=next_attempt_at, lease_until=lease_until, reply=reply
-        )
-        if moved is not None:
-            await self.commit()
-        return moved
-
-    async def record_moves(
-        self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
-    ) -> list[Transaction]:
-        _check_final(moves)
-        done = []
-        for txn, outcome in moves:
-            moved = await self._record(txn, outcome, at, next_attempt_at=at)
-            if moved is not None:
-                done.append(moved)
-        await self.commit()
-        return done
-
-    async def _record(
-        self,
-        txn: Transaction,
-        outcome: Outcome,
-        at: datetime,
-        *,
-        next_attempt_at: datetime,
-        lease_until: datetime | None = None,
-        reply: Reply | None = None,
-    ) -> Transaction | None:
-        """A move with its event and, with `reply`, the send's saved response; not committed."""
-        moved = await self.transactions.move(
-            txn, outcome, at, next_attempt_at=next_attempt_at, lease_until=lease_until
-        )
-        if moved is None:
-            return None
-        announce = moved.status_changed(outcome.status, at)
-        if reply is None:
-            await self.outbox.add(announce)
-        else:
-            await self.idempotency.save(
-                reply.scope,
-                str(moved.user_id),
-                moved.idempotency_key,
-                reply.status,
-                reply.body_for(moved),
-                announce=announce,
-            )
-        return moved
-
-
-def _check_final(moves: Sequence[tuple[Transaction, Outcome]]) -> None:
-    for txn, outcome in moves:
-        if not outcome.status.final:
-            raise ValueError(f"{txn.reference_id}: {outcome.status} is not a final status")
-
-
-# The same repository on a bare asyncpg connection (platform/pg.py), for PostgreSQL. A new
-# transaction and a status move each write their history row in the same statement.
-_PG_COLUMNS = ", ".join(column.name for column in transactions.columns)
-_N = len(transactions.columns)
-_PG_ADD = f"""
-WITH added AS (
-    INSERT INTO remit_transactions ({_PG_COLUMNS})
-    VALUES ({", ".join(f"${n}" for n in range(1, _N + 1))})
-    ON CONFLICT (reference_id) DO NOTHING
-    RETURNING id, status, created_at
-), history AS (
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    SELECT id, status, NULL, created_at FROM added
-)
-SELECT id FROM added
-"""  # noqa: S608 (column names and placeholders only)
-# A move, its history row and, when given, its event ($16-$19) and the send's saved response
-# ($11-$15): written only if the transaction moved. One row: the id, null if it did not move.
-_PG_MOVE = """
-WITH moved AS (
-    UPDATE remit_transactions SET
-        status = $3,
-        updated_at = $4,
-        failure_code = $5,
-        failure_reason = $6,
-        partner_reference = $7,
-        next_attempt_at = $8,
-        lease_until = $9
-    WHERE id = $1 AND status = $2
-    RETURNING id, status, updated_at
-), history AS (
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    SELECT id, status, $10, updated_at FROM moved
-), saved AS (
-    UPDATE idempotency_keys SET status_code = $11, response = $12
-    WHERE scope = $13 AND owner = $14 AND key = $15 AND EXISTS (SELECT FROM moved)
-), announced AS (
-    INSERT INTO outbox (id, subject, payload, created_at)
-    SELECT $16::varchar, $17::varchar, $18::text, $19::timestamptz FROM moved
-    WHERE $16::varchar IS NOT NULL
-)
-SELECT (SELECT id FROM moved) AS id
-"""
-# Moves to final statuses, one per row of the arrays, each with its history row and event:
-# one statement, so all of them are kept or none.
-_PG_MOVE_ALL = """
-WITH input AS (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::varchar[], $3::varchar[], $4::int[], $5::varchar[], $6::varchar[],
-        $7::varchar[], $8::varchar[], $9::varchar[], $10::text[], $11::timestamptz[]
-    ) AS i(id, from_status, to_status, failure_code, failure_reason, partner_reference,
-        reason, event_id, subject, payload, event_at)
-), moved AS (
-    UPDATE remit_transactions AS t SET
-        status = i.to_status,
-        updated_at = $12,
-        failure_code = i.failure_code,
-        failure_reason = i.failure_reason,
-        partner_reference = i.partner_reference,
-        next_attempt_at = NULL,
-        lease_until = NULL
-    FROM input AS i
-    WHERE t.id = i.id AND t.status = i.from_status
-    RETURNING t.id
-), history AS (
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    SELECT i.id, i.to_status, i.reason, $12 FROM input AS i JOIN moved USING (id)
-), announced AS (
-    INSERT INTO outbox (id, subject, payload, created_at)
-    SELECT i.event_id, i.subject, i.payload, i.event_at FROM input AS i JOIN moved USING (id)
-)
-SELECT id FROM moved
-"""
-_NOTHING_SAVED: tuple[Any, ...] = (None,) * 5
-_NOTHING_ANNOUNCED: tuple[Any, ...] = (None,) * 4
-# A new transaction with its history row, its key claimed with the reply saved ($N+1-$N+6),
-# and its event ($N+7-$N+10), N being the number of columns. Nothing is written when the
-# user's key or the reference is taken already (the unique indexes); a concurrent send with
-# the same key waits here for the first one to end. One row: the id, null if nothing was added.
-_PG_ADD_ONCE = f"""
-WITH added AS (
-    INSERT INTO remit_transactions ({_PG_COLUMNS})
-    VALUES ({", ".join(f"${n}" for n in range(1, _N + 1))})
-    ON CONFLICT DO NOTHING
-    RETURNING id, status, created_at
-), history AS (
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    SELECT id, status, NULL, created_at FROM added
-), claimed AS (
-    INSERT INTO idempotency_keys
-        (scope, owner, key, request_hash, status_code, response, created_at)
-    SELECT ${_N + 1}, ${_N + 2}, ${_N + 3}, ${_N + 4}, ${_N + 5}, ${_N + 6}, created_at FROM added
-), announced AS (
-    INSERT INTO outbox (id, subject, payload, created_at)
-    SELECT ${_N + 7}, ${_N + 8}, ${_N + 9}, ${_N + 10} FROM added
-)
-SELECT (SELECT id FROM added) AS id
-"""  # noqa: S608 (column names and placeholders only)
-_PG_BY_ID = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = $1"  # noqa: S608
-_PG_BY_IDS = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE id = ANY($1::uuid[])"  # noqa: S608
-_PG_BY_REFERENCE = f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE reference_id = $1"  # noqa: S608
-_PG_HISTORY = """
-SELECT status, reason, created_at FROM remit_status_history WHERE txn_id = $1 ORDER BY id
-"""
-_PG_LEASE_DUE = f"""
-UPDATE remit_transactions SET lease_until = $2, attempts = attempts + 1
-WHERE id IN (
-    SELECT id FROM remit_transactions
-    WHERE status IN ('CREATED', 'PROCESSING') AND next_attempt_at <= $1
-        AND (lease_until IS NULL OR lease_until <= $1)
-    ORDER BY next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING {_PG_COLUMNS}
-"""  # noqa: S608
-_PG_RETRY_LATER = """
-UPDATE remit_transactions SET next_attempt_at = $2, lease_until = NULL WHERE id = $1
-"""
-
-
-class PgRemitRepository:
-    """SqlRemitRepository on a bare asyncpg connection."""
-
-    def __init__(self, uow: PgUnitOfWork, *, resume_after_seconds: float) -> None:
+class RemitRepository:
+    def __init__(self, uow: UnitOfWork, *, resume_after_seconds: float) -> None:
         self._uow = uow
         self._resume_after = resume_after_seconds
 
-    async def add(self, txn: Transaction, request_hash: str) -> Transaction:
-        conn = await self._uow.transaction()
-
-        async def store(candidate: Transaction) -> Transaction | None:
-            args = _pg_txn_args(candidate, request_hash, self._resume_after)
-            return candidate if await conn.fetchval(_PG_ADD, *args) is not None else None
-
-        return await _with_free_reference(txn, store)
+    async def add_once(
+        self, txn: Transaction, request_hash: str, reply: Reply
+    ) -> Transaction | SavedResponse:
+        candidate = txn
+        for _ in range(_REFERENCE_DRAWS):
+            statement = call(
+                "remit_add_once",
+                txn=_row(candidate, request_hash, self._resume_after),
+                scope=reply.scope,
+                status=reply.status,
+                response=response_text(reply.body_for(candidate)),
+                **event_arguments(candidate.status_changed(candidate.status, candidate.created_at)),
+            )
+            try:
+                rows = await self._uow.alone(*statement)
+            except asyncpg.PostgresError as error:
+                if sqlstate(error) != REFERENCE_TAKEN:
+                    raise
+                candidate = replace(txn, reference_id=new_reference_id())
+                continue
+            if rows:
+                return first_response(rows[0], request_hash)
+            self._uow.announced()
+            return candidate
+        raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None:
-        row = await (await self._uow.reading()).fetchrow(_PG_BY_ID, txn_id)
+        row = await (await self._uow.connection()).fetchrow(_BY_ID, txn_id)
         return None if row is None else _transaction(row)
 
     async def find_many(self, txn_ids: Sequence[uuid.UUID]) -> list[Transaction]:
-        rows = await (await self._uow.reading()).fetch(_PG_BY_IDS, list(txn_ids))
+        rows = await (await self._uow.connection()).fetch(_BY_IDS, list(txn_ids))
         return [_transaction(row) for row in rows]
 
     async def find_by_reference(self, reference_id: str) -> Transaction | None:
-        row = await (await self._uow.reading()).fetchrow(_PG_BY_REFERENCE, reference_id)
+        row = await (await self._uow.connection()).fetchrow(_BY_REFERENCE, reference_id)
         return None if row is None else _transaction(row)
 
     async def history(self, txn_id: uuid.UUID) -> list[StatusChange]:
-        rows = await (await self._uow.reading()).fetch(_PG_HISTORY, txn_id)
+        rows = await (await self._uow.connection()).fetch(_HISTORY, txn_id)
         return [StatusChange(TxnStatus(r["status"]), r["created_at"], r["reason"]) for r in rows]
 
     async def page(self, query: TxnQuery) -> list[Transaction]:
-        conditions: list[str] = ["user_id = $1"]
-        args: list[Any] = [query.user_id]
-        if query.status is not None:
-            args.append(query.status.value)
-            conditions.append(f"status = ${len(args)}")
-        if query.before is not None:
-            args.append(query.before)
-            conditions.append(f"id < ${len(args)}")
-        args.append(query.limit)
-        sql = (
-            f"SELECT {_PG_COLUMNS} FROM remit_transactions WHERE {' AND '.join(conditions)}"  # noqa: S608
-            f" ORDER BY id DESC LIMIT ${len(args)}"
+        status = None if query.status is None else query.status.value
+        rows = await (await self._uow.connection()).fetch(
+            _PAGE, query.user_id, status, query.before, query.limit
         )
-        return [_transaction(row) for row in await (await self._uow.reading()).fetch(sql, *args)]
+        return [_transaction(row) for row in rows]
 
     async def move(
-        self,
-        txn: Transaction,
-        outcome: Outcome,
-        at: datetime,
-        *,
-        next_attempt_at: datetime,
-        lease_until: datetime | None = None,
-    ) -> Transaction | None:
-        conn = await self._uow.transaction()
-        args = _pg_move_args(txn, outcome, at, next_attempt_at, lease_until)
-        moved = await conn.fetchval(_PG_MOVE, *args, *_NOTHING_SAVED, *_NOTHING_ANNOUNCED)
-        return None if moved is None else txn.after(outcome, at)
-
-    async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
-        rows = await (await self._uow.transaction()).fetch(_PG_LEASE_DUE, now, until, limit)
-        return sorted((_transaction(row) for row in rows), key=lambda t: t.id)
-
-    async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
-        await (await self._uow.transaction()).execute(_PG_RETRY_LATER, txn_id, at)
-
-
-def _pg_txn_args(txn: Transaction, request_hash: str, resume_after: float) -> list[Any]:
-    """The row of a new transaction as statement arguments, in column order."""
-    row = _txn_row(txn, request_hash, resume_after)
-    return [row.get(column.name) for column in transactions.columns]
-
-
-def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows of statement arguments as columns: the arrays of an unnest."""
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _pg_move_args(
-    txn: Transaction,
-    outcome: Outcome,
-    at: datetime,
-    next_attempt_at: datetime,
-    lease_until: datetime | None,
-) -> tuple[Any, ...]:
-    """The arguments of _PG_MOVE up to the history row's reason ($1-$10)."""
-    p = _move_params(txn, outcome, at, next_attempt_at, lease_until)
-    return (
-        p["txn_id"],
-        p["from_status"],
-        p["to_status"],
-        p["at"],
-        p["failure_code"],
-        p["failure_reason"],
-        p["partner_reference"],
-        p["next_attempt_at"],
-        p["lease_until"],
-        outcome.reason,
-    )
-
-
-class PgRemitUnitOfWork(PgUnitOfWork):
-    transactions: PgRemitRepository
-
-    def __init__(self, db: Database, *, resume_after_seconds: float) -> None:
-        super().__init__(db)
-        self._resume_after = resume_after_seconds
-
-    def bind(self) -> None:
-        self.transactions = PgRemitRepository(self, resume_after_seconds=self._resume_after)
-
-    async def record_move(
         self,
         txn: Transaction,
         outcome: Outcome,
@@ -659,72 +231,76 @@ class PgRemitUnitOfWork(PgUnitOfWork):
         reply: Reply | None = None,
     ) -> Transaction | None:
         moved = txn.after(outcome, at)
-        saved = _NOTHING_SAVED
+        saved: dict[str, Any] = {}
         if reply is not None:
-            body = reply.body_for(moved)
-            key = (reply.scope, str(txn.user_id), txn.idempotency_key)
-            saved = (reply.status, response_text(body), *key)
-        row = await self.alone_row(
-            _PG_MOVE,
-            *_pg_move_args(txn, outcome, at, next_attempt_at, lease_until),
-            *saved,
-            *event_args(moved.status_changed(outcome.status, at)),
-            announces=True,
+            saved = {
+                "scope": reply.scope,
+                "owner": str(txn.user_id),
+                "key": txn.idempotency_key,
+                "status": reply.status,
+                "response": response_text(reply.body_for(moved)),
+            }
+        final = outcome.status.final
+        [row] = await self._uow.alone(
+            *call(
+                "remit_move",
+                **_move_arguments(txn, outcome, at, moved),
+                next_attempt_at=None if final else next_attempt_at,
+                lease_until=None if final else lease_until,
+                **saved,
+            )
         )
-        await self.commit()
-        return None if row["id"] is None else moved
+        if not row[0]:
+            return None
+        self._uow.announced()
+        return moved
 
-    async def record_moves(
+    async def move_all(
         self, moves: Sequence[tuple[Transaction, Outcome]], at: datetime
     ) -> list[Transaction]:
-        _check_final(moves)
+        for txn, outcome in moves:
+            if not outcome.status.final:
+                raise ValueError(f"{txn.reference_id}: {outcome.status} is not a final status")
         if not moves:
-            await self.commit()
             return []
-        after = [txn.after(outcome, at) for txn, outcome in moves]
-        # Column by column: of each move (id, from, to, at, code, reason, partner, next, lease,
-        # history reason), of each event (id, subject, payload, created_at).
-        ids, from_, to, _, codes, reasons, partners, _, _, notes = _columns(
-            _pg_move_args(txn, outcome, at, at, None) for txn, outcome in moves
+        ordered = sorted(moves, key=lambda move: move[0].id)  # rows locked in one order
+        arguments = [
+            _move_arguments(txn, outcome, at, txn.after(outcome, at)) for txn, outcome in ordered
+        ]
+        columns = (
+            "txn_id",
+            "from",
+            "to",
+            "failure_code",
+            "failure_reason",
+            "partner_reference",
+            "reason",
+            "event_id",
+            "event_subject",
+            "event_payload",
+            "event_at",
         )
-        events = _columns(event_args(txn.status_changed(txn.status, at)) for txn in after)
-        rows = await self.autocommit(
-            _PG_MOVE_ALL,
-            ids,
-            from_,
-            to,
-            codes,
-            reasons,
-            partners,
-            notes,
-            *events,
-            at,
-            announces=True,
+        rows = await self._uow.alone(
+            _MOVE_ALL, *([move[name] for move in arguments] for name in columns), at
         )
+        self._uow.announced()
         stored = {row["id"] for row in rows}
-        return [txn for txn in after if txn.id in stored]
+        return [txn.after(outcome, at) for txn, outcome in ordered if txn.id in stored]
 
-    async def add_once(
-        self, txn: Transaction, request: IdempotentRequest, reply: Reply
-    ) -> Transaction | SavedResponse:
-        owner = str(txn.user_id)
-        claim = (reply.scope, owner, request.key, request.fingerprint, reply.status)
+    async def lease_due(self, now: datetime, until: datetime, limit: int) -> list[Transaction]:
+        rows = await self._uow.alone(_LEASE_DUE, now, until, limit)
+        return sorted((_transaction(row) for row in rows), key=lambda t: t.id)
 
-        async def store(candidate: Transaction) -> Transaction | SavedResponse | None:
-            body = reply.body_for(candidate)
-            added = await self.alone_row(
-                _PG_ADD_ONCE,
-                *_pg_txn_args(candidate, request.fingerprint, self._resume_after),
-                *claim,
-                response_text(body),
-                *event_args(candidate.status_changed(candidate.status, candidate.created_at)),
-                announces=True,
-            )
-            if added["id"] is not None:
-                return candidate
-            # The key went through before, or else the reference is taken: drawn again.
-            return await self.idempotency.find(reply.scope, owner, request.key, request.fingerprint)
+    async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
+        await self._uow.alone(_RETRY_LATER, txn_id, at)
 
-        stored: Transaction | SavedResponse = await _with_free_reference(txn, store)
-        await self.commit()
-        return stored
+
+class RemitUnitOfWork(UnitOfWork):
+    transactions: RemitRepository
+
+    def __init__(self, db: Database, *, resume_after_seconds: float) -> None:
+        super().__init__(db)
+        self._resume_after = resume_after_seconds
+
+    def bind(self) -> None:
+        self.transactions = RemitRepository(self, resume_after_seconds=self._resume_after)

@@ -7,21 +7,18 @@ negative debits it. A wallet's available balance is balance - locked_balance and
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, Self
+from decimal import Decimal
+from typing import Any, Protocol
 
 from currencyex.kernel.events import Event
-from currencyex.kernel.money import Money
-from currencyex.kernel.ports import (
-    IdempotencyStore,
-    IdempotentRequest,
-    SavedResponse,
-    UnitOfWork,
-)
+from currencyex.kernel.money import BIGINT_MAX, Money, currency
+from currencyex.kernel.ports import IdempotentRequest, SavedResponse, UnitOfWork
 
 
 class AccountKind(enum.StrEnum):
@@ -127,7 +124,8 @@ class Hold:
 class Capture:
     """A hold to capture as paid out, by the journal `journal_id` made at `created_at`: `fee` of
     it goes to fee revenue and the rest to payout suspense (the house's accounts in the fee's
-    currency)."""
+    currency). The journal itself, and the check that the fee fits in the hold, are the SQL
+    function `ledger_capture`'s (migration 0008)."""
 
     hold_id: uuid.UUID
     fee: Money
@@ -135,29 +133,6 @@ class Capture:
     revenue: Account
     journal_id: uuid.UUID
     created_at: datetime
-
-    def check_fits(self, held: Money) -> None:
-        """ValueError unless the fee is in the held amount's currency and less than it."""
-        if self.fee.currency != held.currency or not 0 <= self.fee.minor < held.minor:
-            raise ValueError(f"fee {self.fee} does not fit in hold {held}")
-
-    def journal(self, held: Hold) -> Journal:
-        """The capture journal of `held` (migration 0007 builds the same in SQL)."""
-        self.check_fits(held.amount)
-        postings = [
-            Posting(held.account, -held.amount),
-            Posting(self.suspense, held.amount - self.fee),
-        ]
-        if self.fee.minor:
-            postings.append(Posting(self.revenue, self.fee))
-        return Journal(
-            id=self.journal_id,
-            kind=JournalKind.CAPTURE,
-            postings=tuple(postings),
-            created_at=self.created_at,
-            user_id=held.account.user_id,
-            reference=held.reference,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +162,35 @@ class LedgerProblem:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class WalletLimits:
+    """The most one deposit may bring, and one wallet may hold, in units of each currency:
+    `deposit_max` and `balance_max` unless `currencies` names the currency (its pair, either
+    None for the default). A deposit above its limit is refused (1006); a credit that would take
+    a wallet past its balance limit too (1010). Whatever the settings, no balance passes what a
+    BIGINT of minor units holds."""
+
+    deposit_max: Decimal = Decimal(1_000_000)
+    balance_max: Decimal = Decimal(100_000_000)
+    currencies: Mapping[str, tuple[Decimal | None, Decimal | None]] = field(default_factory=dict)
+
+    def max_deposit(self, currency: str) -> Money:
+        deposit, _ = self.currencies.get(currency, (None, None))
+        return _capped(self.deposit_max if deposit is None else deposit, currency)
+
+    def max_balance(self, currency: str) -> Money:
+        _, balance = self.currencies.get(currency, (None, None))
+        return _capped(self.balance_max if balance is None else balance, currency)
+
+
+def _capped(units: Decimal, code: str) -> Money:
+    """`units` of the currency in minor units (rounded down), at most what a BIGINT holds."""
+    return Money(min(math.floor(units * currency(code).unit), BIGINT_MAX), code)
+
+
 class PostingLedger(Protocol):
-    """The part of the ledger that moves money."""
+    """The part of the ledger that moves money. Each movement is one call of a SQL function
+    (migration 0008) that is whole on its own: run as a unit's only write, it needs no BEGIN."""
 
     async def account(
         self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None
@@ -201,8 +203,24 @@ class PostingLedger(Protocol):
         in key order (so two transactions opening the same new accounts cannot deadlock)."""
         ...
 
-    async def post(self, journal: Journal) -> None:
-        """Write the journal and move the wallets' cached balances; 1001 if one would go short."""
+    async def post(self, journal: Journal, limits: WalletLimits) -> None:
+        """Write the journal and move the wallets' cached balances, in the unit's transaction;
+        1001 if a wallet would go short, 1010 if one would pass its balance limit."""
+        ...
+
+    async def post_once(
+        self,
+        once: PostOnce,
+        journal: Journal,
+        response: dict[str, Any],
+        announce: Event,
+        limits: WalletLimits,
+    ) -> SavedResponse | None:
+        """Post `journal` under `once`'s key, keeping `response` for repeats of the key and
+        adding `announce` to the outbox: None when posted. When the key was taken before,
+        nothing is written and its first response is returned (a concurrent holder of the key
+        is waited for); 1007 if that was another request. 1001 or 1010 as `post`, with nothing
+        kept."""
         ...
 
     async def hold(self, hold: Hold) -> bool:
@@ -210,10 +228,22 @@ class PostingLedger(Protocol):
         nothing, when a hold with this id exists already."""
         ...
 
-    async def settle_hold(
-        self, hold_id: uuid.UUID, status: HoldStatus, journal_id: uuid.UUID | None = None
-    ) -> Hold | None:
-        """Move a HELD hold to CAPTURED or RELEASED, unlocking its amount; None if not HELD."""
+    async def release(self, hold_id: uuid.UUID, at: datetime) -> Hold | None:
+        """Unlock a HELD hold (RELEASED): the hold as it stands afterwards, unchanged when it
+        was not HELD; None when there is no such hold."""
+        ...
+
+    async def capture(self, capture: Capture) -> Hold | None:
+        """Capture the hold as `capture` says, unlocking it and posting its journal: the hold as
+        it stands afterwards, None when there is no such hold. A hold not HELD is returned as
+        it is, with nothing written, so of concurrent captures of one hold one posts.
+        ValueError, with nothing kept, when the fee does not fit in the hold."""
+        ...
+
+    async def capture_all(self, captures: Sequence[Capture]) -> list[Hold]:
+        """`capture` for each of `captures`, in one statement: the holds that exist, as they
+        stand afterwards, in no particular order. All or nothing: when one of them cannot be
+        captured, none is, and its error is raised."""
         ...
 
     async def find_hold(self, hold_id: uuid.UUID) -> Hold | None: ...
@@ -224,7 +254,10 @@ class LedgerRepository(PostingLedger, Protocol):
 
     async def statement(self, query: StatementQuery) -> list[StatementLine]: ...
 
-    async def verify(self) -> list[LedgerProblem]: ...
+    async def verify(self) -> list[LedgerProblem]:
+        """Every broken invariant of the books; a check the database refuses to run is reported
+        as a problem too. A database out of reach raises."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,46 +271,6 @@ class PostOnce:
     status: int = 201
 
 
-class PostingUnitOfWork(Protocol):
-    """One transaction that moves money: idempotency records, events with them, the ledger.
-    On PostgreSQL it runs on the bare driver (platform/pg.py)."""
-
-    @property
-    def idempotency(self) -> IdempotencyStore: ...
-
-    @property
-    def ledger(self) -> PostingLedger: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-    async def commit(self) -> None: ...
-
-    async def post_once(
-        self, once: PostOnce, journal: Journal, response: dict[str, Any], announce: Event
-    ) -> SavedResponse | None:
-        """Post `journal` under `once`'s key, keeping `response` for repeats of the key and
-        adding `announce` to the outbox, and commit: None when posted. When the key was taken
-        before, nothing is written and its first response is returned (a concurrent holder of
-        the key is waited for); 1007 if that was another request. 1001, with nothing kept,
-        when a wallet would go short."""
-        ...
-
-    async def capture_once(self, capture: Capture) -> Hold | None:
-        """Capture the hold as `capture` says, unlocking it and posting its journal, and commit:
-        the hold as it stands afterwards, None when there is no such hold. A hold not HELD is
-        returned as it is, with nothing written, so of concurrent captures of one hold one
-        posts. ValueError, with nothing kept, when the fee does not fit in the hold."""
-        ...
-
-    async def capture_all(self, captures: Sequence[Capture]) -> list[Hold]:
-        """`capture_once` for each of `captures`, together, and commit (one statement on the
-        driver): the holds that exist, as they stand afterwards, in no particular order. All
-        or nothing: when one of them cannot be captured, none is, and its error is raised."""
-        ...
-
-
-class WalletUnitOfWork(UnitOfWork, PostingUnitOfWork, Protocol):
+class WalletUnitOfWork(UnitOfWork, Protocol):
     @property
     def ledger(self) -> LedgerRepository: ...

@@ -12,6 +12,7 @@ from currencyex.auth.client import (
 )
 from currencyex.kernel.clock import Clock, rfc3339
 from currencyex.kernel.errors import (
+    AmountOutOfLimits,
     KycNotApproved,
     NotFound,
     UnsupportedCurrency,
@@ -37,11 +38,11 @@ from currencyex.wallet.domain import (
     JournalKind,
     LedgerProblem,
     Posting,
-    PostingUnitOfWork,
     PostOnce,
     StatementLine,
     StatementQuery,
     WalletBalance,
+    WalletLimits,
     WalletUnitOfWork,
 )
 
@@ -108,12 +109,10 @@ class WalletService:
         clock: Clock,
         default_currency: str,
         supported: Callable[[str], bool],
-        postings: Callable[[], PostingUnitOfWork] | None = None,
+        limits: WalletLimits,
     ) -> None:
-        """`postings` opens the units of work that move money (deposits, exchanges, holds and
-        their settlement); `uow` by default."""
         self._uow = uow
-        self._postings = postings or uow
+        self._limits = limits
         self._auth = auth
         self._rates = rates
         self._clock = clock
@@ -124,7 +123,7 @@ class WalletService:
         """On registration: a customer gets a wallet in the default currency (idempotent)."""
         if role != Role.CUSTOMER.value:
             return
-        async with self._postings() as uow:
+        async with self._uow() as uow:
             await uow.ledger.account(AccountKind.WALLET, self._default_currency, user_id)
             await uow.commit()
 
@@ -139,13 +138,16 @@ class WalletService:
         """Cash taken in at a branch, credited to an approved customer's wallet."""
         self._check_currency(amount.currency)
         _positive(amount, "amount")
+        most = self._limits.max_deposit(amount.currency)
+        if most < amount:
+            raise AmountOutOfLimits(f"A deposit brings at most {most.format()} {most.currency}")
         customer = await self._auth.principal(user_id)
         if customer is None or customer.role is not Role.CUSTOMER:
             raise NotFound("No such customer")
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved("The customer's KYC is not approved")
         once = PostOnce("wallet.deposit", str(teller.user_id), request)
-        async with self._postings() as uow:
+        async with self._uow() as uow:
             wallet, cash_in = await uow.ledger.accounts(
                 (AccountKind.WALLET, amount.currency, user_id),
                 (AccountKind.CASH_IN, amount.currency),
@@ -168,7 +170,10 @@ class WalletService:
                 credited=amount,
             )
             body = movement.to_json()
-            saved = await uow.post_once(once, journal, body, Event(WALLET_DEPOSITED, body))
+            saved = await uow.ledger.post_once(
+                once, journal, body, Event(WALLET_DEPOSITED, body), self._limits
+            )
+            await uow.commit()
         return movement if saved is None else Movement.from_json(saved.body)
 
     async def exchange(
@@ -189,7 +194,7 @@ class WalletService:
         if isinstance(quote, SavedResponse):
             return Movement.from_json(quote.body)
         try:
-            async with self._postings() as uow:
+            async with self._uow() as uow:
                 source, target = quote.source_amount.currency, quote.target_amount.currency
                 (
                     source_wallet,
@@ -234,7 +239,10 @@ class WalletService:
                     fee=quote.fee,
                 )
                 body = movement.to_json()
-                saved = await uow.post_once(once, journal, body, Event(WALLET_EXCHANGED, body))
+                saved = await uow.ledger.post_once(
+                    once, journal, body, Event(WALLET_EXCHANGED, body), self._limits
+                )
+                await uow.commit()
         except BaseException:
             # Nothing moved: the quote stays usable for a retry (after a top-up, say).
             await self._rates.release_quote(quote)
@@ -249,7 +257,7 @@ class WalletService:
     async def _first_response(self, once: PostOnce) -> SavedResponse | None:
         """The response saved for `once`'s key, if a request has been through with it; a
         concurrent first request with the key is waited for."""
-        async with self._postings() as uow:
+        async with self._uow() as uow:
             # Not committed: a key found free here stays free.
             return await uow.idempotency.claim(
                 once.scope, once.owner, once.request.key, once.request.fingerprint
@@ -266,7 +274,7 @@ class WalletService:
         """Lock part of a wallet's available balance (a send waiting for its payout); 1001 when
         short. With `hold_id`, idempotent: a hold with that id already placed is returned."""
         _positive(amount, "amount")
-        async with self._postings() as uow:
+        async with self._uow() as uow:
             wallet = await uow.ledger.account(AccountKind.WALLET, amount.currency, user_id)
             hold = Hold(hold_id or new_id(), wallet, amount, HoldStatus.HELD, reference)
             if not await uow.ledger.hold(hold):
@@ -282,9 +290,9 @@ class WalletService:
         the rest to payout suspense. Once: capturing a settled hold changes nothing.
 
         With `fee` (remittances always pass theirs) the house's accounts are known from its
-        currency, and on PostgreSQL the capture is one statement. Without, the hold is read
-        first for its currency."""
-        async with self._postings() as uow:
+        currency and the capture is one statement. Without, the hold is read first for its
+        currency."""
+        async with self._uow() as uow:
             if fee is None:
                 held = await uow.ledger.find_hold(hold_id)
                 if held is None:
@@ -295,21 +303,22 @@ class WalletService:
             suspense, revenue = await uow.ledger.accounts(
                 (AccountKind.PAYOUT_SUSPENSE, fee.currency), (AccountKind.FEE_REVENUE, fee.currency)
             )
-            captured = await uow.capture_once(
+            captured = await uow.ledger.capture(
                 Capture(hold_id, fee, suspense, revenue, new_id(), self._clock.now())
             )
+            await uow.commit()
         if captured is None:
             raise NotFound("No such hold")
         return captured
 
     async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
-        """`capture` for several holds (each hold's id with its fee) together, in one statement
-        on PostgreSQL: the holds that exist, as they stand afterwards, in no particular order.
-        All or nothing: when one cannot be captured (its fee does not fit, say), none is."""
+        """`capture` for several holds (each hold's id with its fee) together, in one statement:
+        the holds that exist, as they stand afterwards, in no particular order. All or nothing:
+        when one cannot be captured (its fee does not fit, say), none is."""
         if not fees:
             return []
         currencies = sorted({fee.currency for fee in fees.values()})
-        async with self._postings() as uow:
+        async with self._uow() as uow:
             house = await uow.ledger.accounts(
                 *(
                     (kind, currency)
@@ -320,7 +329,7 @@ class WalletService:
             suspense = dict(zip(currencies, house[0::2], strict=True))
             revenue = dict(zip(currencies, house[1::2], strict=True))
             now = self._clock.now()
-            return await uow.capture_all(
+            captured = await uow.ledger.capture_all(
                 [
                     Capture(
                         hold_id, fee, suspense[fee.currency], revenue[fee.currency], new_id(), now
@@ -328,17 +337,16 @@ class WalletService:
                     for hold_id, fee in fees.items()
                 ]
             )
+            await uow.commit()
+        return captured
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         """The payout failed: the held money is available again. Once."""
-        async with self._postings() as uow:
-            released = await uow.ledger.settle_hold(hold_id, HoldStatus.RELEASED)
-            if released is None:
-                held = await uow.ledger.find_hold(hold_id)
-                if held is None:
-                    raise NotFound("No such hold")
-                return held
+        async with self._uow() as uow:
+            released = await uow.ledger.release(hold_id, self._clock.now())
             await uow.commit()
+        if released is None:
+            raise NotFound("No such hold")
         return released
 
     async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]:
@@ -352,6 +360,7 @@ class WalletService:
             return await uow.ledger.statement(query)
 
     async def verify(self) -> list[LedgerProblem]:
+        """Every broken invariant of the books, as problems."""
         async with self._uow() as uow:
             return await uow.ledger.verify()
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import BucketDecision
-from currencyex.platform.cache.redis_client import RedisClient, Script
-from currencyex.platform.cache.store import REDIS_TIMEOUT_SECONDS
+from currencyex.platform.cache.redis_url import RedisClient
 
 # Refill is computed in floating point; without this slack a bucket that has waited exactly
 # long enough could hold 0.9999999 tokens and refuse a request it should allow.
@@ -23,7 +22,9 @@ _SWEEP_INTERVAL_SECONDS = 60.0
 # A Redis bucket outlives the time it takes to refill fully by this much, then vanishes.
 _EXPIRY_MARGIN_MS = 1000
 
-# KEYS[1]: the bucket hash. ARGV: capacity, refill_per_second, cost.
+# KEYS[1]: the bucket hash, the only key the script touches (so in a Cluster it runs on the
+# bucket's own master, and buckets spread over all of them). ARGV: capacity, refill_per_second,
+# cost, epsilon, expiry margin in ms.
 # Redis's own TIME is the clock, so every app process sees the same one; numbers are stored
 # with %.17g because Lua's default conversion keeps only 14 digits.
 _TAKE_SCRIPT = """
@@ -143,12 +144,13 @@ class MemoryRateLimitStore:
 
 
 class RedisRateLimitStore:
-    """Token buckets in Redis, shared by every process; each take is one atomic script."""
+    """Token buckets in Redis (a server or a Cluster), shared by every process; each take is
+    one atomic script, sent by its SHA-1 digest (in full only when Redis has not seen it)."""
 
-    def __init__(self, url: str, *, prefix: str = "cx:rl:") -> None:
-        self._redis = RedisClient(url, timeout=REDIS_TIMEOUT_SECONDS)
+    def __init__(self, redis: RedisClient, *, prefix: str = "cx:rl:") -> None:
+        self._redis = redis
         self._prefix = prefix
-        self._take_script = Script(self._redis, _TAKE_SCRIPT)
+        self._take_script = redis.register_script(_TAKE_SCRIPT)
 
     async def take(
         self, key: str, *, capacity: int, refill_per_second: float, cost: int = 1
@@ -169,7 +171,9 @@ class RedisRateLimitStore:
         raise TypeError(f"the take script answered {reply!r}")
 
     async def ping(self) -> None:
-        await self._redis.call("PING")
+        await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.close()
+        """Close the client's connections, shared with the cache when bootstrap gave both the
+        same client; closing twice is harmless, and a later command reconnects."""
+        await self._redis.aclose()

@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 
 from currencyex.kernel.clock import Clock, SystemClock
-from currencyex.platform.cache.redis_client import RedisClient, Reply
-
-# An unreachable Redis must fail the request quickly (a clear 503) rather than hold it open.
-REDIS_TIMEOUT_SECONDS = 2.0
+from currencyex.platform.cache.redis_url import RedisClient
 
 # How often the memory cache sweeps out expired keys that nobody reads again.
 _SWEEP_INTERVAL_SECONDS = 60.0
@@ -87,48 +84,51 @@ class MemoryCache:
 
 
 class RedisCache:
-    """A cache in Redis, shared by every process of the deployment."""
+    """A cache in Redis (a server or a Cluster), shared by every process of the deployment.
 
-    def __init__(self, url: str, *, prefix: str = "cx:") -> None:
-        self._redis = RedisClient(url, timeout=REDIS_TIMEOUT_SECONDS)
+    Every operation is one command on one key, so in a Cluster each key lives wherever its own
+    slot does and no two keys need a common hash tag.
+    """
+
+    def __init__(self, redis: RedisClient, *, prefix: str = "cx:") -> None:
+        self._redis = redis
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
-        return _bytes_or_none(await self._redis.call("GET", self._prefix + key))
+        return _bytes_or_none(await self._redis.get(self._prefix + key))
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
         _check_ttl(ttl_seconds)
-        await self._redis.call("SET", self._prefix + key, value, *_expiry(ttl_seconds))
+        await self._redis.set(self._prefix + key, value, px=_expiry_ms(ttl_seconds))
 
     async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
         _check_ttl(ttl_seconds)
-        stored = await self._redis.call(
-            "SET", self._prefix + key, value, *_expiry(ttl_seconds), "NX"
+        stored = await self._redis.set(
+            self._prefix + key, value, px=_expiry_ms(ttl_seconds), nx=True
         )
-        return stored is not None  # OK, or a null when the key was there
+        return stored is not None  # True, or None when the key was there
 
     async def delete(self, key: str) -> bool:
-        removed = await self._redis.call("DEL", self._prefix + key)
-        if not isinstance(removed, int):
-            raise TypeError(f"expected an integer from Redis, got {removed!r}")
-        return removed > 0
+        return await self._redis.delete(self._prefix + key) > 0
 
     async def pop(self, key: str) -> bytes | None:
-        return _bytes_or_none(await self._redis.call("GETDEL", self._prefix + key))
+        return _bytes_or_none(await self._redis.getdel(self._prefix + key))
 
     async def ping(self) -> None:
-        await self._redis.call("PING")
+        await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.close()
+        """Close the client's connections, shared with the rate-limit store when bootstrap
+        gave both the same client; closing twice is harmless, and a later command reconnects."""
+        await self._redis.aclose()
 
 
-def _bytes_or_none(reply: Reply) -> bytes | None:
+def _bytes_or_none(reply: bytes | str | None) -> bytes | None:
     if reply is None or isinstance(reply, bytes):
         return reply
-    raise TypeError(f"expected a bulk string or a null from Redis, got {reply!r}")
+    raise TypeError(f"expected bytes or None from Redis (decode_responses off), got {reply!r}")
 
 
-def _expiry(ttl_seconds: float | None) -> tuple[str, int] | tuple[()]:
-    # In milliseconds, rounded up so a short ttl never becomes 0 ms, which Redis rejects.
-    return () if ttl_seconds is None else ("PX", max(1, math.ceil(ttl_seconds * 1000)))
+def _expiry_ms(ttl_seconds: float | None) -> int | None:
+    # Rounded up so a short ttl never becomes 0 ms, which Redis rejects.
+    return None if ttl_seconds is None else max(1, math.ceil(ttl_seconds * 1000))

@@ -1,57 +1,39 @@
 """The audit log: who did what to which subject and when, one row per staff action.
 
 Written through the unit of work, in the transaction of the action it records, so an action
-and its audit row commit or roll back together. On PostgreSQL the table is append-only.
+and its audit row commit or roll back together. The table is append-only (migration 0003).
 """
 
 from __future__ import annotations
 
-import functools
 import json
+from collections.abc import Sequence
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry
-from currencyex.platform.db.engine import UtcDateTime, insert_or_ignore_for, metadata
 
-audit_table = sa.Table(
-    "audit_log",
-    metadata,
-    sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("actor_id", sa.Uuid, nullable=False),
-    sa.Column("action", sa.String(50), nullable=False),
-    sa.Column("subject_type", sa.String(30), nullable=False),
-    sa.Column("subject_id", sa.String(64), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("at", UtcDateTime, nullable=False),
+# An entry whose id is in the log already (a consumer recording an event again) is ignored.
+_RECORD = """
+INSERT INTO audit_log (id, actor_id, action, subject_type, subject_id, detail, at)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::varchar[], $6::text[],
+    $7::timestamptz[]
 )
+ON CONFLICT (id) DO NOTHING
+"""
 
 
-def audit_row(entry: AuditEntry) -> dict[str, Any]:
-    """The audit_log row of `entry` (a new id; the detail as compact, sorted JSON)."""
-    return {
-        "id": entry.id or new_id(),
-        "actor_id": entry.actor_id,
-        "action": entry.action,
-        "subject_type": entry.subject_type,
-        "subject_id": entry.subject_id,
-        "detail": json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
-        "at": entry.at,
-    }
-
-
-class SqlAuditLog:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def record(self, entry: AuditEntry) -> None:
-        """Add `entry`; an entry whose id is in the log already is ignored."""
-        await self._conn.execute(_record(self._conn.dialect.name), audit_row(entry))
-
-
-@functools.cache
-def _record(dialect: str) -> Any:
-    return insert_or_ignore_for(dialect, audit_table).on_conflict_do_nothing(index_elements=["id"])
+def write_audit_entries(entries: Sequence[AuditEntry]) -> tuple[Any, ...]:
+    """The statement that adds `entries` to the log, and its arguments."""
+    return (
+        _RECORD,
+        [entry.id or new_id() for entry in entries],
+        [entry.actor_id for entry in entries],
+        [entry.action for entry in entries],
+        [entry.subject_type for entry in entries],
+        [entry.subject_id for entry in entries],
+        # Compact, sorted JSON: the same entry is the same text.
+        [json.dumps(entry.detail, sort_keys=True, separators=(",", ":")) for entry in entries],
+        [entry.at for entry in entries],
+    )

@@ -8,48 +8,19 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
-import sqlalchemy as sa
 import structlog
 
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
-from currencyex.platform.db.engine import Database, UtcDateTime, metadata
+from currencyex.platform.db.database import Database
 
 log = structlog.get_logger(__name__)
 
-outbox_table = sa.Table(
-    "outbox",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("subject", sa.String(200), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("published_at", UtcDateTime, nullable=True),
-)
 
-processed_events_table = sa.Table(
-    "processed_events",
-    metadata,
-    sa.Column("consumer", sa.String(100), primary_key=True),
-    sa.Column("event_id", sa.String(36), primary_key=True),
-    sa.Column("processed_at", UtcDateTime, nullable=False),
-)
-
-
-def outbox_row(event: Event) -> dict[str, Any]:
-    """The outbox row that carries `event`."""
-    return {
-        "id": event.id,
-        "subject": event.subject,
-        "payload": event.to_json().decode(),
-        "created_at": event.occurred_at,
-    }
-
-
-# On PostgreSQL's bare driver: a batch of unpublished events, marked published as it is taken.
-_PG_TAKE = """
+# A batch of unpublished events, marked published as it is taken (rows locked, SKIP LOCKED:
+# two relays split the work); what the bus did not take is unmarked before the commit.
+_TAKE = """
 UPDATE outbox SET published_at = $2
 WHERE id IN (
     SELECT id FROM outbox WHERE published_at IS NULL
@@ -59,7 +30,8 @@ WHERE id IN (
 )
 RETURNING id, payload, created_at
 """
-_PG_UNTAKE = "UPDATE outbox SET published_at = NULL WHERE id = ANY($1::varchar[])"
+_UNTAKE = "UPDATE outbox SET published_at = NULL WHERE id = ANY($1::varchar[])"
+_PENDING = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
 # After a commit wakes the relay, it waits this long before reading, so that under load one
 # pass publishes many events rather than one each.
@@ -82,36 +54,12 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many events were published."""
-        if self._db.dialect == "postgresql":
-            return await self._relay_on_driver()
-        query = (
-            sa.select(outbox_table.c.id, outbox_table.c.payload)
-            .where(outbox_table.c.published_at.is_(None))
-            .order_by(outbox_table.c.created_at, outbox_table.c.id)
-            .limit(self._batch)
-        )
-        async with self._db.connect() as conn, conn.begin():
-            rows = (await conn.execute(query)).all()
-            published, failure = await self._publish([(row.id, row.payload) for row in rows])
-            if published:
-                await conn.execute(
-                    outbox_table.update()
-                    .where(outbox_table.c.id.in_(published))
-                    .values(published_at=datetime.now(UTC))
-                )
-        if failure is not None:
-            raise failure
-        return len(published)
-
-    async def _relay_on_driver(self) -> int:
-        # The batch is marked as it is taken (rows locked, SKIP LOCKED: two relays split the
-        # work) and what the bus did not take is unmarked before the commit.
-        async with self._db.driver() as conn, conn.transaction():
-            rows = await conn.fetch(_PG_TAKE, self._batch, datetime.now(UTC))
+        async with self._db.connection() as conn, conn.transaction():
+            rows = await conn.fetch(_TAKE, self._batch, datetime.now(UTC))
             rows.sort(key=lambda row: (row["created_at"], row["id"]))
             published, failure = await self._publish([(row["id"], row["payload"]) for row in rows])
             if len(published) < len(rows):
-                await conn.execute(_PG_UNTAKE, [row["id"] for row in rows[len(published) :]])
+                await conn.execute(_UNTAKE, [row["id"] for row in rows[len(published) :]])
         if failure is not None:
             raise failure
         return len(published)
@@ -129,11 +77,9 @@ class OutboxRelay:
         return published, None
 
     async def pending(self) -> int:
-        async with self._db.connect() as conn:
-            count = await conn.scalar(
-                sa.select(sa.func.count()).where(outbox_table.c.published_at.is_(None))
-            )
-        return int(count or 0)
+        async with self._db.connection() as conn:
+            count: int = await conn.fetchval(_PENDING)
+        return count
 
     def notify(self) -> None:
         """Ask the relay to look now rather than at its next poll."""

@@ -10,16 +10,25 @@ from __future__ import annotations
 import socket
 
 import asyncpg
-import sqlalchemy.exc
+import redis.exceptions
 
 _DOWN: tuple[type[BaseException], ...] = (
-    ConnectionError,  # refused, reset, aborted, broken pipe; Redis unavailable
-    TimeoutError,
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    TimeoutError,  # no answer in time; no pooled database connection free in time
     socket.gaierror,  # the host name does not resolve
     asyncpg.PostgresConnectionError,  # the connection failed or is gone
     asyncpg.exceptions.OperatorInterventionError,  # starting up, shutting down, admin shutdown
     asyncpg.exceptions.TooManyConnectionsError,
-    sqlalchemy.exc.TimeoutError,  # no pooled connection within the pool's timeout
+    # redis-py's own: unreachable, dropped, a refused password, still loading its data after a
+    # restart, no free connection to a Cluster node (MaxConnectionsError); no answer in time.
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    # A Cluster failing over (CLUSTERDOWN, MASTERDOWN), or a slot with no master known yet.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    # A write reached a replica: a failover behind one address, until the old master drops
+    # its connections.
+    redis.exceptions.ReadOnlyError,
 )
 
 
@@ -31,8 +40,6 @@ def dependency_down(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, _DOWN):
-            return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -2,17 +2,19 @@
 
 import asyncio
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
+# Held while migrating: of two processes migrating one database at once (two first starts of
+# the embedded server), the second waits, then finds the schema at head.
+MIGRATION_LOCK = 7_281_938
 
-def _run(connection: object) -> None:
-    context.configure(
-        connection=connection,  # type: ignore[arg-type]
-        render_as_batch=True,  # SQLite alters tables by copying them
-        compare_type=True,
-    )
+
+def _run(connection: sa.Connection) -> None:
+    context.configure(connection=connection, compare_type=True)
     with context.begin_transaction():
+        connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
         context.run_migrations()
 
 

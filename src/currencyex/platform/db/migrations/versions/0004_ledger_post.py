@@ -3,8 +3,8 @@
 `ledger_post` writes the journal and its entries and moves the wallet caches, each by a
 conditional UPDATE in the order given (the caller sorts by account id, so concurrent postings
 lock in the same order). It returns false, having moved nothing the caller keeps, when a wallet
-would go below its locked balance: the caller rolls the transaction back. SQLite runs the same
-steps as separate statements (wallet/repository.py).
+would go below its locked balance: the caller rolls the transaction back. Migration 0008
+replaces it (balance limits, errors as SQLSTATEs).
 
 Revision ID: 0004
 Revises: 0003

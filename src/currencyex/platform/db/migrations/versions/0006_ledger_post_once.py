@@ -9,7 +9,7 @@ it is its own transaction: all of it is kept or none of it.
 - A wallet would go short: it raises SQLSTATE CX001, which rolls the whole statement back.
 - Otherwise it returns no row.
 
-SQLite runs the same steps as separate statements in one transaction (wallet/repository.py).
+Migration 0008 replaces it (its steps by name: the key's claim, the posting, the event).
 
 Revision ID: 0006
 Revises: 0005

@@ -14,7 +14,7 @@ A fee that does not fit in a HELD hold (another currency than the hold's, negati
 less than the hold) raises SQLSTATE CX002, the hold's amount in the detail ("6000 USD"): the
 statement, and the transaction it is part of, keep nothing.
 
-SQLite runs the same steps as separate statements in one transaction (wallet/repository.py).
+Migration 0008 replaces it (the posting by name, with the new `ledger_post`).
 
 Revision ID: 0007
 Revises: 0006

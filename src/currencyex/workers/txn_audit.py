@@ -1,5 +1,5 @@
-"""After a transaction's status changes (`full.txn.status_changed`): its PDF receipt once it is
-COMPLETED, and a row in the audit log for every change."""
+"""After a transaction's status changes (`full.txn.status_changed`): a row in the audit log for
+every change."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from datetime import datetime
 
 from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
 from currencyex.kernel.ports import AuditEntry, BatchHandler, EventBus, UnitOfWork
-from currencyex.remit.client import RemitClient
 
-RECEIPTS = "txn-receipts"
 AUDIT = "txn-audit"
 AUDIT_ACTION = "txn.status_changed"
 # The actor of changes no person made: the payout worker completing or failing a payout.
@@ -25,19 +23,9 @@ _BY_SENDER = frozenset({"CREATED", "PROCESSING"})
 BATCH = 500
 
 
-def receipt_writer(remit: RemitClient) -> BatchHandler:
-    async def handle(events: Sequence[Event]) -> None:
-        # Idempotent by nature: the same transaction renders the same PDF at the same path.
-        completed = [uuid.UUID(e.data["txn_id"]) for e in events if e.data["status"] == "COMPLETED"]
-        if completed:
-            await remit.write_receipts(completed)
-
-    return handle
-
-
 def audit_writer(uow: Callable[[], UnitOfWork]) -> BatchHandler:
     async def handle(events: Sequence[Event]) -> None:
-        async with uow() as tx:  # one transaction for the batch (one statement on the driver)
+        async with uow() as tx:  # one statement for the whole batch
             for event in events:
                 await tx.audit.record(_audit_entry(event))
             await tx.commit()
@@ -59,6 +47,5 @@ def _audit_entry(event: Event) -> AuditEntry:
     )
 
 
-async def subscribe(bus: EventBus, remit: RemitClient, uow: Callable[[], UnitOfWork]) -> None:
-    await bus.subscribe_batch(TXN_STATUS_CHANGED, RECEIPTS, receipt_writer(remit), max_batch=BATCH)
+async def subscribe(bus: EventBus, uow: Callable[[], UnitOfWork]) -> None:
     await bus.subscribe_batch(TXN_STATUS_CHANGED, AUDIT, audit_writer(uow), max_batch=BATCH)
