@@ -731,10 +731,10 @@ async def test_a_capture_with_its_fee_is_one_statement(books: Books) -> None:
     assert await hold_journal(books, second.id) is not None
 
 
-async def test_holds_placed_while_a_batch_of_captures_runs_never_deadlock(books: Books) -> None:
-    """A batch of captures locks its holds' wallets in the order of the wallets' ids, whatever
-    the order of its holds; a hold locks one wallet: the two on the same wallets wait but
-    never deadlock."""
+async def test_holds_sent_together_and_a_batch_of_captures_never_deadlock(books: Books) -> None:
+    """Holds made in one turn of the event loop go to the server together (StatementBatches)
+    and lock their wallets in the order of the wallets' ids, as a batch of captures does
+    whatever the order of its holds: the two on the same wallets wait but never deadlock."""
     failed: list[BaseException] = []
 
     def log(query: Any) -> None:

@@ -19,7 +19,7 @@ import asyncpg
 
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
-from currencyex.platform.db.calls import REFERENCE_TAKEN, call, sqlstate
+from currencyex.platform.db.calls import REFERENCE_TAKEN, call, call_one_row, sqlstate
 from currencyex.platform.db.database import Database
 from currencyex.platform.db.idempotency import first_response, response_text
 from currencyex.platform.db.outbox import event_arguments
@@ -176,7 +176,7 @@ class RemitRepository:
     ) -> Transaction | SavedResponse:
         candidate = txn
         for _ in range(_REFERENCE_DRAWS):
-            statement = call(
+            statement = call_one_row(
                 "remit_add_once",
                 txn=_row(candidate, request_hash, self._resume_after),
                 scope=reply.scope,
@@ -185,14 +185,14 @@ class RemitRepository:
                 **event_arguments(candidate.status_changed(candidate.status, candidate.created_at)),
             )
             try:
-                rows = await self._uow.alone(*statement)
+                row = await self._uow.alone_row(*statement)
             except asyncpg.PostgresError as error:
                 if sqlstate(error) != REFERENCE_TAKEN:
                     raise
                 candidate = replace(txn, reference_id=new_reference_id())
                 continue
-            if rows:
-                return first_response(rows[0], request_hash)
+            if row["request_hash"] is not None:  # the key was taken before
+                return first_response(row, request_hash)
             self._uow.announced()
             return candidate
         raise RuntimeError(f"no free reference after {_REFERENCE_DRAWS} draws")
@@ -241,14 +241,15 @@ class RemitRepository:
                 "response": response_text(reply.body_for(moved)),
             }
         final = outcome.status.final
-        [row] = await self._uow.alone(
+        row = await self._uow.alone_row(
             *call(
                 "remit_move",
                 **_move_arguments(txn, outcome, at, moved),
                 next_attempt_at=None if final else next_attempt_at,
                 lease_until=None if final else lease_until,
                 **saved,
-            )
+            ),
+            lock_order=txn.id,
         )
         if not row[0]:
             return None

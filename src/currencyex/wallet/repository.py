@@ -26,6 +26,7 @@ from currencyex.platform.db.calls import (
     FEE_MISFIT,
     INSUFFICIENT_FUNDS,
     call,
+    call_one_row,
     sqlstate,
 )
 from currencyex.platform.db.database import Database
@@ -281,7 +282,8 @@ class LedgerRepository:
         announce: Event,
         limits: WalletLimits,
     ) -> SavedResponse | None:
-        statement = call(
+        arguments = _journal_arguments(journal, limits)
+        statement = call_one_row(
             "ledger_post_once",
             scope=once.scope,
             owner=once.owner,
@@ -290,14 +292,19 @@ class LedgerRepository:
             status=once.status,
             response=response_text(response),
             **event_arguments(announce),
-            **_journal_arguments(journal, limits),
+            **arguments,
         )
         try:
-            rows = await self._uow.alone(*statement)
+            # Maybe sent with other units' postings: in the order of the first wallet each
+            # locks (a posting locks its wallets in the order of their ids).
+            first = min(arguments["wallets"], default=None)
+            row = await self._uow.alone_row(*statement, lock_order=first)
         except asyncpg.PostgresError as error:
             _refused(error)
         self._uow.announced()
-        return first_response(rows[0], once.request.fingerprint) if rows else None
+        if row["request_hash"] is None:  # posted
+            return None
+        return first_response(row, once.request.fingerprint)
 
     async def hold(self, hold: Hold) -> bool:
         statement = call(
@@ -309,7 +316,8 @@ class LedgerRepository:
             created_at=datetime.now(UTC),
         )
         try:
-            [row] = await self._uow.alone(*statement)
+            # Maybe sent with other units' holds: in the order of the wallets they lock.
+            row = await self._uow.alone_row(*statement, lock_order=hold.account.id)
         except asyncpg.PostgresError as error:
             _refused(error)
         return bool(row[0])

@@ -31,6 +31,20 @@ def call(function: str, /, **arguments: Any) -> tuple[Any, ...]:
     return (_statement(function, tuple(arguments)), *arguments.values())
 
 
+@functools.cache
+def _one_row(function: str, names: tuple[str, ...]) -> str:
+    arguments = ", ".join(f"p_{name} => ${n}" for n, name in enumerate(names, 1))
+    call = f"{function}({arguments})"
+    return f"SELECT r.* FROM (SELECT) AS one LEFT JOIN LATERAL {call} AS r ON true"  # noqa: S608
+
+
+def call_one_row(function: str, /, **arguments: Any) -> tuple[Any, ...]:
+    """`call` for a function that returns at most one row, as a statement that returns exactly
+    one (its columns null when the function returned none): what a batch of units' statements
+    needs (`UnitOfWork.alone_row`)."""
+    return (_one_row(function, tuple(arguments)), *arguments.values())
+
+
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a PostgreSQL error; None for anything else."""
     return error.sqlstate if isinstance(error, asyncpg.PostgresError) else None

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from currencyex.platform.db.batches import StatementBatches
+
 POOL_SIZE = 20
 # How long a caller waits for a pooled connection before its request fails with 5001.
 POOL_WAIT_SECONDS = 10.0
@@ -88,6 +90,7 @@ class Database:
         # The pool each lent connection came from: it goes back there, even once this
         # database has closed its pool (a late holder at shutdown).
         self._lent: dict[asyncpg.Connection, asyncpg.Pool] = {}
+        self._batches = StatementBatches(self.acquire, self.release)
         # Told when a transaction that added outbox events commits (the relay, to look now).
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -105,6 +108,14 @@ class Database:
     async def release(self, conn: asyncpg.Connection) -> None:
         """Give back a connection `acquire` lent; one cut off mid-statement is closed."""
         await self._lent.pop(conn).release(conn)
+
+    async def batched_row(
+        self, query: str, args: tuple[Any, ...], *, lock_order: Any = None
+    ) -> asyncpg.Record:
+        """The one row of a self-contained statement, sent to the server with the same
+        statement of other callers in this turn of the event loop, in `lock_order`
+        (`StatementBatches`)."""
+        return await self._batches.row(query, args, lock_order=lock_order)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -138,6 +149,7 @@ class Database:
     async def close(self) -> None:
         """Close the pool, waiting up to 5 s for lent connections to come back; for good."""
         self._closed = True
+        await self._batches.close()
         pool, self._pool = self._pool, None
         if pool is None:
             return

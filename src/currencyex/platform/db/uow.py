@@ -105,6 +105,22 @@ class UnitOfWork:
         relay is told at the commit."""
         self._announced = True
 
+    async def alone_row(self, query: str, *args: Any, lock_order: Any = None) -> asyncpg.Record:
+        """`alone` for a statement that returns exactly one row: that row. As the unit's first
+        statement it goes to the server with the same statement of other units made in this
+        turn of the event loop, in one implicit transaction, ordered by `lock_order` (the key
+        of the row it locks, if it locks one that others lock too; `Database.batched_row`); it
+        is kept even if this unit's caller stops waiting for it."""
+        if self._ended:
+            raise RuntimeError("this unit of work has ended")
+        if self._connection is None and not self._events and not self._audit_entries:
+            self._autocommitted = True
+            return await self._db.batched_row(query, args, lock_order=lock_order)
+        rows = await self.alone(query, *args)
+        if len(rows) != 1:
+            raise RuntimeError(f"a one-row statement returned {len(rows)} rows")
+        return rows[0]
+
     def _collect(self) -> None:
         if self._ended:
             raise RuntimeError("this unit of work has ended")
