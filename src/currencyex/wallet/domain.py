@@ -173,14 +173,26 @@ class WalletLimits:
     deposit_max: Decimal = Decimal(1_000_000)
     balance_max: Decimal = Decimal(100_000_000)
     currencies: Mapping[str, tuple[Decimal | None, Decimal | None]] = field(default_factory=dict)
+    # Each currency's pair of limits in minor units, worked out once (every posting asks).
+    _worked_out: dict[str, tuple[Money, Money]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def max_deposit(self, currency: str) -> Money:
-        deposit, _ = self.currencies.get(currency, (None, None))
-        return _capped(self.deposit_max if deposit is None else deposit, currency)
+        return self._limits(currency)[0]
 
     def max_balance(self, currency: str) -> Money:
-        _, balance = self.currencies.get(currency, (None, None))
-        return _capped(self.balance_max if balance is None else balance, currency)
+        return self._limits(currency)[1]
+
+    def _limits(self, currency: str) -> tuple[Money, Money]:
+        found = self._worked_out.get(currency)
+        if found is None:
+            deposit, balance = self.currencies.get(currency, (None, None))
+            found = self._worked_out[currency] = (
+                _capped(self.deposit_max if deposit is None else deposit, currency),
+                _capped(self.balance_max if balance is None else balance, currency),
+            )
+        return found
 
 
 def _capped(units: Decimal, code: str) -> Money:
