@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import pkgutil
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,10 +19,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import currencyex
 from currencyex.platform.db.database import migrations_url
-from currencyex.platform.db.migrate import upgrade
 from currencyex.platform.db.tables import metadata
 
-from conftest import PG_ADMIN_URL, _admin, query
+from conftest import _database, query
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +35,8 @@ def _declare_every_table() -> None:
 
 @pytest.fixture
 def migrated() -> Iterator[str]:
-    name = f"cx_schema_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """A database of this test, migrated from empty to head."""
+    yield from _database("cx_schema")
 
 
 async def _differences(url: str) -> list[Any]:

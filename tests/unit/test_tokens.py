@@ -21,6 +21,14 @@ from currencyex.platform.security.tokens import (
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def now_is_when_the_test_runs() -> None:
+    """NOW as the test starts: verifying checks a token's expiry against the real clock, and a
+    long session would otherwise outlive the tokens its first tests issue."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 def issuer(folder, **kwargs) -> TokenIssuer:
     options = {"issuer": "currencyex", "audience": "currencyex-api", "ttl_seconds": 900, **kwargs}
     return TokenIssuer(load_keys(folder), **options)
