@@ -188,6 +188,30 @@ async def test_client_cannot_escape_its_bucket_by_prepending_a_forged_hop(limite
     assert_rate_limited(forged, limit=5)
 
 
+async def test_forwarded_names_that_are_not_addresses_share_the_peers_bucket(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    # Loopback is the trusted proxy; its peer address must be this test's alone, so the app
+    # trusts a fresh address and the client connects from it.
+    proxy = fresh_ip()
+    async with (
+        limited_app(make_settings, backend, trusted_proxies=[proxy]) as api,
+        client_at(api, proxy) as http,
+    ):
+        body = {"password": PASSWORD, "full_name": "Probe"}
+        for n in range(5):
+            response = await http.post(
+                "/v1/auth/register",
+                json={**body, "email": fresh_email()},
+                headers=xff(f"probe-{n}"),
+            )
+            assert response.status_code == 201, response.text
+        sixth = await http.post(
+            "/v1/auth/register", json={**body, "email": fresh_email()}, headers=xff("probe-9")
+        )
+        assert_rate_limited(sixth, limit=5)
+
+
 async def test_spoofed_forwarded_for_is_ignored_when_no_proxy_is_trusted(
     backend: str, make_settings: Callable[..., Any]
 ) -> None:
@@ -455,6 +479,12 @@ def forwarded_request(peer: str, forwarded: str | None) -> Request:
         ("127.0.0.1", "203.0.113.7, 127.0.0.1", "203.0.113.7"),  # a chain of trusted proxies
         ("::1", "203.0.113.7", "203.0.113.7"),
         ("203.0.113.9", "198.51.100.1", "203.0.113.9"),  # untrusted peer: header ignored
+        ("127.0.0.1", "probe-1", "127.0.0.1"),  # not an address: the peer's
+        ("127.0.0.1", "203.0.113.7:4711", "127.0.0.1"),
+        ("127.0.0.1", "203.0.113.7, probe-1", "127.0.0.1"),
+        ("127.0.0.1", "", "127.0.0.1"),
+        ("127.0.0.1", "203.0.113.7,, 127.0.0.1", "127.0.0.1"),  # an empty hop is no address
+        ("127.0.0.1", " 2001:DB8::7 ", "2001:db8::7"),  # one spelling per address
     ],
 )
 def test_client_ip_trusts_forwarded_for_only_from_a_trusted_proxy(

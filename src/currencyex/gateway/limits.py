@@ -90,7 +90,11 @@ class RateLimiter:
             raise RateLimited(retry_after=max(1, math.ceil(decision.retry_after)))
 
     def client_ip(self, request: Request) -> str:
-        """The peer's address, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        """The peer's address, or the X-Forwarded-For client when the peer is a trusted proxy.
+
+        Only hops that parse as IP addresses are believed: a header whose nearest untrusted hop
+        is anything else (`probe-1`, `1.2.3.4:80`) gives the peer's address, so made-up names
+        cannot each get a bucket of their own."""
         peer = request.client.host if request.client else "unknown"
         if not self._trusted:  # no proxy to believe: skip the header and the address parsing
             return peer
@@ -98,11 +102,16 @@ class RateLimiter:
         if not forwarded or not self._is_trusted(peer):
             return peer
         # Walk from the nearest hop outward; the first untrusted address is the client.
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        client = peer
+        for hop in reversed(forwarded.split(",")):
+            try:
+                address = ipaddress.ip_address(hop.strip())
+            except ValueError:
+                return peer
+            client = str(address)  # one spelling per address, so one bucket
+            if address not in self._trusted:
+                break
+        return client
 
     def _is_trusted(self, address: str) -> bool:
         try:
