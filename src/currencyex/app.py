@@ -62,6 +62,9 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         # only look for a provider on every request (about 10 us each).
         telemetry={"tracing": False, "metrics": False, "logs": False},
         dependencies=[Depends(guard)],
+        # The docs page is ops.add_docs_page's, with its own Content-Security-Policy.
+        docs_url=None,
+        redoc_url=None,
         responses=ERROR_RESPONSES,
     )
     app.state.container = container
@@ -70,10 +73,14 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         RequestContextMiddleware,
         metrics=container.metrics,
         max_body_bytes=container.settings.max_body_bytes,
+        max_header_bytes=container.settings.max_header_bytes,
+        max_header_count=container.settings.max_header_count,
+        tls=container.settings.served_over_tls,
         path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
     )
     for router in ROUTERS:
         app.include_router(router)
+    ops.add_docs_page(app)
     # A plain Starlette route: the HTTP guard (a FastAPI dependency on every APIRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
     app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))

@@ -64,6 +64,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # The rate limiter decides which X-Forwarded-For hops to believe (trusted_proxies);
         # uvicorn's own rewrite of the peer address would pre-empt it.
         proxy_headers=False,
+        server_header=False,  # no "server: uvicorn" banner
         workers=1,
     )
     return 0

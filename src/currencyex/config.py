@@ -121,6 +121,9 @@ class Settings(BaseSettings):
 
     # Requests
     max_body_bytes: int = 1024 * 1024
+    # All of a request's header names and values together, and how many headers: more is 431.
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    max_header_count: int = Field(default=100, gt=0)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     principal_cache_seconds: float = 30.0
 
@@ -275,6 +278,11 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def served_over_tls(self) -> bool:
+        """Clients reach the API over HTTPS (public_url says so): responses carry HSTS."""
+        return self.api_url.startswith("https://")
 
     @property
     def workers_in_process(self) -> bool:

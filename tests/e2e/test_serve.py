@@ -78,6 +78,7 @@ def test_acceptance_walk_over_real_http(server: Server) -> None:
     assert me.status_code == 200
     assert me.json()["email"] == email
     assert me.headers["x-request-id"]
+    assert "server" not in me.headers  # no banner naming the server software
     assert me.headers["x-ratelimit-remaining"]
 
     # An admin made on the command line creates a teller; the customer may not.

@@ -29,6 +29,7 @@ from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import ErrorOut
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
+from currencyex.gateway.middleware import DOCUMENT_CSP
 from currencyex.gateway.pagination import (
     decode_cursor,
     decode_id_cursor,
@@ -214,10 +215,14 @@ async def signed_file(
     if file is None:
         raise NotFound("Link invalid or expired")
     media = next((m for m in MediaType if file.suffix == f".{m.extension}"), None)
+    # A download, never a page on this origin: an upload that is JPEG bytes and HTML after
+    # them must not render, nor run anything if it is opened all the same.
     return FileResponse(
         file,
         media_type=media.mime if media else "application/octet-stream",
-        headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
+        filename=file.name,
+        content_disposition_type="attachment",
+        headers={"Cache-Control": "private, no-store", "Content-Security-Policy": DOCUMENT_CSP},
     )
 
 

@@ -1,5 +1,6 @@
-"""The request context around every call: request id, body size limit, access log, metrics and
-the X-RateLimit-* headers recorded by the limiter."""
+"""The request context around every call: request id, header and body size limits, the headers
+every response carries (security, caching, X-RateLimit-* recorded by the limiter), access log and
+metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from currencyex.kernel.errors import AppError, HeadersTooLarge, PayloadTooLarge
 from currencyex.platform.observability.metrics import Metrics
 
 log = structlog.get_logger("currencyex.access")
@@ -35,6 +37,30 @@ def _draw_request_id_prefix() -> None:
 
 
 os.register_at_fork(after_in_child=_draw_request_id_prefix)
+
+
+# An API answer loads nothing, runs nothing and is framed nowhere. A route that needs another
+# policy (the docs page, a served document) sets its own Content-Security-Policy, which is kept.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# A stored document served to its link's holder: opened anyway, it is a sandbox that runs nothing.
+DOCUMENT_CSP = "default-src 'none'; sandbox; frame-ancestors 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def response_headers(*, tls: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every response carries unless it set them itself. `no-store` keeps tokens and
+    personal data out of every cache (RFC 6749 section 5.1); a route that may be cached says so.
+    Strict-Transport-Security only when the API is served over TLS."""
+    headers = {
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+        "content-security-policy": API_CSP,
+        "cache-control": "no-store",
+    }
+    if tls:
+        headers["strict-transport-security"] = HSTS
+    return tuple((name.encode(), value.encode()) for name, value in headers.items())
 
 
 def new_request_id() -> str:
@@ -57,11 +83,17 @@ class RequestContextMiddleware:
         *,
         metrics: Metrics,
         max_body_bytes: int,
+        max_header_bytes: int,
+        max_header_count: int,
+        tls: bool = False,
         path_body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+        self.headers = response_headers(tls=tls)
         # Paths whose bodies may be larger (uploads), each with its own limit.
         self.path_body_limits = dict(path_body_limits or {})
         self._known_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -71,7 +103,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = declared = ""
+        header_bytes = 0
         for name, value in scope["headers"]:  # ASGI gives header names in lower case
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
             elif name == b"content-length":
@@ -84,9 +118,13 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        if header_bytes > self.max_header_bytes or len(scope["headers"]) > self.max_header_count:
+            await self._refuse(send, request_id, HeadersTooLarge())
+            self._observe(scope, 431, started)
+            return
         limit = self.path_body_limits.get(scope["path"], self.max_body_bytes)
         if declared.isdigit() and int(declared) > limit:
-            await self._too_large(send, request_id)
+            await self._refuse(send, request_id, PayloadTooLarge())
             self._observe(scope, 413, started)
             return
 
@@ -108,8 +146,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                extra: list[tuple[bytes, bytes]] = []
                 out = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [header for header in self.headers if header[0] not in out]
                 if b"x-request-id" not in out:
                     extra.append((b"x-request-id", request_id.encode()))
                 applied = state.get("rate_limit")
@@ -124,7 +162,7 @@ class RequestContextMiddleware:
         except BodyTooLarge:
             if started_response:
                 raise
-            await self._too_large(send, request_id)
+            await self._refuse(send, request_id, PayloadTooLarge())
             status = 413
         finally:
             self._observe(scope, status, started)
@@ -160,21 +198,17 @@ class RequestContextMiddleware:
                 self._known_series[key] = series
         return series
 
-    @staticmethod
-    async def _too_large(send: Send, request_id: str) -> None:
+    async def _refuse(self, send: Send, request_id: str, error: AppError) -> None:
+        """Answer `error` before the app has seen the request."""
         body: dict[str, Any] = {
-            "code": 4001,
-            "message": "Request body too large",
+            "code": error.code,
+            "message": error.message,
             "request_id": request_id,
         }
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
+        headers = [
+            *self.headers,
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})

@@ -102,6 +102,10 @@ class PayloadTooLarge(AppError):
     code, status, default_message = 4001, 413, "Request body too large"
 
 
+class HeadersTooLarge(AppError):
+    code, status, default_message = 4003, 431, "Request headers too large or too many"
+
+
 class UnsupportedMediaType(AppError):
     code, status, default_message = 4002, 415, "Unsupported document type"
 
@@ -137,6 +141,7 @@ CATALOG: tuple[type[AppError], ...] = (
     RateLimited,
     PayloadTooLarge,
     UnsupportedMediaType,
+    HeadersTooLarge,
     NotFound,
     DependencyUnavailable,
     InternalError,

@@ -155,9 +155,9 @@ class S3Storage:
         key = checked_path(path)
         seconds = lifetime_seconds(expires_in)
         s3 = await self._s3()  # presigning is local: no request, nothing for the breaker
-        return await s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
-        )
+        # Served as a download, never as a page, whatever the object's bytes look like.
+        params = {"Bucket": self.bucket, "Key": key, "ResponseContentDisposition": "attachment"}
+        return await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
 
     async def exists(self, path: str) -> bool:
         key = checked_path(path)
