@@ -408,11 +408,8 @@ class SettableRates:
         return PublishedRates("EUR", rates, date(2026, 11, 24), "test")
 
 
-async def test_quotes_are_priced_on_the_rates_of_the_latest_refresh() -> None:
-    provider = SettableRates("1.1000")
-    # A fixed fee of 1 EUR: what it costs in USD follows the EUR-USD rate.
-    terms = replace(DEFAULT_TERMS, fee_percent=Decimal(0), fee_fixed=Decimal(1), fee_min=Decimal(0))
-    service = RateService(
+def settable_service(provider: SettableRates, terms: PricingTerms = DEFAULT_TERMS) -> RateService:
+    return RateService(
         provider=provider,
         cache=MemoryCache(),
         bus=InProcessBus(),
@@ -424,6 +421,13 @@ async def test_quotes_are_priced_on_the_rates_of_the_latest_refresh() -> None:
         refresh_seconds=3600,
         quote_ttl_seconds=60,
     )
+
+
+async def test_quotes_are_priced_on_the_rates_of_the_latest_refresh() -> None:
+    provider = SettableRates("1.1000")
+    # A fixed fee of 1 EUR: what it costs in USD follows the EUR-USD rate.
+    terms = replace(DEFAULT_TERMS, fee_percent=Decimal(0), fee_fixed=Decimal(1), fee_min=Decimal(0))
+    service = settable_service(provider, terms)
     user = uuid.uuid4()
     await service.refresh()
     before = await service.quote(user, "USD", "GBP", source_amount=usd("100.00"))
@@ -435,3 +439,20 @@ async def test_quotes_are_priced_on_the_rates_of_the_latest_refresh() -> None:
         Decimal("0.772727272727"),
         Decimal("0.386363636364"),
     )
+
+
+async def test_live_rates_are_worked_out_once_a_snapshot_and_follow_the_latest_refresh() -> None:
+    provider = SettableRates("1.1000")
+    service = settable_service(provider)
+    await service.refresh()
+    first = await service.live("USD")
+    assert await service.live("USD") is first  # the same snapshot: nothing worked out again
+    assert dict(first.rates) == {"EUR": Decimal("0.909090909091"), "GBP": Decimal("0.772727272727")}
+    assert dict((await service.live("USD", ["GBP"])).rates) == {"GBP": Decimal("0.772727272727")}
+
+    provider.usd_per_eur = Decimal("2.2000")
+    await service.refresh()
+    assert dict((await service.live("USD")).rates) == {
+        "EUR": Decimal("0.454545454545"),
+        "GBP": Decimal("0.386363636364"),
+    }

@@ -53,6 +53,9 @@ QUOTE_RETENTION = timedelta(hours=1)
 # How long rates read from the cache are reused before reading them again: a refresh made by
 # another process reaches this one's quotes within this delay.
 SNAPSHOT_REUSE = timedelta(seconds=1)
+# How many (base, symbols) answers of live rates one snapshot keeps (any more are worked out on
+# each call): every base alone is about 40, so the common asks all fit.
+LIVE_MEMO_LIMIT = 512
 # After a failed refresh, try again sooner than the regular interval.
 RETRY_AFTER_FAILURE_SECONDS = 30.0
 # Names the rate.updated events, so replicas announcing the same change publish one event id.
@@ -93,9 +96,11 @@ class RateService:
         self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
         self._task: asyncio.Task[None] | None = None
         self._memo: tuple[datetime, RateSnapshot] | None = None  # (read at, with pegs)
-        # Each corridor's pricing on one snapshot, worked out at its first quote on it.
-        self._priced_on: RateSnapshot | None = None
+        # What is worked out on one snapshot at its first use, until the next snapshot: each
+        # corridor's pricing, and the live rates of each (base, symbols) asked for.
+        self._worked_on: RateSnapshot | None = None
         self._corridors: dict[tuple[str, str], CorridorPricing] = {}
+        self._live: dict[tuple[str, tuple[str, ...]], LiveRates] = {}
 
     # Currencies and live rates
 
@@ -106,9 +111,16 @@ class RateService:
         """Mid rates from `base` to `symbols` (every supported currency when empty)."""
         self._check_supported(base, *symbols)
         snapshot = await self._fresh_snapshot()
-        wanted = symbols or sorted(c for c in self._codes if c != base and snapshot.has(c))
-        rates = {code: snapshot.mid_rate(base, code) for code in wanted}
-        return LiveRates(base, rates, snapshot.as_of, snapshot.source, snapshot.fetched_at)
+        self._work_on(snapshot)
+        asked = (base, tuple(symbols))
+        live = self._live.get(asked)
+        if live is None:
+            wanted = symbols or sorted(c for c in self._codes if c != base and snapshot.has(c))
+            rates = {code: snapshot.mid_rate(base, code) for code in wanted}
+            live = LiveRates(base, rates, snapshot.as_of, snapshot.source, snapshot.fetched_at)
+            if len(self._live) < LIVE_MEMO_LIMIT:
+                self._live[asked] = live
+        return live
 
     async def refresh(self) -> RateSnapshot:
         """Fetch the provider's rates, store them, and announce them if they changed."""
@@ -237,10 +249,14 @@ class RateService:
         self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
         return self._memo
 
+    def _work_on(self, snapshot: RateSnapshot) -> None:
+        """Forget what was worked out on an earlier snapshot than `snapshot`."""
+        if self._worked_on is not snapshot:
+            self._worked_on, self._corridors, self._live = snapshot, {}, {}
+
     def _corridor(self, source: str, target: str, snapshot: RateSnapshot) -> CorridorPricing:
         """The corridor's pricing on `snapshot` (the remembered one, read again every second)."""
-        if self._priced_on is not snapshot:
-            self._priced_on, self._corridors = snapshot, {}
+        self._work_on(snapshot)
         pricing = self._corridors.get((source, target))
         if pricing is None:
             pricing = self._pricing.for_corridor(source, target, snapshot)
