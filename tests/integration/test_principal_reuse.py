@@ -3,6 +3,7 @@ and by another process (sharing PostgreSQL and Redis) within LOCAL_PRINCIPAL_SEC
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -36,3 +37,28 @@ async def test_another_process_sees_a_disabled_account_within_the_reuse_window(
         for services in (here, there):
             await services.cache.close()
             await services.db.close()
+
+
+async def test_requests_that_miss_together_share_one_lookup(
+    make_settings: Callable[..., Any],
+) -> None:
+    settings = await make_settings("real")
+    services = build(settings, clock=FakeClock())
+    try:
+        user = await services.auth.register("herd@example.com", "long-enough-pass-42", "He Rd")
+        await services.cache.delete(f"principal:{user.id}")  # cold: memory, Redis, database
+        reads: list[str] = []
+        cache_get = services.cache.get
+
+        async def counted_get(key: str) -> bytes | None:
+            reads.append(key)
+            return await cache_get(key)
+
+        services.cache.get = counted_get  # type: ignore[method-assign]
+        found = await asyncio.gather(*(services.auth.principal(user.id) for _ in range(64)))
+        assert {p.user_id for p in found if p is not None} == {user.id}
+        assert len(found) == 64
+        assert reads == [f"principal:{user.id}"]  # one lookup for the 64, not 64
+    finally:
+        await services.cache.close()
+        await services.db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -89,6 +90,8 @@ class AuthService:
         self._principal_ttl = principal_cache_seconds
         # user id -> (monotonic expiry, principal): see `principal`
         self._local: dict[uuid.UUID, tuple[float, Principal]] = {}
+        # The lookup under way for a user: the requests that miss together share one.
+        self._looking_up: dict[uuid.UUID, asyncio.Future[Principal | None]] = {}
 
     # Customers and sessions
 
@@ -163,18 +166,31 @@ class AuthService:
 
         Read through two caches: this process's memory for LOCAL_PRINCIPAL_SECONDS, then the
         shared cache, then the database. A change made by this process is seen at once; one
-        made by another process within LOCAL_PRINCIPAL_SECONDS.
+        made by another process within LOCAL_PRINCIPAL_SECONDS. When the memory's entry runs
+        out under load, every request of that user misses at the same moment: they wait for one
+        lookup rather than each reading the shared cache (or, once that too ran out, the
+        database) on its own.
         """
         now = self._clock.monotonic()
         known = self._local.get(user_id)
         if known is not None and known[0] > now:
             return known[1]
-        principal = await self._shared_principal(user_id)
+        lookup = self._looking_up.get(user_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._shared_principal(user_id))
+            self._looking_up[user_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(user_id, done))
+        # Shielded: a caller that goes away does not cancel the others' lookup.
+        principal = await asyncio.shield(lookup)
         if principal is not None:
             if len(self._local) >= LOCAL_PRINCIPALS_MAX:
                 self._local.clear()
             self._local[user_id] = (now + LOCAL_PRINCIPAL_SECONDS, principal)
         return principal
+
+    def _lookup_done(self, user_id: uuid.UUID, lookup: asyncio.Future[Principal | None]) -> None:
+        if self._looking_up.get(user_id) is lookup:  # not a newer one, started after _forget
+            del self._looking_up[user_id]
 
     async def _shared_principal(self, user_id: uuid.UUID) -> Principal | None:
         key = f"principal:{user_id}"
@@ -396,4 +412,5 @@ class AuthService:
 
     async def _forget(self, user_id: uuid.UUID) -> None:
         self._local.pop(user_id, None)
+        self._looking_up.pop(user_id, None)  # what it finds may predate the change
         await self._cache.delete(f"principal:{user_id}")
