@@ -128,6 +128,7 @@ USER_TABLES = (
     "outbox",
     "processed_events",
     "idempotency_keys",
+    "remit_mismatches",
     "remit_status_history",
     "remit_transactions",
     "wallet_entries",

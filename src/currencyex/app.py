@@ -37,6 +37,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     rates_api.router,
     documents_api.router,
     documents_api.admin,
+    remit_api.admin,
 )
 
 

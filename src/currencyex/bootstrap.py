@@ -57,6 +57,7 @@ from currencyex.remit.partner import (
     SimulatedPartner,
 )
 from currencyex.remit.payouts import PayoutPolicy, Payouts
+from currencyex.remit.reconciliation import Reconciliation
 from currencyex.remit.repository import RemitUnitOfWork
 from currencyex.remit.service import RemitService
 from currencyex.remit.steps import SendSteps
@@ -66,6 +67,7 @@ from currencyex.wallet.repository import AccountDirectory, WalletUnitOfWork
 from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, live_updates, payouts, txn_audit, wallets, welcome
 from currencyex.workers.payouts import PayoutWorker
+from currencyex.workers.reconciliation import ReconciliationWorker
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +103,8 @@ class Container:
     payouts: Payouts
     payout_partner: PayoutPartner
     payout_worker: PayoutWorker
+    reconciliation: Reconciliation
+    reconciliation_worker: ReconciliationWorker
     # The live WebSocket connections of this process.
     hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -160,6 +164,7 @@ class Container:
         if workers:
             await subscribe_consumers(self)
             self.payout_worker.start()
+            self.reconciliation_worker.start()
         await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
@@ -172,6 +177,7 @@ class Container:
             ("rates", self.rates.stop),
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
             ("payouts", lambda: self.payout_worker.stop(grace=3.0)),
+            ("reconciliation", self.reconciliation_worker.stop),
             ("websockets", self.hub.close),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
@@ -306,16 +312,25 @@ def build(
         storage=storage,
         receipt_link_seconds=settings.docs_link_seconds,
     )
+    # One breaker for the partner, whichever part calls it.
+    guarded_partner = GuardedPartner(
+        payout_partner,
+        CircuitBreaker(PAYOUT_BREAKER_SETTINGS, clock=clock, on_state_change=breaker_metrics),
+    )
     payout_engine = Payouts(
         remit_uow,
         steps=steps,
         wallets=wallet_client,
-        partner=GuardedPartner(
-            payout_partner,
-            CircuitBreaker(PAYOUT_BREAKER_SETTINGS, clock=clock, on_state_change=breaker_metrics),
-        ),
+        partner=guarded_partner,
         clock=clock,
         policy=policy,
+    )
+    reconciliation = Reconciliation(
+        remit_uow,
+        wallets=wallet_client,
+        partner=guarded_partner,
+        clock=clock,
+        window_seconds=settings.reconcile_window_seconds,
     )
     breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
     relay = OutboxRelay(
@@ -359,6 +374,10 @@ def build(
         payout_partner=payout_partner,
         payout_worker=PayoutWorker(
             payout_engine, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
+        ),
+        reconciliation=reconciliation,
+        reconciliation_worker=ReconciliationWorker(
+            reconciliation, interval_seconds=settings.reconcile_interval_seconds
         ),
         hub=Hub(
             HubSettings(

@@ -1,4 +1,5 @@
-"""The `currencyex` command: serve, worker, migrate, create-admin, ledger verify, and tools."""
+"""The `currencyex` command: serve, worker, migrate, create-admin, ledger verify, payouts
+reconcile, and tools."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -160,6 +162,41 @@ def _ledger_verify(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> str:
+        container = build(settings)
+        try:
+            until = args.until or container.clock.now()
+            since = args.since or until - container.reconciliation.window
+            report = await container.reconciliation.reconcile(since, until)
+        finally:
+            await container.stop()
+        return (
+            f"payouts reconcile: {since.isoformat()} to {until.isoformat()}: "
+            f"{report.checked} checked, {report.recorded} new mismatch(es), "
+            f"{report.unanswered} unanswered, {report.unknown_to_partner} unknown to the partner"
+        )
+
+    try:
+        summary = asyncio.run(run())
+    except Exception as error:  # a report, never a traceback: the operator reads this
+        print(f"payouts reconcile: could not reconcile: {error!r}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+def _moment(text: str) -> datetime:
+    """An RFC 3339 timestamp with its offset (a window is never in some implied zone)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 timestamp: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the offset (Z or +hh:mm): {text!r}")
+    return moment
+
+
 def _rotate_key(settings: Settings, _args: argparse.Namespace) -> int:
     key = generate_key(settings.keys_dir)
     print(f"new signing key {key.kid}; older keys keep verifying until removed")
@@ -194,13 +231,24 @@ def parser() -> argparse.ArgumentParser:
     ledger.add_parser("verify", help="check every ledger invariant").set_defaults(
         run=_ledger_verify
     )
+    payouts = commands.add_parser("payouts", help="payout tools").add_subparsers(
+        dest="payouts_command", required=True
+    )
+    reconcile = payouts.add_parser(
+        "reconcile",
+        help="ask the payout partner about the final transactions created in a time window and "
+        "record where it disagrees (by default the window of reconcile_window_seconds)",
+    )
+    reconcile.add_argument("--since", type=_moment, help="start, e.g. 2026-01-31T00:00:00Z")
+    reconcile.add_argument("--until", type=_moment, help="end (excluded); by default now")
+    reconcile.set_defaults(run=_reconcile)
     return root
 
 
 # The commands that use the database: with database_url empty, each starts the embedded server
 # or joins the one another command of the same data folder started, and leaves it at its end.
 _USES_DATABASE: frozenset[Callable[[Settings, argparse.Namespace], int]] = frozenset(
-    {_serve, _worker, _migrate, _create_admin, _ledger_verify}
+    {_serve, _worker, _migrate, _create_admin, _ledger_verify, _reconcile}
 )
 
 

@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     payout_batch: int = Field(default=100, ge=1)
     # A send found still CREATED this long after it began (its request died midway) is resumed.
     remit_resume_after_seconds: float = Field(default=30.0, gt=0)
+    # Payout reconciliation: every reconcile_interval_seconds a worker process asks the partner
+    # about the final transactions created in the reconcile_window_seconds before (and so does
+    # `currencyex payouts reconcile`, by default over the same window).
+    reconcile_interval_seconds: float = Field(default=900.0, gt=0)
+    reconcile_window_seconds: float = Field(default=172_800.0, gt=0)
 
     # WebSocket gateway (per process)
     ws_max_connections_per_user: int = Field(default=5, ge=1)

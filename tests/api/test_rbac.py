@@ -46,6 +46,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/remit/transactions"): SIGNED_IN,
     ("GET", "/v1/remit/transactions/{reference_id}"): SIGNED_IN,
     ("GET", "/v1/remit/transactions/{reference_id}/receipt"): SIGNED_IN,
+    ("GET", "/v1/admin/reconciliation"): frozenset({COMPLIANCE, ADMIN}),
+    ("POST", "/v1/admin/reconciliation/{mismatch_id}/resolve"): frozenset({COMPLIANCE, ADMIN}),
     # Wallets
     ("GET", "/v1/wallet/balance"): SIGNED_IN,
     ("GET", "/v1/wallet/statement"): SIGNED_IN,
@@ -183,6 +185,8 @@ def request_body(method: str, path: str) -> dict[str, Any] | None:
         return {"tier": "PRO"}
     if path == "/v1/admin/kyc/{user_id}/decision":
         return {"decision": "APPROVED", "reason": "documents verified"}
+    if path == "/v1/admin/reconciliation/{mismatch_id}/resolve":
+        return {"action": "dismiss", "note": "rbac"}
     if path == "/v1/wallet/exchange":
         return {"quote_id": "q-unknown"}
     if path == "/v1/wallet/deposit":
@@ -211,6 +215,7 @@ async def call(api: Any, method: str, path: str, token: str | None) -> Any:
         method,
         path.replace("{user_id}", SOME_ID)
         .replace("{document_id}", SOME_ID)
+        .replace("{mismatch_id}", SOME_ID)
         .replace("{reference_id}", "TXN-NOTHING"),
         json=request_body(method, path),
         headers=headers,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from datetime import UTC, datetime
 
 from currencyex.kernel import ids
-from currencyex.kernel.ids import new_id
+from currencyex.kernel.ids import first_id_at, new_id
 
 
 def test_an_id_is_a_version_7_uuid_carrying_the_time() -> None:
@@ -32,3 +33,15 @@ def test_a_full_counter_borrows_the_next_millisecond(monkeypatch) -> None:
     assert made.int >> 80 == now_ms + 1
     assert (made.int >> 64) & 0xFFF == 0
     assert new_id() > made
+
+
+def test_first_id_at_a_moment_parts_the_ids_made_before_it_from_those_made_after() -> None:
+    before = new_id()
+    time.sleep(0.002)
+    moment = datetime.now(UTC)
+    time.sleep(0.002)
+    after = new_id()
+    floor = first_id_at(moment)
+    assert (floor.version, floor.variant) == (7, uuid.RFC_4122)
+    assert before < floor < after
+    assert floor.int >> 80 == int(moment.timestamp() * 1000)

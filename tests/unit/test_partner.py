@@ -46,6 +46,13 @@ def test_a_rejection_needs_a_reason_and_a_payment_has_none() -> None:
         PayoutResult(txn_id, PayoutOutcome.PAID, reason="no")
 
 
+def test_a_return_needs_a_reason_too() -> None:
+    txn_id = uuid.uuid4()
+    with pytest.raises(ValueError, match="reason"):
+        PayoutResult(txn_id, PayoutOutcome.RETURNED)
+    assert PayoutResult.returned(txn_id, "account closed").reason == "account closed"
+
+
 @pytest.mark.parametrize("minor", [0, -1])
 def test_a_payout_of_nothing_or_less_is_refused(minor: int) -> None:
     with pytest.raises(ValueError, match="positive"):
@@ -130,6 +137,44 @@ async def test_a_lost_reply_leaves_a_payout_that_lookup_finds_and_a_retry_does_n
     assert found.outcome is PayoutOutcome.PAID
     assert retried == found
     assert partner.payouts_made == {request.txn_id: 1}
+
+
+async def test_simulated_partner_can_report_a_refused_payout_paid_later_and_pays_it_once() -> None:
+    partner = SimulatedPartner(reject_rate=1.0, seed=1)
+    request = payout()
+    assert (await partner.pay(request)).outcome is PayoutOutcome.REJECTED
+
+    paid = partner.report_paid(request.txn_id)
+
+    assert paid.outcome is PayoutOutcome.PAID
+    assert partner.report_paid(request.txn_id) == paid
+    assert await partner.lookup(request.txn_id) == paid
+    assert await partner.pay(request) == paid
+    assert partner.payouts_made == {request.txn_id: 1}
+
+
+async def test_simulated_partner_can_report_an_unanswered_payout_paid_later() -> None:
+    txn_id = uuid.uuid4()
+    partner = SimulatedPartner(seed=1)
+    partner.report_paid(txn_id)
+    found = await partner.lookup(txn_id)
+    assert found is not None
+    assert found.outcome is PayoutOutcome.PAID
+
+
+async def test_simulated_partner_can_report_a_payout_returned_but_not_one_it_never_made() -> None:
+    partner = SimulatedPartner(seed=1)
+    request = payout()
+    paid = await partner.pay(request)
+
+    returned = partner.report_returned(request.txn_id, "account closed")
+
+    assert returned == PayoutResult.returned(
+        request.txn_id, "account closed", partner_reference=paid.partner_reference
+    )
+    assert await partner.lookup(request.txn_id) == returned
+    with pytest.raises(ValueError, match="never paid"):
+        partner.report_returned(uuid.uuid4())
 
 
 async def test_lookup_of_an_unknown_transaction_is_none() -> None:
@@ -347,6 +392,22 @@ async def test_http_lookup_reads_paid_and_rejected_payouts() -> None:
     assert await partner.lookup(rejected_id) == PayoutResult.rejected(rejected_id, "account closed")
     assert api.requests[0].method == "GET"
     assert api.requests[0].url == f"https://partner.example/api/v2/payouts/{paid_id}"
+
+
+async def test_http_lookup_reads_a_returned_payout() -> None:
+    txn_id = uuid.uuid4()
+    api = PartnerApi(
+        answer(200, {"status": "RETURNED", "reason": "account closed", "partner_reference": "P-9"})
+    )
+    bare = PartnerApi(answer(200, {"status": "RETURNED"}))
+
+    assert await http_partner(api).lookup(txn_id) == PayoutResult.returned(
+        txn_id, "account closed", partner_reference="P-9"
+    )
+    found = await http_partner(bare).lookup(txn_id)
+    assert found is not None
+    assert found.outcome is PayoutOutcome.RETURNED
+    assert found.reason == "returned, says the payout partner"
 
 
 async def test_http_lookup_of_a_payout_the_partner_never_saw_is_none() -> None:

@@ -52,3 +52,5 @@ USER_REGISTERED = "full.user.registered"
 KYC_UPLOADED = "full.kyc.uploaded"
 KYC_DECIDED = "full.kyc.decided"
 TXN_STATUS_CHANGED = "full.txn.status_changed"
+# A payout whose final status the partner contradicts (found by the reconciliation pass).
+REMIT_MISMATCH = "full.remit.mismatch"

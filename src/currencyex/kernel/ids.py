@@ -6,9 +6,11 @@ import secrets
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 _COUNTER_BITS = 12  # the "rand_a" field of RFC 9562, used as a counter within a millisecond
 _lock = threading.Lock()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _last = (0, 0)  # (milliseconds, counter) of the id made last in this process
 
 
@@ -37,3 +39,10 @@ def new_id() -> uuid.UUID:
     value |= 0b10 << 62  # RFC 4122 variant
     value |= secrets.randbits(62)
     return uuid.UUID(int=value)
+
+
+def first_id_at(at: datetime) -> uuid.UUID:
+    """The smallest id `new_id` can make at `at` (to the millisecond): ids made before `at`
+    sort below it, those made at or after it above, so a time window is a range of ids."""
+    ms = (at - _EPOCH) // timedelta(milliseconds=1)
+    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62)

@@ -1,4 +1,5 @@
-"""HTTP routes of the remittance service: send money, list and read transactions."""
+"""HTTP routes of the remittance service: send money, list and read transactions; for staff,
+the payouts the partner contradicts and their resolution."""
 
 from __future__ import annotations
 
@@ -12,12 +13,24 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from currencyex.gateway.edge import app_state
-from currencyex.gateway.errors import Strict
+from currencyex.gateway.errors import ErrorOut, Strict
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
+from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
 from currencyex.kernel.errors import ValidationFailed
-from currencyex.remit.domain import Beneficiary, StatusChange, Transaction, TxnQuery, TxnStatus
+from currencyex.remit.domain import (
+    Beneficiary,
+    Mismatch,
+    MismatchQuery,
+    MismatchState,
+    Resolution,
+    StatusChange,
+    Transaction,
+    TxnQuery,
+    TxnStatus,
+)
+from currencyex.remit.reconciliation import Reconciliation
 from currencyex.remit.service import RemitService
 
 
@@ -26,9 +39,16 @@ async def remit_service(request: Request) -> RemitService:
     return service
 
 
+async def reconciliation_service(request: Request) -> Reconciliation:
+    service: Reconciliation = app_state(request).reconciliation
+    return service
+
+
 Remit = Annotated[RemitService, Depends(remit_service)]
+Reconciler = Annotated[Reconciliation, Depends(reconciliation_service)]
 
 router = APIRouter(prefix="/v1/remit", tags=["remit"])
+admin = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 class BeneficiaryIn(Strict):
@@ -167,3 +187,71 @@ def _decode_cursor(cursor: str | None) -> uuid.UUID | None:
 
 def _encode_cursor(before: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(before.bytes).rstrip(b"=").decode()
+
+
+# Staff: reconciliation
+
+
+class MismatchOut(BaseModel):
+    id: str
+    txn_id: str
+    reference_id: str
+    user_id: str
+    amount: MoneyOut  # the send's total debit, what a correction moves
+    our_status: TxnStatus
+    partner_status: str
+    partner_reason: str | None
+    partner_reference: str | None
+    found_at: str
+    state: MismatchState
+    resolved_by: str | None
+    resolved_at: str | None
+    note: str | None
+    journal_id: str | None
+
+    @classmethod
+    def of(cls, mismatch: Mismatch) -> MismatchOut:
+        return cls.model_validate(mismatch.to_json())
+
+
+class MismatchPageOut(BaseModel):
+    items: list[MismatchOut]
+    next_cursor: str | None
+
+
+class ResolveIn(Strict):
+    action: Resolution
+    note: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+@admin.get("/reconciliation")
+async def mismatches(
+    reconciler: Reconciler,
+    state: MismatchState | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> MismatchPageOut:
+    """Payouts whose partner status disagrees with ours, newest first (filter `state`)."""
+    page = await reconciler.mismatches(
+        MismatchQuery(state=state, before=decode_id_cursor(cursor), limit=limit)
+    )
+    return MismatchPageOut(
+        items=[MismatchOut.of(m) for m in page],
+        next_cursor=encode_id_cursor(page[-1].id) if len(page) == limit else None,
+    )
+
+
+@admin.post(
+    "/reconciliation/{mismatch_id}/resolve",
+    responses={
+        400: {"model": ErrorOut, "description": "The sender's wallet is short (1001)"},
+        403: {"model": ErrorOut, "description": "A correction by anyone but an ADMIN (2003)"},
+        404: {"model": ErrorOut, "description": "No such mismatch (4004)"},
+        422: {"model": ErrorOut, "description": "Invalid body, or resolved already (1000)"},
+    },
+)
+async def resolve(
+    mismatch_id: uuid.UUID, body: ResolveIn, reconciler: Reconciler, caller: CurrentPrincipal
+) -> MismatchOut:
+    """Dismiss a mismatch, or post its correction (ADMIN only): a new journal, posted once."""
+    return MismatchOut.of(await reconciler.resolve(caller, mismatch_id, body.action, body.note))

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from currencyex.kernel.clock import rfc3339
-from currencyex.kernel.events import TXN_STATUS_CHANGED, Event
+from currencyex.kernel.events import REMIT_MISMATCH, TXN_STATUS_CHANGED, Event
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse, UnitOfWork
 
@@ -270,6 +270,13 @@ class RemitRepository(Protocol):
         """Release the lease and make the next attempt due at `at`."""
         ...
 
+    async def final_between(
+        self, low: uuid.UUID, high: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> list[Transaction]:
+        """Up to `limit` COMPLETED or FAILED transactions with `low <= id < high` (ids are
+        time-ordered, so this is a window of creation times), after `after`, in id order."""
+        ...
+
 
 class RemitUnitOfWork(UnitOfWork, Protocol):
     """One transaction over the remittance tables. Leaving the block without `commit()` rolls
@@ -277,3 +284,145 @@ class RemitUnitOfWork(UnitOfWork, Protocol):
 
     @property
     def transactions(self) -> RemitRepository: ...
+
+    @property
+    def mismatches(self) -> MismatchRepository: ...
+
+
+# Reconciliation: final statuses the payout partner contradicts (`remit/reconciliation.py`)
+
+
+class MismatchState(enum.StrEnum):
+    """Where a mismatch stands. OPEN -> CORRECTING -> CORRECTED, or OPEN -> DISMISSED; a
+    correction the wallet refuses (1001) goes back to OPEN."""
+
+    OPEN = "OPEN"  # found by a pass, waiting for staff
+    CORRECTING = "CORRECTING"  # an ADMIN ordered its correction; the journal is being posted
+    CORRECTED = "CORRECTED"  # the correcting journal is posted
+    DISMISSED = "DISMISSED"  # staff judged that no money is to move
+
+    @property
+    def resolved(self) -> bool:
+        return self in (MismatchState.CORRECTED, MismatchState.DISMISSED)
+
+
+class Resolution(enum.StrEnum):
+    POST_CORRECTION = "post_correction"
+    DISMISS = "dismiss"
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A final transaction and the partner's answer that contradicts it: FAILED here but PAID
+    there, or COMPLETED here but RETURNED (or REJECTED) there. With the transaction's
+    reference, sender and amounts, which its correction needs."""
+
+    id: uuid.UUID
+    txn_id: uuid.UUID
+    reference_id: str
+    user_id: uuid.UUID
+    total_debit: Money
+    fee: Money
+    our_status: TxnStatus
+    partner_status: str  # the partner's outcome: PAID, REJECTED or RETURNED
+    partner_reason: str | None
+    partner_reference: str | None
+    found_at: datetime
+    state: MismatchState = MismatchState.OPEN
+    resolved_by: uuid.UUID | None = None
+    resolved_at: datetime | None = None
+    note: str | None = None
+    journal_id: uuid.UUID | None = None
+
+    @property
+    def charges_the_sender(self) -> bool:
+        """Whether setting it right takes money from the sender (a FAILED send the partner
+        paid) rather than giving it back (a COMPLETED one whose payout did not stand)."""
+        return self.our_status is TxnStatus.FAILED
+
+    def found(self) -> Event:
+        """The event announcing this mismatch (`full.remit.mismatch`)."""
+        return Event(
+            REMIT_MISMATCH,
+            {
+                "mismatch_id": str(self.id),
+                "txn_id": str(self.txn_id),
+                "reference_id": self.reference_id,
+                "our_status": self.our_status.value,
+                "partner_status": self.partner_status,
+                "found_at": rfc3339(self.found_at),
+            },
+            occurred_at=self.found_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The mismatch as staff see it."""
+        return {
+            "id": str(self.id),
+            "txn_id": str(self.txn_id),
+            "reference_id": self.reference_id,
+            "user_id": str(self.user_id),
+            "amount": {"amount": self.total_debit.format(), "currency": self.total_debit.currency},
+            "our_status": self.our_status.value,
+            "partner_status": self.partner_status,
+            "partner_reason": self.partner_reason,
+            "partner_reference": self.partner_reference,
+            "found_at": rfc3339(self.found_at),
+            "state": self.state.value,
+            "resolved_by": None if self.resolved_by is None else str(self.resolved_by),
+            "resolved_at": None if self.resolved_at is None else rfc3339(self.resolved_at),
+            "note": self.note,
+            "journal_id": None if self.journal_id is None else str(self.journal_id),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MismatchQuery:
+    state: MismatchState | None = None
+    before: uuid.UUID | None = None  # the cursor: newest first, ids are time-ordered
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationReport:
+    """What a pass did: transactions asked about, mismatches newly recorded, transactions the
+    partner could not answer for (unavailable), and COMPLETED ones it has no record of."""
+
+    checked: int = 0
+    recorded: int = 0
+    unanswered: int = 0
+    unknown_to_partner: int = 0
+
+    def __add__(self, other: ReconciliationReport) -> ReconciliationReport:
+        return ReconciliationReport(
+            self.checked + other.checked,
+            self.recorded + other.recorded,
+            self.unanswered + other.unanswered,
+            self.unknown_to_partner + other.unknown_to_partner,
+        )
+
+
+class MismatchRepository(Protocol):
+    async def record(self, found: Sequence[Mismatch]) -> list[Mismatch]:
+        """Add those of `found` not recorded before (by transaction, our status and the
+        partner's), in the unit's transaction: the ones added."""
+        ...
+
+    async def find(self, mismatch_id: uuid.UUID) -> Mismatch | None: ...
+
+    async def page(self, query: MismatchQuery) -> list[Mismatch]: ...
+
+    async def move(
+        self,
+        mismatch_id: uuid.UUID,
+        states: Sequence[MismatchState],
+        to: MismatchState,
+        *,
+        resolved_by: uuid.UUID | None,
+        resolved_at: datetime | None,
+        note: str | None,
+        journal_id: uuid.UUID | None = None,
+    ) -> Mismatch | None:
+        """Move the mismatch to `to` with these resolution fields if it is in one of `states`:
+        the mismatch moved, or None (nothing written) when it is not, or does not exist."""
+        ...

@@ -9,6 +9,11 @@ A payout has three possible answers, and the payout worker acts differently on e
                   transaction PROCESSING and ask again later, first with `lookup`, because a
                   timed-out payout may well have been made.
 
+Later, `lookup` may answer a fourth way, RETURNED: the payout was made and its money came back
+(the beneficiary's bank sent it back). A partner may also change its answer after ours is
+final (a payout that timed out past our deadline went out after all): the reconciliation pass
+(`remit/reconciliation.py`) asks `lookup` about final transactions to find those.
+
 Every call is idempotent by transaction id, so asking twice never pays twice.
 """
 
@@ -40,6 +45,12 @@ PAYOUT_BREAKER_SETTINGS = BreakerSettings(name="payout-partner")
 class PayoutOutcome(enum.StrEnum):
     PAID = "PAID"
     REJECTED = "REJECTED"
+    RETURNED = "RETURNED"  # paid, then the money came back: only ever a later `lookup`'s answer
+
+    @property
+    def explained(self) -> bool:
+        """Whether an answer of this kind carries its reason (a refusal or a return does)."""
+        return self is not PayoutOutcome.PAID
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +68,12 @@ class PayoutRequest:
 class PayoutResult:
     txn_id: uuid.UUID
     outcome: PayoutOutcome
-    reason: str | None = None  # why a payout was rejected; None when paid
+    reason: str | None = None  # why a payout was rejected or returned; None when paid
     partner_reference: str | None = None  # the partner's own id for the payout, if it gives one
 
     def __post_init__(self) -> None:
-        if (self.outcome is PayoutOutcome.REJECTED) != (self.reason is not None):
-            raise ValueError("a rejection carries a reason, a payment does not")
+        if self.outcome.explained != (self.reason is not None):
+            raise ValueError("a rejection or a return carries a reason, a payment does not")
 
     @classmethod
     def paid(cls, txn_id: uuid.UUID, *, partner_reference: str | None = None) -> PayoutResult:
@@ -71,6 +82,14 @@ class PayoutResult:
     @classmethod
     def rejected(cls, txn_id: uuid.UUID, reason: str) -> PayoutResult:
         return cls(txn_id, PayoutOutcome.REJECTED, reason=reason)
+
+    @classmethod
+    def returned(
+        cls, txn_id: uuid.UUID, reason: str, *, partner_reference: str | None = None
+    ) -> PayoutResult:
+        return cls(
+            txn_id, PayoutOutcome.RETURNED, reason=reason, partner_reference=partner_reference
+        )
 
 
 class PartnerUnavailable(DependencyUnavailable):
@@ -95,9 +114,10 @@ class PayoutPartner(Protocol):
         ...
 
     async def lookup(self, txn_id: uuid.UUID) -> PayoutResult | None:
-        """The partner's answer to an earlier ``pay`` of ``txn_id``, or None if it has none.
+        """The partner's answer about ``txn_id`` as it stands now, or None if it has none.
 
-        None means the partner never took the payout, so paying it now cannot pay twice.
+        None means the partner never took the payout, so paying it now cannot pay twice. The
+        answer may differ from the one ``pay`` gave: a payout made may since be RETURNED.
         Raises PartnerUnavailable when the partner cannot tell.
         """
         ...
@@ -115,6 +135,10 @@ class SimulatedPartner:
     ``reject_rate`` refuses it definitively, and the rest pay. A transaction the partner has
     already answered gets that same answer again, never a second payout. Lookups fail at
     ``failure_rate`` too.
+
+    For tests of the reconciliation, it can change its mind afterwards: ``report_paid`` (a
+    payout it refused, or never answered, went out after all) and ``report_returned`` (a
+    payout it made came back); later lookups and repeated payouts give the new answer.
     """
 
     def __init__(
@@ -168,7 +192,7 @@ class SimulatedPartner:
             raise PartnerUnavailable("simulated partner failure")
         known = self._answers.get(request.txn_id)
         if known is not None:
-            if self._requests[request.txn_id] != request:
+            if self._requests.get(request.txn_id, request) != request:
                 raise ValueError(f"transaction {request.txn_id} was paid with other details")
             return known
         draw -= self._failure_rate
@@ -188,6 +212,28 @@ class SimulatedPartner:
         if self._random.random() < self._failure_rate:
             raise PartnerUnavailable("simulated partner failure")
         return self._answers.get(txn_id)
+
+    def report_paid(self, txn_id: uuid.UUID) -> PayoutResult:
+        """Change its mind: `txn_id` was paid after all (once, however often this is said)."""
+        known = self._answers.get(txn_id)
+        if known is not None and known.outcome is PayoutOutcome.PAID:
+            return known
+        self._payouts[txn_id] += 1
+        paid = PayoutResult.paid(txn_id, partner_reference=f"SIM-{txn_id.hex[:12]}")
+        self._answers[txn_id] = paid
+        return paid
+
+    def report_returned(
+        self, txn_id: uuid.UUID, reason: str = "returned by the beneficiary's bank"
+    ) -> PayoutResult:
+        """Change its mind: the money of `txn_id`'s payout came back. ValueError when it never
+        paid that payout."""
+        known = self._answers.get(txn_id)
+        if known is None or known.outcome is PayoutOutcome.REJECTED:
+            raise ValueError(f"transaction {txn_id} was never paid out, so cannot be returned")
+        returned = PayoutResult.returned(txn_id, reason, partner_reference=known.partner_reference)
+        self._answers[txn_id] = returned
+        return returned
 
     async def _wait(self) -> None:
         if self._latency > 0:
@@ -224,10 +270,10 @@ class HttpPartner:
       408, 425, 429: unavailable (try later). Any other 4xx: rejected, the reason taken from
       the body's ``reason``, ``message`` or ``detail``. 5xx, 3xx, timeouts, transport errors:
       unavailable.
-    - ``GET /payouts/{txn_id}``: 200 with ``{"status": "PAID" | "REJECTED", "reason"?,
-      "partner_reference"?}``, 404 when the partner has never seen the transaction. Anything
-      else is unavailable: a failed read never counts as a rejection, since releasing the hold
-      of a payout that was in fact made would lose the money.
+    - ``GET /payouts/{txn_id}``: 200 with ``{"status": "PAID" | "REJECTED" | "RETURNED",
+      "reason"?, "partner_reference"?}``, 404 when the partner has never seen the transaction.
+      Anything else is unavailable: a failed read never counts as a rejection, since releasing
+      the hold of a payout that was in fact made would lose the money.
     """
 
     def __init__(
@@ -294,6 +340,12 @@ class HttpPartner:
             return PayoutResult.paid(txn_id, partner_reference=_partner_reference(response))
         if status == PayoutOutcome.REJECTED:
             return PayoutResult.rejected(txn_id, _reason(response))
+        if status == PayoutOutcome.RETURNED:
+            return PayoutResult.returned(
+                txn_id,
+                _reason(response, fallback="returned, says the payout partner"),
+                partner_reference=_partner_reference(response),
+            )
         # PENDING or anything unknown: the partner has the payout but no outcome yet.
         raise PartnerUnavailable(f"payout {txn_id} has no outcome yet (status {status!r})")
 
@@ -319,13 +371,13 @@ def _partner_reference(response: httpx.Response) -> str | None:
     return str(value)[:_MAX_REASON_CHARS] if value is not None else None
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(response: httpx.Response, *, fallback: str | None = None) -> str:
     doc = _json_object(response)
     for key in ("reason", "message", "detail"):
         value = doc.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()[:_MAX_REASON_CHARS]
-    return f"rejected by the payout partner (HTTP {response.status_code})"
+    return fallback or f"rejected by the payout partner (HTTP {response.status_code})"
 
 
 # The breaker in front of any partner

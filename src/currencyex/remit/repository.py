@@ -1,4 +1,5 @@
-"""The remittances' SQL: transactions (with the beneficiary snapshot) and their status history.
+"""The remittances' SQL: transactions (with the beneficiary snapshot), their status history,
+and the mismatches the reconciliation records.
 
 A new transaction and each status move are one call of a SQL function (migration 0008) that
 writes the history row and the event with it. A move is conditional on the status read (`WHERE
@@ -26,6 +27,9 @@ from currencyex.platform.db.outbox import event_arguments
 from currencyex.platform.db.uow import UnitOfWork
 from currencyex.remit.domain import (
     Beneficiary,
+    Mismatch,
+    MismatchQuery,
+    MismatchState,
     Outcome,
     Reply,
     StatusChange,
@@ -34,7 +38,7 @@ from currencyex.remit.domain import (
     TxnStatus,
     new_reference_id,
 )
-from currencyex.remit.tables import transactions
+from currencyex.remit.tables import mismatches, transactions
 
 _COLUMNS = tuple(column.name for column in transactions.columns)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM remit_transactions"  # noqa: S608 (column names)
@@ -91,7 +95,48 @@ WHERE remit_move(
     p_event_at => m.event_at
 )
 """
+_FINAL_BETWEEN = f"""
+{_SELECT}
+WHERE id >= $1 AND id < $2 AND ($3::uuid IS NULL OR id > $3)
+    AND status IN ('COMPLETED', 'FAILED')
+ORDER BY id
+LIMIT $4
+"""
 _REFERENCE_DRAWS = 5
+
+_MISMATCH_COLUMNS = tuple(column.name for column in mismatches.columns)
+# A mismatch with what its transaction tells: reference, sender and amounts.
+_MISMATCH_JOINED = f"""
+SELECT {", ".join(f"m.{name}" for name in _MISMATCH_COLUMNS)},
+    t.reference_id, t.user_id, t.total_debit, t.fee, t.source_currency
+FROM {{source}} AS m JOIN remit_transactions AS t ON t.id = m.txn_id
+"""  # noqa: S608 (column names)
+_MISMATCH_BY_ID = _MISMATCH_JOINED.format(source="remit_mismatches") + "WHERE m.id = $1"
+_MISMATCH_PAGE = (
+    _MISMATCH_JOINED.format(source="remit_mismatches")
+    + """WHERE ($1::varchar IS NULL OR m.state = $1) AND ($2::uuid IS NULL OR m.id < $2)
+ORDER BY m.id DESC
+LIMIT $3
+"""
+)
+# A disagreement recorded already (the same transaction, our status and the partner's) is
+# left as it stands: a pass run twice records it once.
+_RECORD_MISMATCHES = """
+INSERT INTO remit_mismatches (id, txn_id, our_status, partner_status, partner_reason,
+    partner_reference, found_at, state)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::varchar[],
+    $6::varchar[], $7::timestamptz[], $8::varchar[])
+ON CONFLICT (txn_id, our_status, partner_status) DO NOTHING
+RETURNING id
+"""
+_MOVE_MISMATCH = """
+WITH moved AS (
+    UPDATE remit_mismatches SET state = $3, resolved_by = $4, resolved_at = $5, note = $6,
+        journal_id = $7
+    WHERE id = $1 AND state = ANY($2::varchar[])
+    RETURNING *
+)
+""" + _MISMATCH_JOINED.format(source="moved")  # noqa: S608 (column names)
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:
@@ -295,9 +340,96 @@ class RemitRepository:
     async def retry_later(self, txn_id: uuid.UUID, at: datetime) -> None:
         await self._uow.alone(_RETRY_LATER, txn_id, at)
 
+    async def final_between(
+        self, low: uuid.UUID, high: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> list[Transaction]:
+        rows = await (await self._uow.connection()).fetch(_FINAL_BETWEEN, low, high, after, limit)
+        return [_transaction(row) for row in rows]
+
+
+def _mismatch(row: asyncpg.Record) -> Mismatch:
+    currency = row["source_currency"]
+    return Mismatch(
+        id=row["id"],
+        txn_id=row["txn_id"],
+        reference_id=row["reference_id"],
+        user_id=row["user_id"],
+        total_debit=Money(row["total_debit"], currency),
+        fee=Money(row["fee"], currency),
+        our_status=TxnStatus(row["our_status"]),
+        partner_status=row["partner_status"],
+        partner_reason=row["partner_reason"],
+        partner_reference=row["partner_reference"],
+        found_at=row["found_at"],
+        state=MismatchState(row["state"]),
+        resolved_by=row["resolved_by"],
+        resolved_at=row["resolved_at"],
+        note=row["note"],
+        journal_id=row["journal_id"],
+    )
+
+
+class MismatchRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def record(self, found: Sequence[Mismatch]) -> list[Mismatch]:
+        if not found:
+            return []
+        conn = await self._uow.transaction()  # with the events and audit entries it announces
+        rows = await conn.fetch(
+            _RECORD_MISMATCHES,
+            [m.id for m in found],
+            [m.txn_id for m in found],
+            [m.our_status.value for m in found],
+            [m.partner_status for m in found],
+            [m.partner_reason for m in found],
+            [m.partner_reference for m in found],
+            [m.found_at for m in found],
+            [m.state.value for m in found],
+        )
+        added = {row["id"] for row in rows}
+        return [m for m in found if m.id in added]
+
+    async def find(self, mismatch_id: uuid.UUID) -> Mismatch | None:
+        row = await (await self._uow.connection()).fetchrow(_MISMATCH_BY_ID, mismatch_id)
+        return None if row is None else _mismatch(row)
+
+    async def page(self, query: MismatchQuery) -> list[Mismatch]:
+        state = None if query.state is None else query.state.value
+        rows = await (await self._uow.connection()).fetch(
+            _MISMATCH_PAGE, state, query.before, query.limit
+        )
+        return [_mismatch(row) for row in rows]
+
+    async def move(
+        self,
+        mismatch_id: uuid.UUID,
+        states: Sequence[MismatchState],
+        to: MismatchState,
+        *,
+        resolved_by: uuid.UUID | None,
+        resolved_at: datetime | None,
+        note: str | None,
+        journal_id: uuid.UUID | None = None,
+    ) -> Mismatch | None:
+        conn = await self._uow.transaction()  # with the audit entry it is recorded with
+        row = await conn.fetchrow(
+            _MOVE_MISMATCH,
+            mismatch_id,
+            [state.value for state in states],
+            to.value,
+            resolved_by,
+            resolved_at,
+            note,
+            journal_id,
+        )
+        return None if row is None else _mismatch(row)
+
 
 class RemitUnitOfWork(UnitOfWork):
     transactions: RemitRepository
+    mismatches: MismatchRepository
 
     def __init__(self, db: Database, *, resume_after_seconds: float) -> None:
         super().__init__(db)
@@ -305,3 +437,4 @@ class RemitUnitOfWork(UnitOfWork):
 
     def bind(self) -> None:
         self.transactions = RemitRepository(self, resume_after_seconds=self._resume_after)
+        self.mismatches = MismatchRepository(self)

@@ -1,6 +1,7 @@
-"""The remittance service's tables: transactions with their beneficiary snapshot, and their
-status history (migration 0005). The column order is the table's: a new transaction travels to
-`remit_add_once` as a row of this type."""
+"""The remittance service's tables: transactions with their beneficiary snapshot, their
+status history (migration 0005), and the mismatches the reconciliation found (migration 0009).
+The column order is the table's: a new transaction travels to `remit_add_once` as a row of this
+type."""
 
 from __future__ import annotations
 
@@ -61,4 +62,31 @@ status_history = sa.Table(
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.CheckConstraint(STATUSES, name="ck_remit_status_history_status"),
     sa.Index("ix_remit_status_history_txn", "txn_id", "id"),
+)
+
+MISMATCH_STATES = "state IN ('OPEN', 'CORRECTING', 'CORRECTED', 'DISMISSED')"
+
+# A transaction whose final status the payout partner contradicts, as the reconciliation pass
+# found it, and what staff made of it. One row per transaction, our status and the partner's:
+# a pass that finds the same disagreement again records nothing.
+mismatches = sa.Table(
+    "remit_mismatches",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("txn_id", sa.Uuid, sa.ForeignKey("remit_transactions.id"), nullable=False),
+    sa.Column("our_status", sa.String(20), nullable=False),
+    sa.Column("partner_status", sa.String(20), nullable=False),
+    sa.Column("partner_reason", sa.String(500)),
+    sa.Column("partner_reference", sa.String(200)),
+    sa.Column("found_at", TIMESTAMP, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("resolved_by", sa.Uuid),
+    sa.Column("resolved_at", TIMESTAMP),
+    sa.Column("note", sa.String(500)),
+    sa.Column("journal_id", sa.Uuid),  # the correction's journal, once posted
+    sa.UniqueConstraint(
+        "txn_id", "our_status", "partner_status", name="uq_remit_mismatches_disagreement"
+    ),
+    sa.CheckConstraint(MISMATCH_STATES, name="ck_remit_mismatches_state"),
+    sa.Index("ix_remit_mismatches_state", "state", "id"),
 )

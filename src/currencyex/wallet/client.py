@@ -1,4 +1,5 @@
-"""How other services reach the wallet service: holds for sends, and wallet opening."""
+"""How other services reach the wallet service: holds for sends, their corrections, and
+wallet opening."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from currencyex.kernel.money import Money
-from currencyex.wallet.domain import Hold, HoldStatus
-from currencyex.wallet.service import WalletService
+from currencyex.wallet.domain import CorrectionKind, Hold, HoldStatus, PayoutCorrection
+from currencyex.wallet.service import Movement, WalletService
 
-__all__ = ["Hold", "HoldStatus", "InProcessWalletClient", "WalletClient"]
+__all__ = [
+    "CorrectionKind",
+    "Hold",
+    "HoldStatus",
+    "InProcessWalletClient",
+    "Movement",
+    "PayoutCorrection",
+    "WalletClient",
+]
 
 
 class WalletClient(Protocol):
@@ -39,6 +48,11 @@ class WalletClient(Protocol):
 
     async def release(self, hold_id: uuid.UUID) -> Hold: ...
 
+    async def correct_payout(self, correction: PayoutCorrection) -> Movement:
+        """Post the correction's journal once (by its id): the movement, the first one's on a
+        repeat. 1001 when the wallet is short, 1010 when it would pass its balance limit."""
+        ...
+
 
 class InProcessWalletClient:
     def __init__(self, service: WalletService) -> None:
@@ -65,3 +79,6 @@ class InProcessWalletClient:
 
     async def release(self, hold_id: uuid.UUID) -> Hold:
         return await self._service.release(hold_id)
+
+    async def correct_payout(self, correction: PayoutCorrection) -> Movement:
+        return await self._service.correct_payout(correction)

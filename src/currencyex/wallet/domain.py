@@ -33,6 +33,7 @@ class JournalKind(enum.StrEnum):
     DEPOSIT = "DEPOSIT"
     EXCHANGE = "EXCHANGE"
     CAPTURE = "CAPTURE"
+    CORRECTION = "CORRECTION"  # a payout's books set to what the partner did (reconciliation)
 
 
 class HoldStatus(enum.StrEnum):
@@ -133,6 +134,43 @@ class Capture:
     revenue: Account
     journal_id: uuid.UUID
     created_at: datetime
+
+
+class CorrectionKind(enum.StrEnum):
+    # A send failed here (its hold released) that the partner paid after all: the wallet pays
+    # now what the capture would have taken.
+    CHARGE = "CHARGE"
+    # A send completed here (its hold captured) whose payout the partner returned or refused:
+    # what the capture took goes back to the wallet.
+    REFUND = "REFUND"
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutCorrection:
+    """A payout's books set right by a new journal, never by editing the old one: `amount` (the
+    send's total debit) between the customer's wallet and the house's payout accounts, `fee` of
+    it on fee revenue and the rest on payout suspense, as a capture moves them (CHARGE) or
+    back (REFUND). Its `id` is the journal's: a correction is posted once."""
+
+    id: uuid.UUID
+    kind: CorrectionKind
+    user_id: uuid.UUID
+    amount: Money
+    fee: Money
+    reference: str
+
+    def __post_init__(self) -> None:
+        if self.fee.currency != self.amount.currency:
+            raise ValueError("a correction's fee is in its amount's currency")
+        if not 0 <= self.fee.minor < self.amount.minor:
+            raise ValueError("a correction's fee is part of its amount")
+
+    def postings(self, wallet: Account, suspense: Account, revenue: Account) -> tuple[Posting, ...]:
+        """The journal's postings, the capture's (wallet gives, house takes) or their reverse."""
+        moves = [(wallet, -self.amount), (suspense, self.amount - self.fee), (revenue, self.fee)]
+        if self.kind is CorrectionKind.REFUND:
+            moves = [(account, -amount) for account, amount in moves]
+        return tuple(Posting(account, amount) for account, amount in moves if amount.minor)
 
 
 @dataclass(frozen=True, slots=True)

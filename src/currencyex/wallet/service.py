@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ from currencyex.wallet.domain import (
     Account,
     AccountKind,
     Capture,
+    CorrectionKind,
     Hold,
     HoldStatus,
     Journal,
     JournalKind,
     LedgerProblem,
+    PayoutCorrection,
     Posting,
     PostOnce,
     StatementLine,
@@ -48,6 +51,8 @@ from currencyex.wallet.domain import (
 
 WALLET_DEPOSITED = "full.wallet.deposited"
 WALLET_EXCHANGED = "full.wallet.exchanged"
+WALLET_CORRECTED = "full.wallet.corrected"
+CORRECTION_SCOPE = "wallet.payout_correction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +353,55 @@ class WalletService:
         if released is None:
             raise NotFound("No such hold")
         return released
+
+    async def correct_payout(self, correction: PayoutCorrection) -> Movement:
+        """Post `correction`'s journal, once: a repeat (a staff retry after a crash, say) gets
+        the first posting's movement and moves nothing. 1001 when a CHARGE finds the wallet
+        short, 1010 when a REFUND would take it past its balance limit; nothing is kept."""
+        amount = correction.amount
+        request = IdempotentRequest(
+            str(correction.id),
+            hashlib.sha256(
+                f"{correction.kind}:{correction.user_id}:{amount.minor}:{amount.currency}:"
+                f"{correction.fee.minor}".encode()
+            ).hexdigest(),
+        )
+        async with self._uow() as uow:
+            wallet, suspense, revenue = await uow.ledger.accounts(
+                (AccountKind.WALLET, amount.currency, correction.user_id),
+                (AccountKind.PAYOUT_SUSPENSE, amount.currency),
+                (AccountKind.FEE_REVENUE, amount.currency),
+            )
+            journal = Journal(
+                id=correction.id,  # a second posting of it could not be written, whatever else
+                kind=JournalKind.CORRECTION,
+                postings=correction.postings(wallet, suspense, revenue),
+                created_at=self._clock.now(),
+                user_id=correction.user_id,
+                reference=correction.reference,
+                details={"correction": correction.kind.value},
+            )
+            charge = correction.kind is CorrectionKind.CHARGE
+            movement = Movement(
+                journal_id=str(journal.id),
+                kind=journal.kind.value,
+                user_id=str(correction.user_id),
+                created_at=rfc3339(journal.created_at),
+                reference=correction.reference,
+                debited=amount if charge else None,
+                credited=None if charge else amount,
+                fee=correction.fee,
+            )
+            body = movement.to_json()
+            saved = await uow.ledger.post_once(
+                PostOnce(CORRECTION_SCOPE, "reconciliation", request),
+                journal,
+                body,
+                Event(WALLET_CORRECTED, body),
+                self._limits,
+            )
+            await uow.commit()
+        return movement if saved is None else Movement.from_json(saved.body)
 
     async def balances(self, user_id: uuid.UUID) -> list[WalletBalance]:
         async with self._uow() as uow:
