@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "currencyex"
     jwt_audience: str = "currencyex-api"
     jwt_keys_dir: Path | None = None  # default: <data_dir>/keys
+    # Every process looks at the key folder again at most this often (never per request): a
+    # key file removed stops verifying its tokens, and one added starts, within this bound.
+    jwt_keys_reload_seconds: float = Field(default=30.0, gt=0)
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # argon2id cost; the defaults follow RFC 9106's second recommended option.
