@@ -79,7 +79,10 @@ class UserOut(BaseModel):
     email: str
     full_name: str
     role: Role
-    kyc_status: KycStatus
+    kyc_status: KycStatus | None = Field(
+        description="The customer's KYC status; null for staff (TELLER, COMPLIANCE, ADMIN), "
+        "who carry none"
+    )
     tier: Tier
     created_at: datetime
 
