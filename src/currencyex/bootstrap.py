@@ -241,6 +241,9 @@ def build(
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_seconds=settings.access_token_ttl_seconds,
+        folder=settings.keys_dir,
+        reload_seconds=settings.jwt_keys_reload_seconds,
+        monotonic=clock.monotonic,
     )
     auth = AuthService(
         lambda: AuthUnitOfWork(db),

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "currencyex"
     jwt_audience: str = "currencyex-api"
     jwt_keys_dir: Path | None = None  # default: <data_dir>/keys
+    # Every process looks at the key folder again at most this often (never per request): a
+    # key file removed stops verifying its tokens, and one added starts, within this bound.
+    jwt_keys_reload_seconds: float = Field(default=30.0, gt=0)
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # argon2id cost; the defaults follow RFC 9106's second recommended option.
@@ -133,10 +136,18 @@ class Settings(BaseSettings):
     tier_limits_per_minute: dict[str, int] = Field(
         default_factory=lambda: {"BASIC": 60, "PRO": 300}
     )
+    # Failed logins (wrong password or unknown email) only; a success costs nothing. Past the
+    # first, an address gets 429 for that email (the owner elsewhere still signs in); past the
+    # second, from however many addresses, every attempt for the email waits for the bucket to
+    # refill (one more each 3600/N s): a distributed guesser is held to that pace.
+    login_address_failures_per_minute: int = Field(default=5, ge=1)
+    login_email_failures_per_hour: int = Field(default=100, ge=1)
     # What a limiter does when its store (Redis) is unreachable, per limit name; others use
     # rate_limit_store_failure_default.
     rate_limit_store_failure: dict[str, FailMode] = Field(
-        default_factory=lambda: dict[str, FailMode](login="closed", login_email="closed")
+        default_factory=lambda: dict[str, FailMode](
+            login="closed", login_failures="closed", login_email="closed"
+        )
     )
     rate_limit_store_failure_default: FailMode = "open"
 

@@ -6,6 +6,8 @@ import uuid
 import pytest
 
 from currencyex.auth.domain import UserFilter
+from currencyex.auth.service import UserChanges
+from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.principal import Role
 
 
@@ -241,6 +243,7 @@ async def test_the_last_active_admin_cannot_be_disabled_or_demoted(api):
             f"/v1/admin/users/{first_id}", json=change, headers=api.bearer(first)
         )
         assert (refused.status_code, refused.json()["code"]) == (422, 1000), change
+        assert refused.json()["message"] == "The last active admin cannot be disabled or demoted"
     me = await api.http.get("/v1/auth/me", headers=api.bearer(first))
     assert (me.status_code, me.json()["role"]) == (200, "ADMIN")
     # Other changes to the last admin are fine, and so is a new admin taking over.
@@ -277,3 +280,82 @@ async def test_two_admins_disabling_each_other_at_once_leave_one(api):
     ]
     listed, _ = await api.container.auth.list_users(UserFilter(role=Role.ADMIN, limit=10))
     assert sum(not user.disabled for user in listed) == 1
+
+
+async def test_two_admins_demoting_each_other_at_once_leave_one(api):
+    # Straight to the service: both changes reach the database together, no guard in between.
+    first_id, _ = await api.user_token("ADMIN")
+    second_id, _ = await api.user_token("ADMIN")
+    auth = api.container.auth
+    results = await asyncio.gather(
+        auth.update_user(uuid.UUID(second_id), UserChanges(role=Role.TELLER)),
+        auth.update_user(uuid.UUID(first_id), UserChanges(role=Role.COMPLIANCE)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, ValidationFailed)]
+    assert len(refused) == 1, results
+    listed, _ = await auth.list_users(UserFilter(role=Role.ADMIN, limit=10))
+    assert [user.disabled for user in listed] == [False]
+
+
+# Staff carry no KYC status
+
+
+async def test_staff_have_no_kyc_status_anywhere_they_are_shown(api):
+    admin_id, admin = await api.user_token("ADMIN")  # made as create-admin makes it
+    body = staff_body("COMPLIANCE")
+    created = await api.http.post("/v1/admin/staff", json=body, headers=api.bearer(admin))
+    assert (created.status_code, created.json()["kyc_status"]) == (201, None)
+    staff = (await api.login(body["email"], body["password"]))["access_token"]
+    for token in (admin, staff):
+        me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
+        assert (me.status_code, me.json()["kyc_status"]) == (200, None)
+    customer_id, _ = await api.user_token()
+    listed = await api.http.get("/v1/admin/users", headers=api.bearer(admin))
+    statuses = {user["id"]: user["kyc_status"] for user in listed.json()["items"]}
+    assert statuses == {admin_id: None, created.json()["id"]: None, customer_id: "PENDING"}
+    pending = await api.http.get(
+        "/v1/admin/users", params={"kyc_status": "PENDING"}, headers=api.bearer(admin)
+    )
+    assert [user["id"] for user in pending.json()["items"]] == [customer_id]
+    stored = await api.value("SELECT kyc_status FROM auth_users WHERE id = $1", uuid.UUID(admin_id))
+    assert stored is None
+
+
+async def test_a_role_change_takes_or_restarts_the_kyc_status(api):
+    _, admin = await api.user_token("ADMIN")
+    user_id, token = await api.user_token()
+    await api.value(
+        "UPDATE auth_users SET kyc_status = 'REJECTED', kyc_reason = 'blurred' WHERE id = $1"
+        " RETURNING 1",
+        uuid.UUID(user_id),
+    )
+
+    async def patch(change: dict) -> dict:
+        response = await api.http.patch(
+            f"/v1/admin/users/{user_id}", json=change, headers=api.bearer(admin)
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    kept = await patch({"tier": "PRO", "role": "CUSTOMER"})  # still a customer: kept
+    assert (kept["kyc_status"], kept["kyc_reason"]) == ("REJECTED", "blurred")
+    promoted = await patch({"role": "TELLER"})
+    assert (promoted["kyc_status"], promoted["kyc_reason"]) == (None, None)
+    assert (await patch({"role": "COMPLIANCE"}))["kyc_status"] is None
+    me = await api.http.get("/v1/auth/me", headers=api.bearer(token))
+    assert (me.json()["role"], me.json()["kyc_status"]) == ("COMPLIANCE", None)
+    demoted = await patch({"role": "CUSTOMER"})  # verified again from the start
+    assert (demoted["kyc_status"], demoted["kyc_reason"]) == ("PENDING", None)
+
+
+async def test_a_kyc_decision_for_staff_is_422_1000(api):
+    _, reviewer = await api.user_token("COMPLIANCE")
+    teller_id, _ = await api.user_token("TELLER")
+    response = await api.http.post(
+        f"/v1/admin/kyc/{teller_id}/decision",
+        json={"decision": "APPROVED", "reason": "looks fine"},
+        headers=api.bearer(reviewer),
+    )
+    assert (response.status_code, response.json()["code"]) == (422, 1000), response.text
+    assert "staff" in response.json()["message"]

@@ -174,6 +174,38 @@ async def test_token_forged_with_another_key_is_401_2002(api, tmp_path):
     assert response.json()["code"] == 2002
 
 
+async def test_a_removed_key_file_ends_its_tokens_in_the_running_app(backend, make_settings):
+    from conftest import running_app
+
+    settings = await make_settings(backend, jwt_keys_reload_seconds=0.2)
+    async with running_app(settings) as api:
+        user = await api.register()
+        token = (await api.login(user["email"]))["access_token"]
+        assert (await api.http.get("/v1/auth/me", headers=api.bearer(token))).status_code == 200
+        rotated = await asyncio.to_thread(_rotate_key, settings.keys_dir)
+
+        await asyncio.sleep(0.3)  # past the reload interval
+        response = await api.http.get("/v1/auth/me", headers=api.bearer(token))
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == 2002
+        # The key added meanwhile signs the next login, and its tokens work.
+        fresh = (await api.login(user["email"]))["access_token"]
+        assert (await api.http.get("/v1/auth/me", headers=api.bearer(fresh))).status_code == 200
+        kids = [key["kid"] for key in (await api.http.get("/v1/auth/jwks")).json()["keys"]]
+        assert kids == [rotated]
+
+
+def _rotate_key(folder) -> str:
+    """`currencyex rotate-key`, then the old key files removed: the new key's kid."""
+    from currencyex.platform.security.tokens import generate_key
+
+    old = list(folder.glob("*.pem"))
+    kid = generate_key(folder).kid
+    for path in old:
+        path.unlink()
+    return kid
+
+
 async def test_refresh_rotates_and_the_new_pair_works(api):
     user = await api.register()
     first = await api.login(user["email"])

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from currencyex.app import ROUTERS, create_app
 from currencyex.config import Settings
 from currencyex.gateway.limits import Limit, RateLimiter, route_limit
-from currencyex.kernel.errors import DependencyUnavailable
+from currencyex.kernel.errors import DependencyUnavailable, InvalidCredentials
 from currencyex.kernel.ports import BucketDecision
 from currencyex.platform.observability.metrics import Metrics
 
@@ -96,7 +96,7 @@ async def login(
     return await http.post("/v1/auth/login", json={"email": email, "password": password}, **kwargs)
 
 
-# Login: 5/min per client IP and per email
+# Login: 5/min per client IP; failed logins per email and address, and per email
 
 
 def test_each_limited_route_declares_its_documented_limit() -> None:
@@ -144,23 +144,82 @@ async def test_sixth_login_from_one_ip_within_a_minute_is_429(limited: Api) -> N
     assert int(sixth.headers["Retry-After"]) <= 60
 
 
-async def test_sixth_login_for_one_email_from_six_addresses_is_429(limited: Api) -> None:
+async def test_owner_logs_in_from_a_clean_address_after_strangers_failures(limited: Api) -> None:
     user = await limited.register(fresh_email())
-    for _ in range(5):
+    for _ in range(6):
         response = await login(limited.http, user["email"], headers=xff(fresh_ip()))
         assert response.status_code == 401, response.text
         assert response.json()["code"] == 2001
 
-    sixth = await login(limited.http, user["email"], PASSWORD, headers=xff(fresh_ip()))
-    assert_rate_limited(sixth, limit=5)
+    owner = await login(limited.http, user["email"], PASSWORD, headers=xff(fresh_ip()))
+    assert owner.status_code == 200, owner.text
 
 
-async def test_login_email_limit_ignores_the_case_of_the_email(limited: Api) -> None:
-    email = fresh_email()
-    for _ in range(5):
-        response = await login(limited.http, email, headers=xff(fresh_ip()))
-        assert response.status_code == 401, response.text
-    assert_rate_limited(await login(limited.http, email.upper(), headers=xff(fresh_ip())))
+async def test_an_address_failing_for_one_email_gets_429_for_it_and_no_one_else_does(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    # Below the per-IP limit (5/min), so the failures' own bucket is what refuses.
+    async with limited_app(make_settings, backend, login_address_failures_per_minute=3) as api:
+        user = await api.register(fresh_email())
+        attacker = fresh_ip()
+        for _ in range(3):
+            response = await login(api.http, user["email"], headers=xff(attacker))
+            assert response.status_code == 401, response.text
+
+        refused = await login(api.http, user["email"], PASSWORD, headers=xff(attacker))
+        assert_rate_limited(refused, limit=3)
+        assert int(refused.headers["Retry-After"]) <= 60
+        owner = await login(api.http, user["email"], PASSWORD, headers=xff(fresh_ip()))
+        assert owner.status_code == 200, owner.text
+        # The attacker's address is still free to try other emails (up to its per-IP limit).
+        other = await login(api.http, fresh_email(), headers=xff(attacker))
+        assert other.status_code == 401, other.text
+
+
+async def test_failures_from_many_addresses_hold_an_email_to_its_hourly_ceiling(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    async with limited_app(make_settings, backend, login_email_failures_per_hour=8) as api:
+        user = await api.register(fresh_email())
+        for _ in range(8):
+            response = await login(api.http, user["email"], headers=xff(fresh_ip()))
+            assert response.status_code == 401, response.text
+
+        refused = await login(api.http, user["email"], headers=xff(fresh_ip()))
+        assert_rate_limited(refused, limit=8)
+        # One more attempt every 3600/8 s: the wait says so.
+        assert 60 < int(refused.headers["Retry-After"]) <= 450
+        assert_rate_limited(await login(api.http, user["email"], PASSWORD, headers=xff(fresh_ip())))
+        # Other emails are untouched.
+        other = await api.register(fresh_email())
+        assert (await login(api.http, other["email"], PASSWORD)).status_code == 200
+
+
+async def test_successful_logins_spend_no_failure_budget(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    async with limited_app(
+        make_settings, backend, login_address_failures_per_minute=1, login_email_failures_per_hour=1
+    ) as api:
+        user = await api.register(fresh_email())
+        ip = fresh_ip()
+        for _ in range(4):  # the per-IP limit (5/min, every attempt) is the only bound here
+            response = await login(api.http, user["email"], PASSWORD, headers=xff(ip))
+            assert response.status_code == 200, response.text
+        for _ in range(6):
+            response = await login(api.http, user["email"], PASSWORD, headers=xff(fresh_ip()))
+            assert response.status_code == 200, response.text
+
+
+async def test_login_email_limit_ignores_the_case_of_the_email(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    async with limited_app(make_settings, backend, login_email_failures_per_hour=3) as api:
+        email = fresh_email()
+        for _ in range(3):
+            response = await login(api.http, email, headers=xff(fresh_ip()))
+            assert response.status_code == 401, response.text
+        assert_rate_limited(await login(api.http, email.upper(), headers=xff(fresh_ip())))
 
 
 # The client address: X-Forwarded-For only from a trusted proxy
@@ -413,7 +472,7 @@ def test_documented_store_failure_defaults_close_login_and_open_the_rest() -> No
     # The declared defaults, not Settings(): that would read CURRENCYEX_* from the environment.
     fields = Settings.model_fields
     per_limit = fields["rate_limit_store_failure"].get_default(call_default_factory=True)
-    assert per_limit == {"login": "closed", "login_email": "closed"}
+    assert per_limit == {"login": "closed", "login_failures": "closed", "login_email": "closed"}
     assert fields["rate_limit_store_failure_default"].get_default() == "open"
 
 
@@ -449,6 +508,36 @@ async def test_store_failure_follows_the_limit_mode_then_the_default(
         "currencyex_rate_limit_store_errors_total", {"limit": name, "outcome": outcome}
     )
     assert counted == 1
+
+
+class LookOnlyStore(BrokenStore):
+    """Answers a look (cost 0) with a full bucket; unreachable for a take."""
+
+    async def take(
+        self, key: str, *, capacity: int, refill_per_second: float, cost: int = 1
+    ) -> BucketDecision:
+        if cost == 0:
+            return BucketDecision(allowed=True, limit=capacity, remaining=capacity, retry_after=0)
+        return await super().take(
+            key, capacity=capacity, refill_per_second=refill_per_second, cost=cost
+        )
+
+
+async def test_failure_budgets_fail_closed_before_an_attempt_but_never_mask_its_answer() -> None:
+    budgets = [(Limit.per_minute("login_failures", 5), "a@example.com|ip:192.0.2.1")]
+    closed = {"login_failures": "closed"}
+    down = RateLimiter(BrokenStore(), metrics=Metrics(), failure_modes=closed)
+    ran = False
+    with pytest.raises(DependencyUnavailable):
+        async with down.counting_failures(bare_request(), budgets, InvalidCredentials):
+            ran = True
+    assert not ran
+
+    # The store goes away between the look and the take: the failure's own answer stands.
+    flaky = RateLimiter(LookOnlyStore(), metrics=Metrics(), failure_modes=closed)
+    with pytest.raises(InvalidCredentials):
+        async with flaky.counting_failures(bare_request(), budgets, InvalidCredentials):
+            raise InvalidCredentials()
 
 
 async def test_limiter_fails_open_by_default_when_nothing_is_configured() -> None:

@@ -61,6 +61,50 @@ def test_documents_migration_keeps_existing_users_and_round_trips(empty_database
     assert run(url, "SELECT count(*) FROM auth_users")[0][0] == 1
 
 
+BEFORE_STAFF_KYC = "0009"  # the revision 0011 builds on
+
+
+def test_staff_kyc_migration_clears_staff_status_and_round_trips(empty_database: str) -> None:
+    url = empty_database
+    upgrade(url, BEFORE_STAFF_KYC)
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    people = {"CUSTOMER": uuid.uuid4(), "TELLER": uuid.uuid4(), "ADMIN": uuid.uuid4()}
+    for role, user_id in people.items():
+        run(
+            url,
+            "INSERT INTO auth_users (id, email, password_hash, full_name, role, kyc_status,"
+            " kyc_reason, tier, disabled, created_at, updated_at, version, kyc_updated_at)"
+            " VALUES ($1, $2, 'h', 'Someone', $3, 'REJECTED', 'blurred', 'BASIC', false,"
+            " $4, $4, 1, $4)",
+            user_id,
+            f"{role.lower()}@example.com",
+            role,
+            now,
+        )
+
+    upgrade(url)
+    kyc = "SELECT role, kyc_status, kyc_reason FROM auth_users ORDER BY role"
+    assert [tuple(row) for row in run(url, kyc)] == [
+        ("ADMIN", None, None),
+        ("CUSTOMER", "REJECTED", "blurred"),
+        ("TELLER", None, None),
+    ]
+    for sql in (
+        "UPDATE auth_users SET kyc_status = 'PENDING' WHERE role = 'TELLER'",
+        "UPDATE auth_users SET kyc_status = NULL WHERE role = 'CUSTOMER'",
+    ):
+        with pytest.raises(asyncpg.CheckViolationError):
+            run(url, sql)
+
+    downgrade(url, BEFORE_STAFF_KYC)
+    assert [tuple(row)[:2] for row in run(url, kyc)] == [
+        ("ADMIN", "PENDING"),
+        ("CUSTOMER", "REJECTED"),
+        ("TELLER", "PENDING"),
+    ]
+    upgrade(url)
+
+
 def test_every_migration_downgrades_and_upgrades_again(empty_database: str) -> None:
     upgrade(empty_database)
     downgrade(empty_database, "base")

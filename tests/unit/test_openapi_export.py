@@ -25,3 +25,11 @@ def test_spec_documents_the_error_shape_and_every_route():
     assert login["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
     for path in ("/v1/auth/register", "/v1/admin/staff", "/v1/admin/kyc/{user_id}/decision"):
         assert path in spec["paths"]
+
+
+def test_spec_lets_kyc_status_be_null_for_staff():
+    schemas = json.loads(SPEC.read_text())["components"]["schemas"]
+    for model in ("UserOut", "StaffViewOut"):
+        kyc = schemas[model]["properties"]["kyc_status"]
+        assert {"type": "null"} in kyc["anyOf"], model
+        assert "kyc_status" in schemas[model]["required"], model

@@ -166,3 +166,111 @@ print(",".join(key.kid for key in load_keys(Path(sys.argv[1]))), flush=True)
     assert all(start.returncode == 0 for start in starts)
     assert len(kids) == 1
     assert [path.stem for path in (tmp_path / "keys").glob("*.pem")] == list(kids)
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signed_with(key) -> str:
+    """A valid token signed by `key` (a SigningKey), whichever key the issuer signs with."""
+    claims = {
+        "iss": "currencyex",
+        "aud": "currencyex-api",
+        "sub": "u",
+        "role": "CUSTOMER",
+        "iat": int(NOW.timestamp()),
+        "exp": int(NOW.timestamp()) + 900,
+        "jti": "j",
+    }
+    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+
+
+def following(folder, ticks: Ticks, reload_seconds: float = 30.0) -> TokenIssuer:
+    """An issuer whose ring follows `folder`, as the app builds it."""
+    options = {"issuer": "currencyex", "audience": "currencyex-api", "ttl_seconds": 900}
+    return TokenIssuer(
+        load_keys(folder), folder=folder, reload_seconds=reload_seconds, monotonic=ticks, **options
+    )
+
+
+def test_a_removed_key_file_stops_verifying_its_tokens_within_the_reload_interval(tmp_path):
+    ticks = Ticks()
+    old = load_keys(tmp_path)[0]
+    generate_key(tmp_path)  # a newer key signs; the old one only verifies
+    tokens = following(tmp_path, ticks)
+    old_token = signed_with(old)
+    new_token = tokens.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert tokens.verify(old_token).sub == "u"  # verified once: now in the verified cache
+
+    (tmp_path / f"{old.kid}.pem").unlink()
+    ticks.now += 29.0  # within the interval the folder is not looked at
+    assert tokens.verify(old_token).sub == "u"
+    ticks.now += 1.0
+    with pytest.raises(InvalidToken):
+        tokens.verify(old_token)
+    assert tokens.verify(new_token).sub == "u"
+    assert old.kid not in {key["kid"] for key in tokens.jwks()["keys"]}
+
+
+def test_a_key_file_added_verifies_and_signs_within_the_reload_interval(tmp_path):
+    ticks = Ticks()
+    tokens = following(tmp_path, ticks, reload_seconds=5.0)
+    added = generate_key(tmp_path)  # another process rotates the key and signs with it
+    elsewhere = issuer(tmp_path).issue(subject="u", role="CUSTOMER", now=NOW)
+
+    with pytest.raises(InvalidToken):  # not looked for yet: the interval has not passed
+        tokens.verify(elsewhere)
+    ticks.now += 5.0
+    assert tokens.verify(elsewhere).sub == "u"
+    signed = tokens.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert jwt.get_unverified_header(signed)["kid"] == added.kid
+
+
+def test_a_folder_emptied_gets_a_new_first_key_and_refuses_every_old_token(tmp_path):
+    ticks = Ticks()
+    tokens = following(tmp_path, ticks, reload_seconds=1.0)
+    old_token = tokens.issue(subject="u", role="CUSTOMER", now=NOW)
+    for path in tmp_path.glob("*.pem"):
+        path.unlink()
+    ticks.now += 1.0
+    with pytest.raises(InvalidToken):
+        tokens.verify(old_token)
+    assert [path.stem for path in tmp_path.glob("*.pem")] == [
+        key["kid"] for key in tokens.jwks()["keys"]
+    ]
+    assert tokens.verify(tokens.issue(subject="u", role="CUSTOMER", now=NOW)).sub == "u"
+
+
+def test_an_unreadable_new_key_file_is_skipped_while_removals_still_apply(tmp_path):
+    ticks = Ticks()
+    first = load_keys(tmp_path)[0]
+    second = generate_key(tmp_path)
+    tokens = following(tmp_path, ticks, reload_seconds=1.0)
+    first_token = signed_with(first)
+    assert tokens.verify(first_token).sub == "u"
+    (tmp_path / f"{first.kid}.pem").unlink()
+    (tmp_path / "zz-not-a-key.pem").write_text("garbage")
+    ticks.now += 1.0
+    with pytest.raises(InvalidToken):
+        tokens.verify(first_token)
+    assert [key["kid"] for key in tokens.jwks()["keys"]] == [second.kid]
+
+
+def test_a_folder_left_with_only_unreadable_files_gets_a_key_and_refuses_the_old(tmp_path):
+    ticks = Ticks()
+    tokens = following(tmp_path, ticks, reload_seconds=1.0)
+    old_token = tokens.issue(subject="u", role="CUSTOMER", now=NOW)
+    for path in tmp_path.glob("*.pem"):
+        path.unlink()
+    (tmp_path / "broken.pem").write_text("garbage")
+    ticks.now += 1.0
+    with pytest.raises(InvalidToken):
+        tokens.verify(old_token)
+    assert tokens.verify(tokens.issue(subject="u", role="CUSTOMER", now=NOW)).sub == "u"

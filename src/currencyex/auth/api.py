@@ -14,12 +14,13 @@ from currencyex.auth.domain import (
     User,
     UserFilter,
 )
-from currencyex.auth.service import AuthService, UserChanges
+from currencyex.auth.service import AuthService, UserChanges, normalise_email
 from currencyex.gateway.edge import app_state, edge
 from currencyex.gateway.errors import ErrorOut, Strict
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import Limit, rate_limited
 from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
+from currencyex.kernel.errors import InvalidCredentials
 from currencyex.kernel.principal import (
     KycStatus,
     Role,
@@ -38,9 +39,6 @@ Auth = Annotated[AuthService, Depends(auth_service)]
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-LOGIN_PER_EMAIL = Limit.per_minute("login_email", 5)
-
 
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
 FullName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -81,7 +79,10 @@ class UserOut(BaseModel):
     email: str
     full_name: str
     role: Role
-    kyc_status: KycStatus
+    kyc_status: KycStatus | None = Field(
+        description="The customer's KYC status; null for staff (TELLER, COMPLIANCE, ADMIN), "
+        "who carry none"
+    )
     tier: Tier
     created_at: datetime
 
@@ -138,8 +139,26 @@ async def register(body: RegisterIn, auth: Auth) -> UserOut:
 @router.post("/login")
 @rate_limited("login", 5, per="ip")
 async def login(body: LoginIn, auth: Auth, request: Request) -> TokenOut:
-    await edge(request).limiter.check(request, LOGIN_PER_EMAIL, body.email.lower())
-    return TokenOut.of(await auth.login(body.email, body.password))
+    budgets = _login_failure_budgets(request, body.email)
+    async with edge(request).limiter.counting_failures(request, budgets, InvalidCredentials):
+        return TokenOut.of(await auth.login(body.email, body.password))
+
+
+def _login_failure_budgets(request: Request, email: str) -> list[tuple[Limit, str]]:
+    """The failed-login buckets an attempt draws on: this email from this address, so others'
+    failures never lock the owner out, and this email from anywhere, a higher ceiling that
+    holds a guesser with many addresses to its refill rate (README, Rate limits)."""
+    container = edge(request)
+    settings = container.settings
+    email = normalise_email(email)
+    address = container.limiter.client_ip(request)
+    return [
+        (
+            Limit.per_minute("login_failures", settings.login_address_failures_per_minute),
+            f"{email}|ip:{address}",
+        ),
+        (Limit("login_email", settings.login_email_failures_per_hour, 3600.0), email),
+    ]
 
 
 @router.post("/refresh")

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.ports import UnitOfWork
-from currencyex.kernel.principal import KycStatus, Principal, Role, Tier
+from currencyex.kernel.principal import STAFF_ROLES, KycStatus, Principal, Role, Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +20,20 @@ class User:
     password_hash: str
     full_name: str
     role: Role
-    kyc_status: KycStatus
+    kyc_status: KycStatus | None  # None for staff (`kyc_status_for`)
     kyc_reason: str | None
     tier: Tier
     disabled: bool
     created_at: datetime
     updated_at: datetime
     kyc_updated_at: datetime  # when kyc_status last changed
+
+
+def kyc_status_for(role: Role) -> KycStatus | None:
+    """The KYC status an account starts with in `role`: PENDING for a customer, none for staff,
+    who are never verified as customers are. A role change follows the same rule in
+    `UserRepository.update`: to staff drops the status, back to CUSTOMER starts again PENDING."""
+    return None if role in STAFF_ROLES else KycStatus.PENDING
 
 
 def principal_of(user: User) -> Principal:
@@ -115,7 +122,11 @@ class UserRepository(Protocol):
 
     async def by_email(self, email: str) -> User | None: ...
 
-    async def update(self, user_id: uuid.UUID, **changes: object) -> User | None: ...
+    async def update(self, user_id: uuid.UUID, **changes: object) -> User | None:
+        """Change role, tier, disabled (with updated_at); a role change moves the KYC status
+        as `kyc_status_for` says, judged against the role the row had, in the same statement.
+        None when there is no such user."""
+        ...
 
     async def lock_active_admins(self) -> list[uuid.UUID]:
         """The ids of the enabled ADMIN accounts, locked until the transaction ends (in id

@@ -29,6 +29,15 @@ _USER_BY_ID = f"SELECT {_USER_COLUMNS} FROM auth_users WHERE id = $1"  # noqa: S
 _USER_BY_EMAIL = f"SELECT {_USER_COLUMNS} FROM auth_users WHERE email = $1"  # noqa: S608
 # What an admin may change about a user (`update`), and the clock of the change.
 _CHANGEABLE = frozenset({"role", "tier", "disabled", "updated_at"})
+# A role change carries the KYC status along (`kyc_status_for`): staff have none, a customer
+# keeps theirs, staff becoming a customer start PENDING. `role` on the right is the old row's;
+# {role} and {now} are the placeholders of the new role and of updated_at.
+_KYC_FOLLOWS_ROLE = """,
+    kyc_status = CASE WHEN {role} <> 'CUSTOMER' THEN NULL
+        WHEN role = 'CUSTOMER' THEN kyc_status ELSE 'PENDING' END,
+    kyc_reason = CASE WHEN {role} = 'CUSTOMER' AND role = 'CUSTOMER' THEN kyc_reason END,
+    kyc_updated_at = CASE WHEN ({role} = 'CUSTOMER') = (role = 'CUSTOMER') THEN kyc_updated_at
+        ELSE {now} END"""
 _ACTIVE_ADMINS = """
 SELECT id FROM auth_users WHERE role = 'ADMIN' AND NOT disabled ORDER BY id FOR UPDATE
 """
@@ -88,7 +97,7 @@ def _user(row: asyncpg.Record) -> User:
         password_hash=row["password_hash"],
         full_name=row["full_name"],
         role=Role(row["role"]),
-        kyc_status=KycStatus(row["kyc_status"]),
+        kyc_status=None if row["kyc_status"] is None else KycStatus(row["kyc_status"]),
         kyc_reason=row["kyc_reason"],
         tier=Tier(row["tier"]),
         disabled=row["disabled"],
@@ -120,7 +129,7 @@ class UserRepository:
             "password_hash": user.password_hash,
             "full_name": user.full_name,
             "role": user.role.value,
-            "kyc_status": user.kyc_status.value,
+            "kyc_status": None if user.kyc_status is None else user.kyc_status.value,
             "kyc_reason": user.kyc_reason,
             "tier": user.tier.value,
             "disabled": user.disabled,
@@ -153,6 +162,11 @@ class UserRepository:
             raise ValueError(f"cannot change {sorted(unknown)}")
         names = sorted(changes)
         assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(names, 2))
+        if "role" in changes:
+            place = {name: f"${n}::varchar" for n, name in enumerate(names, 2)}
+            assignments += _KYC_FOLLOWS_ROLE.format(
+                role=place["role"], now=f"${names.index('updated_at') + 2}"
+            )
         values = [v.value if isinstance(v, enum.Enum) else v for v in (changes[n] for n in names)]
         row = await (await self._uow.transaction()).fetchrow(
             f"UPDATE auth_users SET {assignments}, version = version + 1"  # noqa: S608 (names

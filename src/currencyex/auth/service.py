@@ -20,6 +20,7 @@ from currencyex.auth.domain import (
     User,
     UserFilter,
     check_password_policy,
+    kyc_status_for,
     principal_of,
 )
 from currencyex.kernel.clock import Clock, rfc3339
@@ -201,7 +202,7 @@ class AuthService:
                 user_id,
                 Role(doc["role"]),
                 Tier(doc["tier"]),
-                KycStatus(doc["kyc"]),
+                None if doc["kyc"] is None else KycStatus(doc["kyc"]),
                 bool(doc["disabled"]),
             )
         async with self._uow() as uow:
@@ -266,7 +267,7 @@ class AuthService:
                 admins = await uow.users.lock_active_admins()
                 if admins == [user_id]:
                     raise ValidationFailed(
-                        "The last active admin cannot be disabled or given another role",
+                        "The last active admin cannot be disabled or demoted",
                         details=[{"loc": ["body"], "msg": "at least one active admin must remain"}],
                     )
             user = await uow.users.update(user_id, **values, updated_at=now)
@@ -318,13 +319,11 @@ class AuthService:
                 current = await uow.users.get(user_id)
                 if current is None:
                     raise NotFound()
+                status = "none (staff)" if current.kyc_status is None else current.kyc_status
                 raise ValidationFailed(
-                    f"KYC is {current.kyc_status.value}: a decision needs it IN_REVIEW",
+                    f"KYC is {status}: a decision needs it IN_REVIEW",
                     details=[
-                        {
-                            "loc": ["path", "user_id"],
-                            "msg": f"KYC is {current.kyc_status.value}, not IN_REVIEW",
-                        }
+                        {"loc": ["path", "user_id"], "msg": f"KYC is {status}, not IN_REVIEW"}
                     ],
                 )
             await uow.audit.record(
@@ -368,7 +367,7 @@ class AuthService:
             password_hash=await self._hasher.hash(password),
             full_name=full_name.strip(),
             role=role,
-            kyc_status=KycStatus.PENDING,
+            kyc_status=kyc_status_for(role),
             kyc_reason=None,
             tier=Tier.BASIC,
             disabled=False,

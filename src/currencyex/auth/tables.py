@@ -1,4 +1,4 @@
-"""The auth service's tables: users and refresh tokens (migrations 0001 and 0003)."""
+"""The auth service's tables: users and refresh tokens (migrations 0001, 0003 and 0011)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("full_name", sa.String(200), nullable=False),
     sa.Column("role", sa.String(20), nullable=False),
-    sa.Column("kyc_status", sa.String(20), nullable=False),
+    sa.Column("kyc_status", sa.String(20)),  # NULL for staff, who carry no KYC (0011)
     sa.Column("kyc_reason", sa.String(500)),
     sa.Column("tier", sa.String(20), nullable=False),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -28,6 +28,9 @@ users = sa.Table(
     sa.CheckConstraint(
         "kyc_status IN ('PENDING', 'IN_REVIEW', 'APPROVED', 'REJECTED')",
         name="ck_auth_users_kyc_status",
+    ),
+    sa.CheckConstraint(
+        "(role = 'CUSTOMER') = (kyc_status IS NOT NULL)", name="ck_auth_users_kyc_customers_only"
     ),
     sa.CheckConstraint("tier IN ('BASIC', 'PRO')", name="ck_auth_users_tier"),
     sa.Index("ix_auth_users_role", "role"),

@@ -1,22 +1,25 @@
 """Rate limits: named token buckets checked at the edge, with a documented failure mode.
 
 The store (Redis or memory) answers atomically; this module decides the key (client IP, user,
-email), records the tightest bucket for the X-RateLimit-* headers, and refuses with 3001.
+email), records the tightest bucket for the X-RateLimit-* headers, and refuses with 3001. A limit
+either counts every request (`check`) or only the failed ones (`counting_failures`: the login's
+failure budgets per email and address, and per email).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import structlog
 from fastapi import Request
 
 from currencyex.kernel.errors import DependencyUnavailable, RateLimited
-from currencyex.kernel.ports import RateLimitStore
+from currencyex.kernel.ports import BucketDecision, RateLimitStore
 from currencyex.platform.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -67,27 +70,76 @@ class RateLimiter:
 
     async def check(self, request: Request, limit: Limit, key: str) -> None:
         """Take one token from `limit`'s bucket for `key`; 429/3001 when it is empty."""
-        if not self.enabled:
+        decision = await self._take(limit, key, cost=1)
+        if decision is None:
             return
+        self._report(request, decision)
+        if not decision.allowed:
+            self._refuse(limit, decision.retry_after)
+
+    @asynccontextmanager
+    async def counting_failures(
+        self,
+        request: Request,
+        budgets: Sequence[tuple[Limit, str]],
+        failure: type[Exception],
+    ) -> AsyncIterator[None]:
+        """Let the block run while every (limit, key) budget has a token left (429/3001 when one
+        is empty, taking nothing), and take one from each when the block raises `failure`.
+
+        So only failures use a budget up, never a success. Attempts in flight together may each
+        see the last token; the route's own limit on every request bounds how many.
+        """
+        for limit, key in budgets:
+            decision = await self._take(limit, key, cost=0)  # a look: takes nothing
+            if decision is None:
+                continue
+            self._report(request, decision)
+            if decision.remaining < 1:
+                # A look says nothing of the wait, which is at most one token's refill.
+                self._refuse(limit, 1 / limit.refill_per_second)
         try:
-            decision = await self._store.take(
+            yield
+        except failure:
+            for limit, key in budgets:
+                # The attempt is answered already: never refused, and an empty bucket stays so.
+                spent = await self._take(limit, key, cost=1, refusing=False)
+                if spent is not None:
+                    self._report(request, spent)
+            raise
+
+    async def _take(
+        self, limit: Limit, key: str, *, cost: int, refusing: bool = True
+    ) -> BucketDecision | None:
+        """The store's decision; None when limits are off, or the store is down and the limit
+        fails open (or nothing is refused anyway); 503/5001 when it fails closed."""
+        if not self.enabled:
+            return None
+        try:
+            return await self._store.take(
                 f"{limit.name}:{key}",
                 capacity=limit.capacity,
                 refill_per_second=limit.refill_per_second,
+                cost=cost,
             )
         except Exception as exc:
             mode = self._failure_modes.get(limit.name, self._default_failure_mode)
             self._metrics.rate_limit_store_errors.labels(limit.name, mode).inc()
             log.warning("ratelimit.store_unavailable", limit=limit.name, mode=mode, error=str(exc))
-            if mode == "closed":
+            if mode == "closed" and refusing:
                 raise DependencyUnavailable("Rate limiter unavailable, try again shortly") from exc
-            return
+            return None
+
+    @staticmethod
+    def _report(request: Request, decision: BucketDecision) -> None:
+        """Keep the tightest bucket (or the refusing one) for the X-RateLimit-* headers."""
         applied: Applied | None = getattr(request.state, "rate_limit", None)
         if applied is None or decision.remaining < applied.remaining or not decision.allowed:
             request.state.rate_limit = Applied(decision.limit, decision.remaining)
-        if not decision.allowed:
-            self._metrics.rate_limited.labels(limit.name).inc()
-            raise RateLimited(retry_after=max(1, math.ceil(decision.retry_after)))
+
+    def _refuse(self, limit: Limit, retry_after: float) -> NoReturn:
+        self._metrics.rate_limited.labels(limit.name).inc()
+        raise RateLimited(retry_after=max(1, math.ceil(retry_after)))
 
     def client_ip(self, request: Request) -> str:
         """The peer's address, or the X-Forwarded-For client when the peer is a trusted proxy.

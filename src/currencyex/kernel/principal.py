@@ -41,7 +41,7 @@ class Principal:
     user_id: uuid.UUID
     role: Role
     tier: Tier
-    kyc_status: KycStatus
+    kyc_status: KycStatus | None  # None for staff: KYC is a customer's verification
     disabled: bool
 
 

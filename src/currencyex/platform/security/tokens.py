@@ -1,11 +1,15 @@
 """Access tokens: EdDSA-signed JWTs from a ring of keys, so keys rotate without logging anyone out.
 
 Keys are Ed25519 PEM files in one folder; the file name is the `kid`. The newest key signs, every
-key in the folder verifies and is published in the JWKS. Verification pins the algorithm.
+key in the folder verifies and is published in the JWKS. Verification pins the algorithm. The
+folder is looked at again at most once per `reload_seconds` (on the first use after that long,
+never a file read per request), so a key file removed stops verifying, and a key file added
+starts, in every running process within that bound.
 
 A token is checked in full (signature, algorithm, audience, issuer, claims) the first time it is
-seen; the claims of a token that passed are then kept in memory until its `exp`, so every later
-request with it costs one dict lookup and one clock read instead of an Ed25519 verification.
+seen; the claims of a token that passed are then kept in memory until its `exp` or until its key
+leaves the ring, so every later request with it costs one dict lookup and one clock read instead
+of an Ed25519 verification.
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from currencyex.kernel.errors import InvalidToken
 from currencyex.kernel.ids import new_id
 
+log = structlog.get_logger(__name__)
+
 ALGORITHM = "EdDSA"
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti", "role"]
 VERIFIED_CACHE_SIZE = 10_000
+KEYS_RELOAD_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +98,18 @@ def load_keys(folder: Path, *, create: bool = True) -> list[SigningKey]:
 
 
 def _read_keys(folder: Path) -> list[SigningKey]:
-    keys: list[SigningKey] = []
-    for path in sorted(folder.glob("*.pem")) if folder.exists() else []:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise TypeError(f"{path} is not an Ed25519 private key")
-        keys.append(SigningKey(path.stem, private))
-    return keys
+    return [_read_key(path) for path in _key_files(folder)]
+
+
+def _key_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.pem")) if folder.exists() else []
+
+
+def _read_key(path: Path) -> SigningKey:
+    private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise TypeError(f"{path} is not an Ed25519 private key")
+    return SigningKey(path.stem, private)
 
 
 class TokenIssuer:
@@ -109,22 +122,34 @@ class TokenIssuer:
         ttl_seconds: int,
         cache_size: int = VERIFIED_CACHE_SIZE,
         wall_clock: Callable[[], float] = time.time,
+        folder: Path | None = None,
+        reload_seconds: float = KEYS_RELOAD_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`keys` is the ring to start with; with `folder`, the ring follows that folder's key
+        files, looked at again once `reload_seconds` (on `monotonic`) have passed."""
         if not keys:
             raise ValueError("at least one signing key is needed")
+        if not reload_seconds > 0:
+            raise ValueError(f"reload_seconds must be positive, got {reload_seconds}")
         self._keys = {key.kid: key for key in keys}
         self._signing = keys[-1]
         self.issuer = issuer
         self.audience = audience
         self.ttl_seconds = ttl_seconds
         # token -> (exp as a Unix time, its claims); only tokens that passed every check get in.
-        # Oldest first, so eviction drops the entries nearest to expiring. The key ring is fixed
-        # for the issuer's lifetime, so nothing but time can make a verified token invalid here.
+        # Oldest first, so eviction drops the entries nearest to expiring. Emptied when a key
+        # leaves the ring (`_reload`): a key's removal must end its tokens here too.
         self._verified: OrderedDict[str, tuple[float, AccessClaims]] = OrderedDict()
         self._cache_size = cache_size
         self._wall_clock = wall_clock
+        self._folder = folder
+        self._reload_seconds = reload_seconds
+        self._monotonic = monotonic
+        self._next_reload = monotonic() + reload_seconds
 
     def issue(self, *, subject: str, role: str, now: datetime) -> str:
+        self._reload_when_due()
         claims = {
             "iss": self.issuer,
             "aud": self.audience,
@@ -140,6 +165,7 @@ class TokenIssuer:
 
     def verify(self, token: str) -> AccessClaims:
         """The token's claims, or InvalidToken (2002) for anything but a valid, current token."""
+        self._reload_when_due()
         hit = self._verified.get(token)
         if hit is not None:
             exp, claims = hit
@@ -181,7 +207,47 @@ class TokenIssuer:
             exp=datetime.fromtimestamp(int(claims["exp"]), UTC),
         )
 
+    def reload_keys(self) -> None:
+        """Make the ring the folder's key files now: a removed file's key stops verifying (and
+        its tokens leave the verified cache), a new file's key verifies, the newest signs. A
+        folder left empty gets a new first key, as at start (`load_keys`)."""
+        if self._folder is None:
+            return
+        keys: list[SigningKey] = []
+        for path in _key_files(self._folder):
+            known = self._keys.get(path.stem)
+            if known is not None:  # a key file is never rewritten: only new ones are read
+                keys.append(known)
+                continue
+            try:
+                keys.append(_read_key(path))
+            except (OSError, ValueError, TypeError) as exc:
+                # Removed meanwhile, or not a key: the others' removals still apply.
+                log.warning("tokens.key_unreadable", path=str(path), error=str(exc))
+        if not keys:
+            try:
+                keys = load_keys(self._folder)  # the first key, made once for every process
+            except (OSError, ValueError, TypeError):
+                keys = [generate_key(self._folder)]  # only unreadable files: a key of our own
+        ring = {key.kid: key for key in keys}
+        if ring.keys() == self._keys.keys():
+            return
+        removed = self._keys.keys() - ring.keys()
+        self._keys = ring
+        self._signing = keys[-1]
+        if removed:
+            self._verified.clear()
+        log.info("tokens.keys_reloaded", kids=sorted(ring), removed=sorted(removed))
+
+    def _reload_when_due(self) -> None:
+        # One clock read per call; the folder is read at most once per interval.
+        if self._folder is None or self._monotonic() < self._next_reload:
+            return
+        self._next_reload = self._monotonic() + self._reload_seconds
+        self.reload_keys()
+
     def jwks(self) -> dict[str, list[dict[str, str]]]:
+        self._reload_when_due()
         return {
             "keys": [
                 {
