@@ -396,11 +396,6 @@ async def test_a_body_over_the_limit_is_413_4001_declared_or_streamed_and_writes
     ("content", "field"),
     [
         pytest.param(
-            b'{"email": "mal@example.com", "password": "' + PASSWORD.encode() + b'", ',
-            None,
-            id="malformed-json",
-        ),
-        pytest.param(
             json.dumps({"email": 42, "password": [PASSWORD], "full_name": {"a": 1}}).encode(),
             "password",
             id="wrong-types",
@@ -432,7 +427,7 @@ async def test_a_body_over_the_limit_is_413_4001_declared_or_streamed_and_writes
     ],
 )
 async def test_bad_registration_body_is_422_1000_with_details_and_no_password_echo(
-    api: Api, content: bytes, field: str | None
+    api: Api, content: bytes, field: str
 ) -> None:
     before = await user_count(api)
 
@@ -445,8 +440,7 @@ async def test_bad_registration_body_is_422_1000_with_details_and_no_password_ec
     assert isinstance(details, list)
     assert details
     assert all(isinstance(detail["loc"], list) for detail in details)
-    if field is not None:
-        assert any(field in detail["loc"] for detail in details), details
+    assert any(field in detail["loc"] for detail in details), details
     assert PASSWORD not in response.text
     assert await user_count(api) == before
 
@@ -457,6 +451,75 @@ async def test_bad_registration_body_is_422_1000_with_details_and_no_password_ec
     )
     assert listed.status_code == 200
     assert listed.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        pytest.param(
+            b'{"email": "mal@example.com", "password": "' + PASSWORD.encode() + b'", ',
+            "application/json",
+            id="malformed-json",
+        ),
+        pytest.param(b'{"email": "\xff\xfe"}', "application/json", id="not-utf8"),
+        pytest.param(
+            json.dumps(
+                {"email": "plain@example.com", "password": PASSWORD, "full_name": "Plain"}
+            ).encode(),
+            "text/plain",
+            id="not-declared-json",
+        ),
+    ],
+)
+async def test_a_body_that_is_not_json_is_400_1011_and_writes_nothing(
+    api: Api, content: bytes, content_type: str
+) -> None:
+    before = await user_count(api)
+
+    response = await api.http.post(
+        "/v1/auth/register", content=content, headers={"Content-Type": content_type}
+    )
+
+    body = assert_error(response, 400, 1011)
+    assert PASSWORD not in response.text
+    assert "details" not in body
+    assert await user_count(api) == before
+
+
+async def test_a_method_the_path_lacks_is_405_4005_with_allow_naming_every_method(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    async with app_with_boom(await make_settings(backend)) as api:
+        healthz = await api.http.delete("/healthz")
+        login = await api.http.get("/v1/auth/login")
+        user = await api.http.post(f"/v1/admin/users/{uuid.uuid4()}", json={})
+
+    assert_error(healthz, 405, 4005)
+    assert healthz.headers["allow"] == "GET"
+    assert_error(login, 405, 4005)
+    assert login.headers["allow"] == "POST"
+    assert_error(user, 405, 4005)
+    assert user.headers["allow"] == "PATCH"
+
+
+async def test_allow_lists_the_methods_of_every_route_on_the_path(
+    make_settings: Callable[..., Any], backend: str
+) -> None:
+    container = build(await make_settings(backend))
+    app: FastAPI = create_app(container, manage_lifecycle=False)
+
+    @app.get("/twice")
+    async def read() -> None: ...
+
+    @app.put("/twice")
+    async def write() -> None: ...
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.delete("/twice")
+
+    assert_error(response, 405, 4005)
+    assert response.headers["allow"] == "GET, PUT"
 
 
 # Documentation

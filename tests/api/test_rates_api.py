@@ -123,7 +123,7 @@ async def test_live_rates_without_symbols_cover_every_other_supported_currency(a
 
 @pytest.mark.parametrize(
     "params",
-    [{"base": "XYZ"}, {"base": "usd"}, {"base": "BGN"}, {"base": "USD", "symbols": "EUR,CYP"}],
+    [{"base": "XYZ"}, {"base": "BGN"}, {"base": "USD", "symbols": "EUR,CYP"}],
 )
 async def test_live_rates_for_an_unsupported_currency_are_1004(
     api: Api, params: dict[str, str]
@@ -132,6 +132,20 @@ async def test_live_rates_for_an_unsupported_currency_are_1004(
     response = await api.http.get("/v1/rates/live", params=params, headers=headers)
     assert response.status_code == 422, response.text
     assert response.json()["code"] == 1004
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"base": "usd"}, {"base": "USDX"}, {"base": "USD", "symbols": "EUR, GBP"}],
+)
+async def test_live_rates_for_a_code_not_shaped_like_iso_4217_are_1000(
+    api: Api, params: dict[str, str]
+) -> None:
+    """The spec's pattern, [A-Z]{3}, is the server's: only a well-formed code can be a 1004."""
+    _, headers = await signed_in(api)
+    response = await api.http.get("/v1/rates/live", params=params, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == 1000
 
 
 async def test_live_rates_without_a_base_are_1000(api: Api) -> None:

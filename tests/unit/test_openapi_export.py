@@ -33,3 +33,22 @@ def test_spec_lets_kyc_status_be_null_for_staff():
         kyc = schemas[model]["properties"]["kyc_status"]
         assert {"type": "null"} in kyc["anyOf"], model
         assert "kyc_status" in schemas[model]["required"], model
+
+
+def test_every_operation_lists_its_error_statuses_and_cursors_their_pattern():
+    spec = json.loads(SPEC.read_text())
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert {"401", "403", "405", "413", "422", "429", "431", "500", "503"} <= set(
+                responses
+            ), (method, path)
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                assert "1011" in responses["400"]["description"], (method, path)
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "cursor":
+                    patterns = [s.get("pattern") for s in parameter["schema"]["anyOf"]]
+                    assert any(patterns), (method, path)
+    quote = spec["components"]["schemas"]["QuoteIn"]
+    assert quote["properties"]["source_currency"]["pattern"] == "^[A-Z]{3}$"
+    assert quote["properties"]["source_amount"]["anyOf"][0]["pattern"]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool
 
 from currencyex.auth.domain import (
     TokenPair,
@@ -16,10 +16,10 @@ from currencyex.auth.domain import (
 )
 from currencyex.auth.service import AuthService, UserChanges, normalise_email
 from currencyex.gateway.edge import app_state, edge
-from currencyex.gateway.errors import ErrorOut, Strict
+from currencyex.gateway.errors import UNPARSEABLE_BODY, Strict, error_responses
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import Limit, rate_limited
-from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
+from currencyex.gateway.pagination import IdCursor, decode_id_cursor, encode_id_cursor
 from currencyex.kernel.errors import InvalidCredentials
 from currencyex.kernel.principal import (
     KycStatus,
@@ -39,6 +39,16 @@ Auth = Annotated[AuthService, Depends(auth_service)]
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+# The statuses a route adds to the common ones.
+NEW_ACCOUNT = {
+    **UNPARSEABLE_BODY,
+    409: "Email already registered (2004)",
+    422: "Validation failed (1000), a password too weak among them",
+}
+BODY_ONLY = error_responses(UNPARSEABLE_BODY)
+NO_USER = {404: "No such user (4004)"}
+
 
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
 FullName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -64,9 +74,20 @@ class StaffIn(RegisterIn):
 
 
 class UserPatchIn(Strict):
+    """At least one change: a field given as null changes nothing."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": kind}}}
+                for name, kind in (("role", "string"), ("tier", "string"), ("disabled", "boolean"))
+            ]
+        }
+    )
+
     role: Role | None = None
     tier: Tier | None = None
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
 
 
 class KycDecisionIn(Strict):
@@ -130,13 +151,13 @@ class TokenOut(BaseModel):
         )
 
 
-@router.post("/register", status_code=201)
+@router.post("/register", status_code=201, responses=error_responses(NEW_ACCOUNT))
 @rate_limited("register", 5, per="ip")
 async def register(body: RegisterIn, auth: Auth) -> UserOut:
     return UserOut.of(await auth.register(body.email, body.password, body.full_name))
 
 
-@router.post("/login")
+@router.post("/login", responses=BODY_ONLY)
 @rate_limited("login", 5, per="ip")
 async def login(body: LoginIn, auth: Auth, request: Request) -> TokenOut:
     budgets = _login_failure_budgets(request, body.email)
@@ -161,13 +182,13 @@ def _login_failure_budgets(request: Request, email: str) -> list[tuple[Limit, st
     ]
 
 
-@router.post("/refresh")
+@router.post("/refresh", responses=BODY_ONLY)
 @rate_limited("refresh", 30, per="ip")
 async def refresh(body: RefreshIn, auth: Auth) -> TokenOut:
     return TokenOut.of(await auth.refresh(body.refresh_token))
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses=BODY_ONLY)
 async def logout(body: RefreshIn, auth: Auth, caller: CurrentPrincipal) -> Response:
     await auth.logout(caller.user_id, body.refresh_token)
     return Response(status_code=204)
@@ -185,7 +206,7 @@ async def jwks(request: Request) -> dict[str, list[dict[str, str]]]:
     return tokens.jwks()
 
 
-@admin.post("/staff", status_code=201)
+@admin.post("/staff", status_code=201, responses=error_responses(NEW_ACCOUNT))
 async def create_staff(body: StaffIn, auth: Auth) -> StaffViewOut:
     user = await auth.create_staff(body.email, body.password, body.full_name, body.role)
     return StaffViewOut.of(user)
@@ -198,7 +219,7 @@ async def list_users(
     kyc_status: KycStatus | None = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: IdCursor = None,
 ) -> UsersPageOut:
     users, after = await auth.list_users(
         UserFilter(
@@ -214,7 +235,16 @@ async def list_users(
     )
 
 
-@admin.patch("/users/{user_id}")
+@admin.patch(
+    "/users/{user_id}",
+    responses=error_responses(
+        {
+            **UNPARSEABLE_BODY,
+            **NO_USER,
+            422: "Validation failed (1000), leaving no active admin among them",
+        }
+    ),
+)
 async def update_user(user_id: uuid.UUID, body: UserPatchIn, auth: Auth) -> StaffViewOut:
     user = await auth.update_user(
         user_id, UserChanges(role=body.role, tier=body.tier, disabled=body.disabled)
@@ -224,10 +254,14 @@ async def update_user(user_id: uuid.UUID, body: UserPatchIn, auth: Auth) -> Staf
 
 @admin.post(
     "/kyc/{user_id}/decision",
-    responses={
-        404: {"model": ErrorOut, "description": "No such user (4004)"},
-        422: {"model": ErrorOut, "description": "Invalid decision, or KYC not IN_REVIEW (1000)"},
-    },
+    responses=error_responses(
+        {
+            **UNPARSEABLE_BODY,
+            403: "Not allowed for this role, or one's own KYC (2003)",
+            **NO_USER,
+            422: "Invalid decision, or KYC not IN_REVIEW (1000)",
+        }
+    ),
 )
 async def decide_kyc(
     user_id: uuid.UUID, body: KycDecisionIn, auth: Auth, caller: CurrentPrincipal

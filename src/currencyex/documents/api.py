@@ -31,11 +31,12 @@ from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
 from currencyex.gateway.middleware import DOCUMENT_CSP
 from currencyex.gateway.pagination import (
-    decode_cursor,
+    IdCursor,
+    TimeIdCursor,
     decode_id_cursor,
-    encode_cursor,
+    decode_time_id_cursor,
     encode_id_cursor,
-    invalid_cursor,
+    encode_time_id_cursor,
 )
 from currencyex.kernel.errors import NotFound
 from currencyex.kernel.principal import (
@@ -64,7 +65,6 @@ router = APIRouter(prefix=PREFIX, tags=["documents"])
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 Limit = Annotated[int, Query(ge=1, le=200)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such document, or not the caller's (4004)"}
 }
@@ -148,6 +148,7 @@ UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["doc_type", "file"],
+                    "additionalProperties": False,
                     "properties": {
                         "doc_type": {"type": "string", "enum": [t.value for t in DocType]},
                         "file": {
@@ -184,7 +185,7 @@ async def upload(request: Request, documents: Documents, caller: CurrentPrincipa
 
 @router.get("")
 async def own_documents(
-    documents: Documents, caller: CurrentPrincipal, limit: Limit = 50, cursor: Cursor = None
+    documents: Documents, caller: CurrentPrincipal, limit: Limit = 50, cursor: IdCursor = None
 ) -> DocumentsPageOut:
     page = await documents.own(caller.user_id, before=decode_id_cursor(cursor), limit=limit)
     return DocumentsPageOut(
@@ -235,27 +236,21 @@ async def document_link(
 
 
 def _queue_position(cursor: str | None) -> KycQueuePosition | None:
-    parts = decode_cursor(cursor, parts=2)
-    if parts is None:
+    position = decode_time_id_cursor(cursor)
+    if position is None:
         return None
-    try:
-        submitted_at, user_id = datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
-    except ValueError as exc:
-        raise invalid_cursor() from exc
-    if submitted_at.tzinfo is None:
-        raise invalid_cursor()
-    return KycQueuePosition(submitted_at=submitted_at, user_id=user_id)
+    return KycQueuePosition(submitted_at=position[0], user_id=position[1])
 
 
 @admin.get("/kyc/queue")
-async def kyc_queue(documents: Documents, limit: Limit = 50, cursor: Cursor = None) -> QueuePageOut:
+async def kyc_queue(
+    documents: Documents, limit: Limit = 50, cursor: TimeIdCursor = None
+) -> QueuePageOut:
     """Users whose KYC awaits a decision, the longest waiting first, with their documents."""
     entries, following = await documents.review_queue(after=_queue_position(cursor), limit=limit)
     return QueuePageOut(
         items=[ApplicantOut.of(entry) for entry in entries],
         next_cursor=(
-            encode_cursor(following.submitted_at.isoformat(), str(following.user_id))
-            if following
-            else None
+            encode_time_id_cursor(following.submitted_at, following.user_id) if following else None
         ),
     )

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.ports import IdempotentRequest
 
-_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+# 1-255 printable ASCII characters, as HTTP delivers them: a header value's leading and
+# trailing spaces are never part of it.
+KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
 
 
 async def idempotent_request(
     request: Request,
     idempotency_key: Annotated[
-        str | None,
-        Header(description="1-255 printable ASCII characters; repeats get the first response"),
-    ] = None,
+        str,
+        Header(
+            pattern=KEY_PATTERN,
+            description="1-255 printable ASCII characters; repeats get the first response",
+        ),
+    ],
 ) -> IdempotentRequest:
-    if idempotency_key is None or not _KEY.match(idempotency_key):
-        raise ValidationFailed(
-            "Idempotency-Key header required: 1-255 printable ASCII characters",
-            details=[{"loc": ["header", "Idempotency-Key"], "msg": "1-255 printable ASCII"}],
-        )
     raw = await request.body()
     try:
         canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()

@@ -5,11 +5,13 @@ Services raise these; one handler at the edge turns them into JSON. The tree:
     AppError
     ├── ValidationFailed (1000/422), InsufficientFunds (1001/400), QuoteExpired (1002/409),
     │   QuoteUnavailable (1003/409), UnsupportedCurrency (1004/422), KycNotApproved (1005/403),
-    │   AmountOutOfLimits (1006/422), IdempotencyKeyReused (1007/422), RatesUnavailable (1008/503)
+    │   AmountOutOfLimits (1006/422), IdempotencyKeyReused (1007/422), RatesUnavailable (1008/503),
+    │   BalanceLimitReached (1010/422), BodyUnparseable (1011/400)
     ├── InvalidCredentials (2001/401), InvalidToken (2002/401), Forbidden (2003/403),
     │   EmailTaken (2004/409), AccountDisabled (2005/403)
     ├── RateLimited (3001/429)
-    ├── PayloadTooLarge (4001/413), UnsupportedMediaType (4002/415), NotFound (4004/404)
+    ├── PayloadTooLarge (4001/413), UnsupportedMediaType (4002/415), NotFound (4004/404),
+    │   MethodNotAllowed (4005/405)
     ├── DependencyUnavailable (5001/503)
     └── InternalError (9000/500)
 """
@@ -66,6 +68,13 @@ class BalanceLimitReached(AppError):
     code, status, default_message = 1010, 422, "Wallet balance limit reached"
 
 
+class BodyUnparseable(AppError):
+    """The body is not JSON at all (malformed, not UTF-8, or sent as another content type):
+    there are no fields to validate, so it is not a 1000."""
+
+    code, status, default_message = 1011, 400, "Request body could not be parsed"
+
+
 class RatesUnavailable(AppError):
     code, status, default_message = 1008, 503, "Rates unavailable or stale"
 
@@ -114,6 +123,12 @@ class NotFound(AppError):
     code, status, default_message = 4004, 404, "Resource not found"
 
 
+class MethodNotAllowed(AppError):
+    """The path exists but not with this method; the response's Allow header lists those it has."""
+
+    code, status, default_message = 4005, 405, "Method not allowed"
+
+
 class DependencyUnavailable(AppError):
     code, status, default_message = 5001, 503, "A dependency is unavailable"
 
@@ -133,6 +148,7 @@ CATALOG: tuple[type[AppError], ...] = (
     IdempotencyKeyReused,
     RatesUnavailable,
     BalanceLimitReached,
+    BodyUnparseable,
     InvalidCredentials,
     InvalidToken,
     Forbidden,
@@ -143,6 +159,7 @@ CATALOG: tuple[type[AppError], ...] = (
     UnsupportedMediaType,
     HeadersTooLarge,
     NotFound,
+    MethodNotAllowed,
     DependencyUnavailable,
     InternalError,
 )

@@ -6,10 +6,11 @@ from datetime import date, datetime
 from typing import Annotated, Self
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from currencyex.gateway.edge import app_state
-from currencyex.gateway.errors import Strict
+from currencyex.gateway.errors import UNPARSEABLE_BODY, Strict, error_responses
+from currencyex.gateway.fields import Amount, CurrencyCode
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.money import Money
@@ -28,8 +29,18 @@ Rates = Annotated[RateService, Depends(rate_service)]
 router = APIRouter(prefix="/v1/rates", tags=["rates"])
 quotes = APIRouter(prefix="/v1/remit", tags=["rates"])
 
-CurrencyCode = Annotated[str, Field(min_length=1, max_length=16, examples=["USD"])]
-Amount = Annotated[str, Field(min_length=1, max_length=40, examples=["100.50"])]
+# The statuses a route adds to the common ones; 422 covers what no pattern can say.
+UNSUPPORTED = {
+    422: "Validation failed (1000), or a well-formed currency this deployment does not support "
+    "(1004)",
+    503: "Rates unavailable or stale (1008), or a dependency is unavailable (5001)",
+}
+QUOTE_REFUSALS = {
+    **UNPARSEABLE_BODY,
+    **UNSUPPORTED,
+    422: "Validation failed (1000, more decimals than the currency has among them), a currency "
+    "or corridor not supported (1004), or an amount outside the corridor's limits (1006)",
+}
 
 
 class CurrencyOut(BaseModel):
@@ -69,6 +80,15 @@ class LiveRatesOut(BaseModel):
 
 class QuoteIn(Strict):
     """Exactly one of `source_amount` (what is sent) and `target_amount` (what arrives)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [amount], "properties": {amount: {"type": "string"}}}
+                for amount in ("source_amount", "target_amount")
+            ]
+        }
+    )
 
     source_currency: CurrencyCode
     target_currency: CurrencyCode
@@ -122,19 +142,24 @@ async def currencies(rates: Rates) -> CurrenciesOut:
     return CurrenciesOut(items=[CurrencyOut.of(spec) for spec in rates.currencies()])
 
 
-@router.get("/live")
+@router.get("/live", responses=error_responses(UNSUPPORTED))
 @rate_limited("rates_live", 60)
 async def live(
     rates: Rates,
-    base: Annotated[str, Query(min_length=1, max_length=16, examples=["USD"])],
+    base: Annotated[str, Query(pattern=r"^[A-Z]{3}$", examples=["USD"])],
     symbols: Annotated[
-        str | None, Query(max_length=1000, description="Comma-separated codes", examples=["EUR"])
+        str | None,
+        Query(
+            pattern=r"^[A-Z]{3}(,[A-Z]{3}){0,199}$",
+            description="Comma-separated codes (every supported one when absent)",
+            examples=["EUR,GBP"],
+        ),
     ] = None,
 ) -> LiveRatesOut:
     return LiveRatesOut.of(await rates.live(base, _codes(symbols)))
 
 
-@quotes.post("/quote", status_code=201)
+@quotes.post("/quote", status_code=201, responses=error_responses(QUOTE_REFUSALS))
 @rate_limited("quote", 20)
 async def quote(body: QuoteIn, rates: Rates, caller: CurrentPrincipal) -> QuoteOut:
     locked = await rates.quote(

@@ -3,8 +3,6 @@ the payouts the partner contradicts and their resolution."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -13,12 +11,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from currencyex.gateway.edge import app_state
-from currencyex.gateway.errors import ErrorOut, Strict
+from currencyex.gateway.errors import Strict, error_responses
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
-from currencyex.gateway.pagination import decode_id_cursor, encode_id_cursor
-from currencyex.kernel.errors import ValidationFailed
+from currencyex.gateway.pagination import IdCursor, decode_id_cursor, encode_id_cursor
 from currencyex.remit.domain import (
     Beneficiary,
     Mismatch,
@@ -49,6 +46,16 @@ Reconciler = Annotated[Reconciliation, Depends(reconciliation_service)]
 
 router = APIRouter(prefix="/v1/remit", tags=["remit"])
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+SEND_REFUSALS = {
+    400: "Insufficient wallet balance (1001), or the body is not JSON (1011)",
+    403: "Not allowed for this role (2003), or KYC not approved (1005)",
+    409: "Quote expired (1002), used or not the caller's (1003), or a request with this "
+    "Idempotency-Key still in progress (1009)",
+    422: "Validation failed (1000), or Idempotency-Key reused with another body (1007)",
+}
+NO_TRANSACTION = {404: "No such transaction, or not the caller's (4004)"}
+NO_RECEIPT = {404: "No such transaction, not the caller's, or not COMPLETED yet (4004)"}
 
 
 class BeneficiaryIn(Strict):
@@ -121,7 +128,7 @@ class TransactionPageOut(BaseModel):
     next_cursor: str | None
 
 
-@router.post("/send", status_code=201)
+@router.post("/send", status_code=201, responses=error_responses(SEND_REFUSALS))
 @rate_limited("remit_send", 10)
 async def send(
     body: SendIn, remit: Remit, caller: CurrentPrincipal, request: Idempotent
@@ -139,18 +146,20 @@ async def transactions(
     caller: CurrentPrincipal,
     status: TxnStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: IdCursor = None,
 ) -> TransactionPageOut:
     page = await remit.transactions(
-        TxnQuery(user_id=caller.user_id, status=status, before=_decode_cursor(cursor), limit=limit)
+        TxnQuery(
+            user_id=caller.user_id, status=status, before=decode_id_cursor(cursor), limit=limit
+        )
     )
     return TransactionPageOut(
         items=[TransactionOut.of(txn) for txn in page],
-        next_cursor=_encode_cursor(page[-1].id) if len(page) == limit else None,
+        next_cursor=encode_id_cursor(page[-1].id) if len(page) == limit else None,
     )
 
 
-@router.get("/transactions/{reference_id}")
+@router.get("/transactions/{reference_id}", responses=error_responses(NO_TRANSACTION))
 @rate_limited("remit_transactions", 100)
 async def transaction(
     reference_id: Annotated[str, Path(max_length=20)], remit: Remit, caller: CurrentPrincipal
@@ -166,27 +175,12 @@ class ReceiptOut(BaseModel):
     expires_at: datetime
 
 
-@router.get("/transactions/{reference_id}/receipt")
+@router.get("/transactions/{reference_id}/receipt", responses=error_responses(NO_RECEIPT))
 async def receipt(
     reference_id: Annotated[str, Path(max_length=20)], remit: Remit, caller: CurrentPrincipal
 ) -> ReceiptOut:
     url, expires_at = await remit.receipt_url(caller, reference_id)
     return ReceiptOut(url=url, expires_at=expires_at)
-
-
-def _decode_cursor(cursor: str | None) -> uuid.UUID | None:
-    if cursor is None:
-        return None
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise ValidationFailed(
-            "Invalid cursor", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
-        ) from exc
-
-
-def _encode_cursor(before: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(before.bytes).rstrip(b"=").decode()
 
 
 # Staff: reconciliation
@@ -229,7 +223,7 @@ async def mismatches(
     reconciler: Reconciler,
     state: MismatchState | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: IdCursor = None,
 ) -> MismatchPageOut:
     """Payouts whose partner status disagrees with ours, newest first (filter `state`)."""
     page = await reconciler.mismatches(
@@ -243,12 +237,14 @@ async def mismatches(
 
 @admin.post(
     "/reconciliation/{mismatch_id}/resolve",
-    responses={
-        400: {"model": ErrorOut, "description": "The sender's wallet is short (1001)"},
-        403: {"model": ErrorOut, "description": "A correction by anyone but an ADMIN (2003)"},
-        404: {"model": ErrorOut, "description": "No such mismatch (4004)"},
-        422: {"model": ErrorOut, "description": "Invalid body, or resolved already (1000)"},
-    },
+    responses=error_responses(
+        {
+            400: "Body not JSON (1011), or the sender's wallet is short (1001)",
+            403: "A correction by anyone but an ADMIN (2003)",
+            404: "No such mismatch (4004)",
+            422: "Invalid body, or resolved already (1000)",
+        }
+    ),
 )
 async def resolve(
     mismatch_id: uuid.UUID, body: ResolveIn, reconciler: Reconciler, caller: CurrentPrincipal

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from currencyex.gateway.edge import app_state
-from currencyex.gateway.errors import Strict
+from currencyex.gateway.errors import UNPARSEABLE_BODY, Strict, error_responses
+from currencyex.gateway.fields import Amount, CurrencyCode, Timestamp
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
@@ -30,7 +31,25 @@ Wallets = Annotated[WalletService, Depends(wallet_service)]
 
 router = APIRouter(prefix="/v1/wallet", tags=["wallet"])
 
-CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+IDEMPOTENT_CONFLICT = {409: "A request with this Idempotency-Key is still in progress (1009)"}
+DEPOSIT_REFUSALS = {
+    **UNPARSEABLE_BODY,
+    403: "Not allowed for this role (2003), or the customer's KYC is not approved (1005)",
+    404: "No such customer (4004)",
+    **IDEMPOTENT_CONFLICT,
+    422: "Validation failed (1000), currency not supported (1004), amount over the deposit "
+    "limit (1006), Idempotency-Key reused with another body (1007), or the wallet's balance "
+    "limit reached (1010)",
+}
+EXCHANGE_REFUSALS = {
+    400: "Insufficient wallet balance (1001), or the body is not JSON (1011)",
+    403: "Not allowed for this role (2003), or KYC not approved (1005)",
+    409: "Quote expired (1002), used or not the caller's (1003), or a request with this "
+    "Idempotency-Key still in progress (1009)",
+    422: "Validation failed (1000), Idempotency-Key reused with another body (1007), or the "
+    "wallet's balance limit reached (1010)",
+}
+STATEMENT_REFUSALS = {422: "Validation failed (1000), or currency not supported (1004)"}
 
 
 class MoneyOut(BaseModel):
@@ -55,7 +74,7 @@ class BalanceOut(BaseModel):
 
 class DepositIn(Strict):
     user_id: uuid.UUID
-    amount: Annotated[str, Field(min_length=1, max_length=32)]
+    amount: Amount
     currency: CurrencyCode
     reference: Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -112,7 +131,7 @@ async def balance(wallets: Wallets, caller: CurrentPrincipal) -> BalanceOut:
     )
 
 
-@router.post("/deposit", status_code=201)
+@router.post("/deposit", status_code=201, responses=error_responses(DEPOSIT_REFUSALS))
 async def deposit(
     body: DepositIn, wallets: Wallets, caller: CurrentPrincipal, request: Idempotent
 ) -> MovementOut:
@@ -121,7 +140,7 @@ async def deposit(
     return MovementOut.of(movement)
 
 
-@router.post("/exchange", status_code=201)
+@router.post("/exchange", status_code=201, responses=error_responses(EXCHANGE_REFUSALS))
 @rate_limited("wallet_exchange", 20)
 async def exchange(
     body: ExchangeIn, wallets: Wallets, caller: CurrentPrincipal, request: Idempotent
@@ -129,16 +148,17 @@ async def exchange(
     return MovementOut.of(await wallets.exchange(caller, body.quote_id, request))
 
 
-@router.get("/statement")
+@router.get("/statement", responses=error_responses(STATEMENT_REFUSALS))
 @rate_limited("wallet_statement", 60)
 async def statement(
     wallets: Wallets,
     caller: CurrentPrincipal,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
-    since: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    since: Annotated[Timestamp | None, Query(alias="from")] = None,
+    until: Annotated[Timestamp | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+    # Entry ids are BIGINTs: 18 digits always fit.
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> StatementOut:
     if since is not None and until is not None and since >= until:
         raise ValidationFailed(
