@@ -82,12 +82,12 @@ async def test_bad_registration_is_422_1000_naming_the_field_and_writes_nothing(
     assert await count_users(api) == before
 
 
-async def test_malformed_json_is_422_1000(api):
+async def test_malformed_json_is_400_1011(api):
     response = await api.http.post(
         "/v1/auth/register", content=b'{"email": ', headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422
-    assert response.json()["code"] == 1000
+    assert response.status_code == 400
+    assert response.json()["code"] == 1011
 
 
 async def test_login_returns_a_bearer_pair(api):
