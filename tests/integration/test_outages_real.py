@@ -9,6 +9,8 @@ nats-server with JetStream, and moto's S3 server. The shared services are never 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +75,15 @@ class Server:
                 pytest.fail(f"{self.argv[0]} did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """Hang it: the port still takes connections, nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None:
@@ -121,6 +132,12 @@ class S3:
     def stop(self) -> None:
         self.server.stop()
 
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
 
 @dataclass
 class Services:
@@ -137,6 +154,7 @@ class Services:
             nats_url=f"nats://127.0.0.1:{self.nats.port}",
             s3_endpoint=self.s3.url,
             s3_bucket=S3_BUCKET,
+            s3_timeout_seconds=1.0,  # a hung storage is given up on quickly
             run_workers=True,
             outbox_poll_seconds=0.05,
             # A Redis restarted without its data has no rates until the next refresh (1008).
@@ -282,15 +300,29 @@ NEEDS = {
 BACK_NOT_YET = {(503, 5001), (503, 1008)}
 
 
-@pytest.mark.parametrize("down", ["postgres", "redis", "nats", "s3"])
+@pytest.mark.parametrize(
+    ("down", "how"),
+    [
+        ("postgres", "stopped"),
+        ("redis", "stopped"),
+        ("redis", "hung"),  # answers nothing: each command gives up after 2 s
+        ("nats", "stopped"),
+        ("nats", "hung"),
+        ("s3", "stopped"),
+        ("s3", "hung"),
+    ],
+)
 async def test_a_dependency_down_is_503_5001_and_the_routes_work_again_once_it_is_back(
-    services: Services, tmp_path: Path, down: str
+    services: Services, tmp_path: Path, down: str, how: str
 ) -> None:
     dependency = getattr(services, down)
     async with _app(services, tmp_path) as (api, customer):
         quoted = await _quote(api, customer.headers)  # for the send while it is down
         assert quoted.status_code == 201, quoted.text
-        dependency.stop()
+        if how == "hung":
+            dependency.pause()
+        else:
+            dependency.stop()
         try:
             answers: dict[str, tuple[int, Any]] = {}
             for name, call in _routes(api, customer, quoted.json()["quote_id"]).items():
@@ -299,7 +331,10 @@ async def test_a_dependency_down_is_503_5001_and_the_routes_work_again_once_it_i
                 body = response.json() if response.content else None
                 answers[name] = (response.status_code, body and body.get("code"))
         finally:
-            dependency.start()
+            if how == "hung":
+                dependency.resume()
+            else:
+                dependency.start()
 
         refused = {name for name, (status, _) in answers.items() if status >= 500}
         assert all(answers[name] == (503, 5001) for name in refused), answers
