@@ -45,6 +45,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
+# This session's own stream and subjects on the shared NATS server: two suites run at once (or
+# one after a run that left events behind) never take each other's events. Deleted at the end.
+_NATS_SESSION = uuid.uuid4().hex[:10]
+NATS_STREAM = f"FULL_{_NATS_SESSION}"
+NATS_SUBJECT_PREFIX = f"s{_NATS_SESSION}."
+NATS_SETTINGS: dict[str, Any] = {
+    "nats_stream": NATS_STREAM,
+    "nats_subject_prefix": NATS_SUBJECT_PREFIX,
+}
 S3_BUCKET = "cx-test-documents"
 S3_CREDENTIALS: dict[str, Any] = {
     "s3_access_key_id": "testing",
@@ -243,6 +252,7 @@ async def make_settings(
                 database_url=pg_url,
                 redis_url=REDIS_URL,
                 nats_url=NATS_URL,
+                **NATS_SETTINGS,
                 s3_endpoint=request.getfixturevalue("s3_url"),
                 s3_bucket=S3_BUCKET,
                 s3_server_side_encryption="AES256",
@@ -420,6 +430,25 @@ def collect_garbage_after_each_test() -> Iterator[None]:
     it rather than by whichever later test the garbage collector happens to run in."""
     yield
     gc.collect()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)
+async def delete_session_stream() -> AsyncIterator[None]:
+    """Delete this session's NATS stream (and its consumers) at the end, if it was made."""
+    yield
+    import nats
+    import nats.js.errors
+
+    try:
+        nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+    except Exception:  # NATS not there: nothing was made on it
+        return
+    try:
+        await nc.jetstream().delete_stream(NATS_STREAM)
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import httpx
 
-from conftest import FAST_HASHING, KYC_SET, NATS_URL, REDIS_URL, free_port
+from conftest import (
+    FAST_HASHING,
+    KYC_SET,
+    NATS_STREAM,
+    NATS_SUBJECT_PREFIX,
+    NATS_URL,
+    REDIS_URL,
+    free_port,
+)
 
 CLI = [sys.executable, "-m", "currencyex.cli"]
 
@@ -102,6 +110,8 @@ def real_services_env(database_url: str) -> dict[str, str]:
         "CURRENCYEX_DATABASE_URL": database_url,
         "CURRENCYEX_REDIS_URL": REDIS_URL,
         "CURRENCYEX_NATS_URL": NATS_URL,
+        "CURRENCYEX_NATS_STREAM": NATS_STREAM,
+        "CURRENCYEX_NATS_SUBJECT_PREFIX": NATS_SUBJECT_PREFIX,
     }
 
 

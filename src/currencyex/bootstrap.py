@@ -36,9 +36,13 @@ from currencyex.platform.cache.redis_url import redis_from_url
 from currencyex.platform.cache.store import MemoryCache, RedisCache
 from currencyex.platform.db.database import Database
 from currencyex.platform.db.uow import UnitOfWork as DatabaseUnitOfWork
-from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.messaging.bus import (
+    PUBLISH_TIMEOUT_SECONDS,
+    InProcessBus,
+    NatsJetStreamBus,
+)
 from currencyex.platform.messaging.email import ConsoleEmailSender, SmtpEmailSender
-from currencyex.platform.messaging.outbox import OutboxRelay
+from currencyex.platform.messaging.outbox import OutboxRelay, relay_retry_horizon
 from currencyex.platform.observability.metrics import Metrics
 from currencyex.platform.resilience.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
 from currencyex.platform.security.passwords import PasswordHasher
@@ -199,6 +203,23 @@ class Container:
             await self.payout_partner.aclose()
 
 
+def duplicate_window(settings: Settings) -> float:
+    """The stream's duplicate window: the setting, raised to the outbox relay's retry horizon
+    so that the relay's own retries never deliver an event twice."""
+    horizon = relay_retry_horizon(
+        batch=settings.outbox_batch,
+        poll_seconds=settings.outbox_poll_seconds,
+        publish_timeout=PUBLISH_TIMEOUT_SECONDS,
+    )
+    if settings.nats_duplicate_window_seconds < horizon:
+        log.info(
+            "bus.duplicate_window_raised",
+            configured=settings.nats_duplicate_window_seconds,
+            horizon=horizon,
+        )
+    return max(settings.nats_duplicate_window_seconds, horizon)
+
+
 async def subscribe_consumers(container: Container) -> None:
     await welcome.subscribe(container.bus, container.uow, container.email)
     await wallets.subscribe(container.bus, container.wallet_client)
@@ -223,7 +244,17 @@ def build(
     else:
         cache = MemoryCache(clock)
         rate_store = MemoryRateLimitStore(clock)
-    bus: EventBus = NatsJetStreamBus(settings.nats_url) if settings.nats_url else InProcessBus()
+    bus: EventBus = (
+        NatsJetStreamBus(
+            settings.nats_url,
+            stream=settings.nats_stream,
+            subject_prefix=settings.nats_subject_prefix,
+            max_age=settings.nats_max_age_seconds,
+            duplicate_window=duplicate_window(settings),
+        )
+        if settings.nats_url
+        else InProcessBus(max_age=settings.nats_max_age_seconds)
+    )
     email: EmailSender = (
         SmtpEmailSender(
             host=settings.smtp_host,

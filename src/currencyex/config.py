@@ -95,6 +95,19 @@ class Settings(BaseSettings):
     # nodes, redis+cluster://host:port,host:port (rediss+cluster://); see cache/redis_url.py.
     redis_url: str = ""
     nats_url: str = ""
+    # The JetStream stream, and a prefix put before every subject on the wire
+    # ("t1a2b." sends full.user.registered as t1a2b.full.user.registered): deployments, or
+    # test sessions, that share a NATS server each take their own so that none takes the
+    # others' events (consumer names are per stream). Two streams cannot hold one subject, so
+    # a second stream on a server needs its own prefix.
+    nats_stream: str = "FULL"
+    nats_subject_prefix: str = ""
+    # How long the stream keeps an event (a week): a consumer created later, or one whose
+    # workers were down, still receives every event younger than this.
+    nats_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # How long the stream remembers an event id to drop its re-publish; raised at start to the
+    # outbox relay's retry horizon if shorter (see messaging/outbox.py).
+    nats_duplicate_window_seconds: float = Field(default=600.0, gt=0)
     data_dir: Path = Path("var")
 
     # Run Alembic migrations when `serve` starts (the embedded default); production runs
@@ -267,6 +280,22 @@ class Settings(BaseSettings):
                 " or empty for the embedded server; SQLite is no longer supported"
             )
         return url
+
+    @field_validator("nats_stream")
+    @classmethod
+    def _stream_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(f"nats_stream {name!r} must be letters, digits, '_' or '-'")
+        return name
+
+    @field_validator("nats_subject_prefix")
+    @classmethod
+    def _subject_prefix(cls, prefix: str) -> str:
+        if not re.fullmatch(r"([A-Za-z0-9_-]+\.)*", prefix):
+            raise ValueError(
+                f"nats_subject_prefix {prefix!r} must be empty or tokens each ending in '.'"
+            )
+        return prefix
 
     @field_validator("pricing_corridors")
     @classmethod

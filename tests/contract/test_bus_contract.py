@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -13,10 +14,18 @@ from datetime import UTC, datetime
 import nats
 import pytest
 import pytest_asyncio
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import EventBus
-from currencyex.platform.messaging.bus import InProcessBus, NatsJetStreamBus
+from currencyex.platform.messaging.bus import RETENTION_SECONDS, InProcessBus, NatsJetStreamBus
 
 NATS_URL = os.environ.get("CURRENCYEX_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REDELIVERY_DELAY = 0.1
@@ -215,21 +224,73 @@ async def test_a_durable_subscribed_twice_does_not_get_events_twice(buses: Buses
     assert inbox.events == [event]
 
 
-async def test_events_published_before_a_durable_exists_are_not_delivered_to_it(
+async def test_a_durable_created_after_events_were_published_receives_every_one_of_them(
     buses: Buses,
 ) -> None:
     bus = await buses.new()
-    early = buses.event("user.registered", n=1)
-    await bus.publish(early)
+    early = [buses.event("user.registered", n=n) for n in range(3)]
+    for event in early:
+        await bus.publish(event)
+    await bus.publish(buses.event("kyc.decided"))  # another subject: not for this durable
     inbox = Inbox()
     await bus.subscribe(f"{buses.root}.user.registered", f"d{_unique()}", inbox)
-    late = buses.event("user.registered", n=2)
+    late = buses.event("user.registered", n=3)
+
+    await bus.publish(late)
+    await inbox.wait_for(4)
+    await buses.settle(bus)
+
+    assert inbox.events == [*early, late]
+
+
+async def test_a_batch_durable_created_late_receives_the_earlier_events_too(buses: Buses) -> None:
+    bus = await buses.new()
+    early = [buses.event("txn.changed", n=n) for n in range(3)]
+    for event in early:
+        await bus.publish(event)
+    inbox = BatchInbox()
+
+    await bus.subscribe_batch(f"{buses.root}.txn.changed", f"d{_unique()}", inbox, max_batch=10)
+    await inbox.until(lambda: len(inbox.events) == len(early))
+    await buses.settle(bus)
+
+    assert inbox.events == early
+
+
+async def test_a_transient_consumer_starts_at_new_events(buses: Buses) -> None:
+    bus = await buses.new()
+    await bus.publish(buses.event("rates.updated", n=1))
+    inbox = Inbox()
+    await bus.subscribe(f"{buses.root}.rates.updated", f"d{_unique()}", inbox, transient=True)
+    late = buses.event("rates.updated", n=2)
 
     await bus.publish(late)
     await inbox.wait_for(1)
     await buses.settle(bus)
 
     assert inbox.events == [late]
+
+
+async def test_a_handler_failing_again_and_again_waits_longer_each_time(buses: Buses) -> None:
+    bus = await buses.new()
+    arrivals: list[float] = []
+    done = asyncio.Event()
+
+    async def failing_thrice(event: Event) -> None:
+        arrivals.append(time.monotonic())
+        if len(arrivals) <= 3:
+            raise RuntimeError("handler failed on purpose")
+        done.set()
+
+    await bus.subscribe(f"{buses.root}.payout.requested", f"d{_unique()}", failing_thrice)
+    await bus.publish(buses.event("payout.requested"))
+    async with asyncio.timeout(WAIT_SECONDS):
+        await done.wait()
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    # 0.1 s, then 0.2 s, then 0.4 s (each at least its share, give or take a timer's slack).
+    for gap, wanted in zip(gaps, (0.1, 0.2, 0.4), strict=True):
+        assert gap >= wanted * 0.9, gaps
 
 
 async def test_close_stops_a_busy_consumer_promptly_and_leaves_no_task_behind(
@@ -295,6 +356,98 @@ async def test_a_durable_that_was_away_gets_what_was_published_meanwhile(
     await inbox.wait_for(1)
 
     assert inbox.events == [missed]
+
+
+@pytest.mark.integration
+async def test_buses_of_two_namespaces_on_one_server_never_see_each_others_events() -> None:
+    # As two test sessions (or deployments) on one server: the same subjects and durable
+    # names, each under its own stream and subject prefix.
+    tags = [_unique(), _unique()]
+    buses = [
+        NatsJetStreamBus(
+            NATS_URL,
+            stream=f"T_{tag}",
+            subject_prefix=f"s{tag}.",
+            redelivery_delay=REDELIVERY_DELAY,
+        )
+        for tag in tags
+    ]
+    inboxes = [Inbox(), Inbox()]
+    try:
+        for bus, inbox in zip(buses, inboxes, strict=True):
+            await bus.connect()
+            await bus.subscribe("full.user.registered", "welcome-email", inbox)
+        sent = [Event(type="full.user.registered", data={"bus": n}) for n in range(2)]
+        for bus, event in zip(buses, sent, strict=True):
+            await bus.publish(event)
+        for inbox in inboxes:
+            await inbox.wait_for(1)
+        await asyncio.sleep(0.5)
+
+        assert [inbox.events for inbox in inboxes] == [[sent[0]], [sent[1]]]
+        nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+        try:
+            info = await nc.jetstream().stream_info(f"T_{tags[0]}")
+        finally:
+            await nc.close()
+        assert info.config.subjects == [f"s{tags[0]}.full.>"]
+    finally:
+        for bus in buses:
+            await bus.close()
+        for tag in tags:
+            await _delete_stream(f"T_{tag}")
+
+
+@pytest.mark.integration
+async def test_a_stream_and_a_durable_of_an_older_configuration_are_brought_up_to_date() -> None:
+    tag = _unique()
+    stream, root = f"T_{tag}", f"t{tag}"
+    nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+    bus = NatsJetStreamBus(
+        NATS_URL, stream=stream, subjects=(f"{root}.>",), redelivery_delay=REDELIVERY_DELAY
+    )
+    try:
+        js = nc.jetstream()
+        # What an older release made: a stream with a two-minute duplicate window and no age
+        # limit, and a durable that started at new events, without backoff.
+        await js.add_stream(
+            StreamConfig(name=stream, subjects=[f"{root}.>"], duplicate_window=120.0)
+        )
+        skipped = Event(type=f"{root}.user.registered", data={"n": 0})
+        await js.publish(skipped.subject, skipped.to_json(), headers={"Nats-Msg-Id": skipped.id})
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name="old",
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=10.0,
+                max_deliver=10,
+                filter_subject=f"{root}.user.registered",
+            ),
+        )
+
+        await bus.connect()
+        inbox = Inbox()
+        await bus.subscribe(f"{root}.user.registered", "old", inbox)
+        kept = Event(type=f"{root}.user.registered", data={"n": 1})
+        await bus.publish(kept)
+        await inbox.wait_for(1)
+        await asyncio.sleep(0.5)
+
+        assert inbox.events == [kept]  # the durable resumed where it was, after `skipped`
+        stream_config = (await js.stream_info(stream)).config
+        assert stream_config.storage == StorageType.FILE
+        assert stream_config.retention == RetentionPolicy.LIMITS
+        assert stream_config.max_age == RETENTION_SECONDS
+        assert stream_config.duplicate_window == 600.0
+        consumer = (await js.consumer_info(stream, "old")).config
+        assert (consumer.ack_wait, consumer.max_deliver) == (30.0, 20)
+        assert consumer.deliver_policy == DeliverPolicy.NEW  # where it started is kept
+    finally:
+        await bus.close()
+        await nc.close()
+        await _delete_stream(stream)
 
 
 @pytest.mark.integration

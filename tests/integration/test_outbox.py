@@ -29,9 +29,9 @@ from currencyex.platform.messaging.email import ConsoleEmailSender
 from currencyex.platform.messaging.outbox import OutboxRelay
 from currencyex.workers.welcome import CONSUMER, welcome_email
 
-from conftest import NATS_URL, Api, eventually, running_app
+from conftest import NATS_STREAM, NATS_URL, Api, eventually, running_app
 
-APP_STREAM = "FULL"
+APP_STREAM = NATS_STREAM
 
 
 # Helpers

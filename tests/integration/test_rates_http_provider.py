@@ -36,6 +36,8 @@ from currencyex.rates.providers import EcbHttpProvider
 from currencyex.rates.service import SNAPSHOT_KEY, RateService
 from rates_support import EcbServer, ecb_feed, ecb_xml
 
+from conftest import NATS_STREAM, NATS_SUBJECT_PREFIX
+
 pytestmark = pytest.mark.integration
 
 REDIS_URL = os.environ.get("CURRENCYEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -106,7 +108,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
         yield local
         await local.close()
         return
-    remote = NatsJetStreamBus(NATS_URL)
+    remote = NatsJetStreamBus(NATS_URL, stream=NATS_STREAM, subject_prefix=NATS_SUBJECT_PREFIX)
     await remote.connect()
     yield remote
     await remote.close()
@@ -130,7 +132,7 @@ async def redis_cache() -> AsyncIterator[tuple[RedisCache, str]]:
 async def _drop_durable(durable: str) -> None:
     nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
     try:
-        await nc.jetstream().delete_consumer("FULL", durable)
+        await nc.jetstream().delete_consumer(NATS_STREAM, durable)
     finally:
         await nc.close()
 

@@ -80,3 +80,24 @@ def test_inconsistent_storage_settings_are_refused(monkeypatch, settings):
     monkeypatch.delenv("CURRENCYEX_CONFIG", raising=False)
     with pytest.raises(ValidationError):
         Settings(**settings)
+
+
+def test_a_nats_stream_and_subject_prefix_are_names_nats_takes():
+    settings = Settings(nats_stream="FULL_staging", nats_subject_prefix="staging.eu-1.")
+    assert (settings.nats_stream, settings.nats_subject_prefix) == ("FULL_staging", "staging.eu-1.")
+    assert Settings().nats_subject_prefix == ""
+    for stream in ("FULL.x", "a b", "*", ""):
+        with pytest.raises(ValidationError, match="nats_stream"):
+            Settings(nats_stream=stream)
+    for prefix in ("staging", "staging..", ".staging.", "a*.", "a b."):
+        with pytest.raises(ValidationError, match="nats_subject_prefix"):
+            Settings(nats_subject_prefix=prefix)
+
+
+def test_the_duplicate_window_is_raised_to_the_outbox_relays_retry_horizon():
+    from currencyex.bootstrap import duplicate_window
+
+    assert duplicate_window(Settings()) == 600.0
+    # 1000 rows a batch, each publish up to 2 s: a batch's first event may go out again after
+    # 2000 s, plus the relay's longest backoff and its poll.
+    assert duplicate_window(Settings(outbox_batch=1000)) == 1000 * 2.0 + 5.0 + 0.2

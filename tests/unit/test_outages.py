@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
+import aiohttp
 import asyncpg
+import botocore.exceptions
+import nats.errors
+import nats.js.errors
 import pytest
 import redis.exceptions
 
@@ -84,6 +89,87 @@ def test_unreachable_stores_are_a_dependency_down(exc: BaseException) -> None:
 )
 def test_other_failures_stay_unexpected(exc: BaseException) -> None:
     assert not dependency_down(exc)
+
+
+def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        # PostgreSQL out of room or memory, or a write reaching a standby after a failover.
+        asyncpg.exceptions.DiskFullError("could not extend file"),
+        asyncpg.exceptions.OutOfMemoryError("out of memory"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only"),
+        # A Cluster moving slots, or its client giving up on redirections.
+        redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing"),
+        redis.exceptions.ClusterError("TTL exhausted."),
+        # NATS gone, closed, stale, reconnecting with a full buffer; JetStream not answering.
+        nats.errors.NoServersError(),
+        nats.errors.ConnectionClosedError(),
+        nats.errors.StaleConnectionError(),
+        nats.errors.OutboundBufferLimitError(),
+        nats.errors.NoRespondersError(),
+        nats.js.errors.ServiceUnavailableError(),
+        # S3 unreachable, not answering, dropping the connection, or failing on its side.
+        botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        botocore.exceptions.ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        botocore.exceptions.ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        _client_error(503, "SlowDown"),
+        _client_error(500, "InternalError"),
+        # The local document folder full, read-only, failing, or its network mount gone.
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.ESTALE, "Stale file handle"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        # Tasks run together: one of them met the outage.
+        ExceptionGroup("tasks failed", [ValueError("other"), ConnectionRefusedError()]),
+        raised_from(
+            RuntimeError("batch failed"),
+            ExceptionGroup("inner", [ExceptionGroup("deeper", [OSError(errno.ENOSPC, "full")])]),
+        ),
+    ],
+    ids=repr,
+)
+def test_every_dependency_met_anywhere_is_a_dependency_down(exc: BaseException) -> None:
+    assert dependency_down(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.EACCES, "Permission denied"),  # configuration, not an outage
+        PermissionError("not writable"),
+        IsADirectoryError("a folder"),
+        _client_error(403, "AccessDenied"),  # the storage's refusal, handled by its adapter
+        botocore.exceptions.ParamValidationError(report="bad parameter"),
+        nats.errors.BadSubjectError(),
+        nats.js.errors.BadRequestError(),
+        ExceptionGroup("tasks failed", [ValueError("a"), KeyError("b")]),
+    ],
+    ids=repr,
+)
+def test_bugs_and_refusals_of_those_dependencies_stay_unexpected(exc: BaseException) -> None:
+    assert not dependency_down(exc)
+
+
+def _hiding_its_context() -> None:
+    try:
+        raise ConnectionRefusedError
+    except ConnectionRefusedError:
+        raise ValueError("not caused by it") from None
+
+
+def test_an_error_raised_from_none_does_not_count_what_it_was_handling() -> None:
+    with pytest.raises(ValueError, match="not caused by it") as raised:
+        _hiding_its_context()
+    assert not dependency_down(raised.value)
 
 
 def test_a_cycle_of_causes_ends() -> None:

