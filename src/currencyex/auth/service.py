@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -33,6 +32,7 @@ from currencyex.kernel.errors import (
     ValidationFailed,
 )
 from currencyex.kernel.events import KYC_DECIDED, USER_REGISTERED, Event
+from currencyex.kernel.flight import SingleFlight
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry, Cache
 from currencyex.kernel.principal import (
@@ -92,7 +92,7 @@ class AuthService:
         # user id -> (monotonic expiry, principal): see `principal`
         self._local: dict[uuid.UUID, tuple[float, Principal]] = {}
         # The lookup under way for a user: the requests that miss together share one.
-        self._looking_up: dict[uuid.UUID, asyncio.Future[Principal | None]] = {}
+        self._lookups: SingleFlight[uuid.UUID, Principal | None] = SingleFlight()
 
     # Customers and sessions
 
@@ -176,22 +176,12 @@ class AuthService:
         known = self._local.get(user_id)
         if known is not None and known[0] > now:
             return known[1]
-        lookup = self._looking_up.get(user_id)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._shared_principal(user_id))
-            self._looking_up[user_id] = lookup
-            lookup.add_done_callback(lambda done: self._lookup_done(user_id, done))
-        # Shielded: a caller that goes away does not cancel the others' lookup.
-        principal = await asyncio.shield(lookup)
+        principal = await self._lookups.run(user_id, lambda: self._shared_principal(user_id))
         if principal is not None:
             if len(self._local) >= LOCAL_PRINCIPALS_MAX:
                 self._local.clear()
             self._local[user_id] = (now + LOCAL_PRINCIPAL_SECONDS, principal)
         return principal
-
-    def _lookup_done(self, user_id: uuid.UUID, lookup: asyncio.Future[Principal | None]) -> None:
-        if self._looking_up.get(user_id) is lookup:  # not a newer one, started after _forget
-            del self._looking_up[user_id]
 
     async def _shared_principal(self, user_id: uuid.UUID) -> Principal | None:
         key = f"principal:{user_id}"
@@ -411,5 +401,5 @@ class AuthService:
 
     async def _forget(self, user_id: uuid.UUID) -> None:
         self._local.pop(user_id, None)
-        self._looking_up.pop(user_id, None)  # what it finds may predate the change
+        self._lookups.forget(user_id)  # what a running lookup finds may predate the change
         await self._cache.delete(f"principal:{user_id}")
