@@ -408,12 +408,14 @@ class SettableRates:
         return PublishedRates("EUR", rates, date(2026, 11, 24), "test")
 
 
-def settable_service(provider: SettableRates, terms: PricingTerms = DEFAULT_TERMS) -> RateService:
+def settable_service(
+    provider: SettableRates, terms: PricingTerms = DEFAULT_TERMS, clock: FakeClock | None = None
+) -> RateService:
     return RateService(
         provider=provider,
         cache=MemoryCache(),
         bus=InProcessBus(),
-        clock=FakeClock(FETCHED),
+        clock=clock or FakeClock(FETCHED),
         currencies=["EUR", "USD", "GBP"],
         pegs=(),
         pricing=PricingPolicy(default=terms, default_currency="EUR"),
@@ -456,3 +458,12 @@ async def test_live_rates_are_worked_out_once_a_snapshot_and_follow_the_latest_r
         "EUR": Decimal("0.454545454545"),
         "GBP": Decimal("0.386363636364"),
     }
+
+
+async def test_the_same_rates_read_again_keep_what_was_worked_out_on_them() -> None:
+    clock = FakeClock(FETCHED)
+    service = settable_service(SettableRates("1.1000"), clock=clock)
+    await service.refresh()
+    first = await service.live("USD")
+    clock.advance(2.0)  # past SNAPSHOT_REUSE: read from the cache again, the same rates
+    assert await service.live("USD") is first

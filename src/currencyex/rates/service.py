@@ -27,6 +27,7 @@ from currencyex.kernel.errors import (
     ValidationFailed,
 )
 from currencyex.kernel.events import Event
+from currencyex.kernel.flight import SingleFlight
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
 from currencyex.kernel.ports import Cache, EventBus
@@ -96,6 +97,8 @@ class RateService:
         self._quote_ttl = timedelta(seconds=quote_ttl_seconds)
         self._task: asyncio.Task[None] | None = None
         self._memo: tuple[datetime, RateSnapshot] | None = None  # (read at, with pegs)
+        self._memo_read: RateSnapshot | None = None  # the memo as read, before the pegs
+        self._reads: SingleFlight[str, RateSnapshot | None] = SingleFlight()
         # What is worked out on one snapshot at its first use, until the next snapshot: each
         # corridor's pricing, and the live rates of each (base, symbols) asked for.
         self._worked_on: RateSnapshot | None = None
@@ -242,11 +245,19 @@ class RateService:
         now = self._clock.now()
         memo = self._memo
         if memo is None or now - memo[0] >= SNAPSHOT_REUSE:
-            memo = self._remember(ensure_fresh(await self._stored_snapshot(), now, self._max_age))
+            # The requests in flight when the memo runs out share one read of the cache.
+            stored = await self._reads.run(SNAPSHOT_KEY, self._stored_snapshot)
+            memo = self._remember(ensure_fresh(stored, now, self._max_age))
         return ensure_fresh(memo[1], now, self._max_age)
 
     def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
-        self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
+        """Keep `snapshot` (as read from the cache) with the pegs applied. The same rates read
+        again keep the same snapshot, and what was worked out on it (_work_on) with it."""
+        if self._memo is None or self._memo_read != snapshot:
+            self._memo_read = snapshot
+            self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
+        else:
+            self._memo = (self._clock.now(), self._memo[1])
         return self._memo
 
     def _work_on(self, snapshot: RateSnapshot) -> None:
