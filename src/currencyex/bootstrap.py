@@ -65,6 +65,7 @@ from currencyex.wallet.domain import WalletLimits
 from currencyex.wallet.repository import AccountDirectory, WalletUnitOfWork
 from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, live_updates, payouts, txn_audit, wallets, welcome
+from currencyex.workers.housekeeping import Housekeeper
 from currencyex.workers.payouts import PayoutWorker
 
 log = structlog.get_logger(__name__)
@@ -101,6 +102,8 @@ class Container:
     payouts: Payouts
     payout_partner: PayoutPartner
     payout_worker: PayoutWorker
+    # Prunes Idempotency-Keys past their time, where the workers run.
+    housekeeper: Housekeeper
     # The live WebSocket connections of this process.
     hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -160,6 +163,7 @@ class Container:
         if workers:
             await subscribe_consumers(self)
             self.payout_worker.start()
+            self.housekeeper.start()
         await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
@@ -172,6 +176,7 @@ class Container:
             ("rates", self.rates.stop),
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
             ("payouts", lambda: self.payout_worker.stop(grace=3.0)),
+            ("housekeeping", self.housekeeper.stop),
             ("websockets", self.hub.close),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
@@ -359,6 +364,12 @@ def build(
         payout_partner=payout_partner,
         payout_worker=PayoutWorker(
             payout_engine, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
+        ),
+        housekeeper=Housekeeper(
+            lambda: DatabaseUnitOfWork(db),
+            clock=clock,
+            key_ttl_seconds=settings.idempotency_key_ttl_seconds,
+            every_seconds=settings.idempotency_prune_seconds,
         ),
         hub=Hub(
             HubSettings(
