@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal
-from currencyex.gateway.idempotency import Idempotent
+from currencyex.gateway.idempotency import Idempotent, idempotent_responses
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.remit.domain import Beneficiary, StatusChange, Transaction, TxnQuery, TxnStatus
@@ -101,7 +101,11 @@ class TransactionPageOut(BaseModel):
     next_cursor: str | None
 
 
-@router.post("/send", status_code=201)
+@router.post(
+    "/send",
+    status_code=201,
+    responses=idempotent_responses("Quote expired (1002), or used or not yours (1003)"),
+)
 @rate_limited("remit_send", 10)
 async def send(
     body: SendIn, remit: Remit, caller: CurrentPrincipal, request: Idempotent

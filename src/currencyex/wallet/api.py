@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from currencyex.gateway.edge import app_state
 from currencyex.gateway.errors import Strict
 from currencyex.gateway.guard import CurrentPrincipal
-from currencyex.gateway.idempotency import Idempotent
+from currencyex.gateway.idempotency import Idempotent, idempotent_responses
 from currencyex.gateway.limits import rate_limited
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.money import Money
@@ -112,7 +112,7 @@ async def balance(wallets: Wallets, caller: CurrentPrincipal) -> BalanceOut:
     )
 
 
-@router.post("/deposit", status_code=201)
+@router.post("/deposit", status_code=201, responses=idempotent_responses())
 async def deposit(
     body: DepositIn, wallets: Wallets, caller: CurrentPrincipal, request: Idempotent
 ) -> MovementOut:
@@ -121,7 +121,11 @@ async def deposit(
     return MovementOut.of(movement)
 
 
-@router.post("/exchange", status_code=201)
+@router.post(
+    "/exchange",
+    status_code=201,
+    responses=idempotent_responses("Quote expired (1002), or used or not yours (1003)"),
+)
 @rate_limited("wallet_exchange", 20)
 async def exchange(
     body: ExchangeIn, wallets: Wallets, caller: CurrentPrincipal, request: Idempotent
