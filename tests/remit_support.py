@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from conftest import Api
@@ -84,3 +86,31 @@ async def settled(
             return body
         await asyncio.sleep(0.05)
     raise AssertionError(f"{reference} still {body['status']}")
+
+
+@asynccontextmanager
+async def wallet_held(api: Api, user_id: str, currency: str = "USD") -> AsyncIterator[None]:
+    """The user's wallet row locked by a transaction of the test's own, until the block ends: a
+    request that moves its money is held open in the middle of its statement meanwhile."""
+    async with api.container.db.connection() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM wallet_accounts WHERE user_id = $1 AND kind = 'WALLET'"
+            " AND currency = $2 FOR UPDATE",
+            uuid.UUID(user_id),
+            currency,
+        )
+        yield
+
+
+async def waiting_on_a_lock(api: Api, *, within_seconds: float = 10.0) -> None:
+    """Return once a statement of the app's database waits on a lock (a request held open by
+    `wallet_held`)."""
+    for _ in range(int(within_seconds / 0.02)):
+        waiting = await api.value(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no request is waiting on the held wallet")

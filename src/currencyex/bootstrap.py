@@ -70,6 +70,7 @@ from currencyex.wallet.domain import WalletLimits
 from currencyex.wallet.repository import AccountDirectory, WalletUnitOfWork
 from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, live_updates, payouts, txn_audit, wallets, welcome
+from currencyex.workers.housekeeping import Housekeeper
 from currencyex.workers.payouts import PayoutWorker
 from currencyex.workers.reconciliation import ReconciliationWorker
 
@@ -109,6 +110,8 @@ class Container:
     payout_worker: PayoutWorker
     reconciliation: Reconciliation
     reconciliation_worker: ReconciliationWorker
+    # Prunes Idempotency-Keys past their time, where the workers run.
+    housekeeper: Housekeeper
     # The live WebSocket connections of this process.
     hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -169,6 +172,7 @@ class Container:
             await subscribe_consumers(self)
             self.payout_worker.start()
             self.reconciliation_worker.start()
+            self.housekeeper.start()
         await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
@@ -182,6 +186,7 @@ class Container:
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
             ("payouts", lambda: self.payout_worker.stop(grace=3.0)),
             ("reconciliation", self.reconciliation_worker.stop),
+            ("housekeeping", self.housekeeper.stop),
             ("websockets", self.hub.close),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
@@ -412,6 +417,12 @@ def build(
         reconciliation=reconciliation,
         reconciliation_worker=ReconciliationWorker(
             reconciliation, interval_seconds=settings.reconcile_interval_seconds
+        ),
+        housekeeper=Housekeeper(
+            lambda: DatabaseUnitOfWork(db),
+            clock=clock,
+            key_ttl_seconds=settings.idempotency_key_ttl_seconds,
+            every_seconds=settings.idempotency_prune_seconds,
         ),
         hub=Hub(
             HubSettings(

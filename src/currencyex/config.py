@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, gt=0)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     principal_cache_seconds: float = 30.0
+    # An Idempotency-Key's first response is kept this long (the IETF draft's 24 h), then
+    # pruned by the workers' housekeeping, every idempotency_prune_seconds: the key used after
+    # that is a new request.
+    idempotency_key_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    idempotency_prune_seconds: float = Field(default=600.0, gt=0)
 
     # Rate limits (token buckets). Endpoint limits are declared next to their routes.
     rate_limits_enabled: bool = True

@@ -19,6 +19,7 @@ from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable
+from currencyex.rates.client import QuoteTakenUnderKey
 from currencyex.rates.service import SNAPSHOT_KEY, quote_key
 
 from conftest import Api, running_app
@@ -296,6 +297,9 @@ async def test_quote_that_buys_nothing_is_1006(
 # Taking quotes: the port the wallet and the remittance use
 
 
+TAKER = "remit.send owner key-1"  # as IdempotentRequest.claimant names a request
+
+
 async def new_quote(api: Api) -> tuple[uuid.UUID, str]:
     user_id, headers = await signed_in(api)
     response = await post_quote(
@@ -307,7 +311,7 @@ async def new_quote(api: Api) -> tuple[uuid.UUID, str]:
 
 async def test_owner_takes_the_quote_with_its_locked_numbers(api: Api) -> None:
     owner, quote_id = await new_quote(api)
-    quote = await api.container.rates_client.take_quote(quote_id, owner)
+    quote = await api.container.rates_client.take_quote(quote_id, owner, taker=TAKER)
     assert (quote.id, quote.user_id) == (quote_id, owner)
     assert quote.source_amount.format() == "100.00"
     assert quote.total_debit == quote.source_amount + quote.fee
@@ -317,7 +321,7 @@ async def test_owner_takes_the_quote_with_its_locked_numbers(api: Api) -> None:
 async def test_another_users_quote_is_1003(api: Api) -> None:
     _, quote_id = await new_quote(api)
     with pytest.raises(QuoteUnavailable) as caught:
-        await api.container.rates_client.take_quote(quote_id, uuid.uuid4())
+        await api.container.rates_client.take_quote(quote_id, uuid.uuid4(), taker=TAKER)
     assert caught.value.code == 1003
 
 
@@ -325,29 +329,41 @@ async def test_another_users_attempt_leaves_the_quote_to_its_owner(api: Api) -> 
     owner, quote_id = await new_quote(api)
     client = api.container.rates_client
     with pytest.raises(QuoteUnavailable):
-        await client.take_quote(quote_id, uuid.uuid4())
-    assert (await client.take_quote(quote_id, owner)).id == quote_id
+        await client.take_quote(quote_id, uuid.uuid4(), taker=TAKER)
+    assert (await client.take_quote(quote_id, owner, taker=TAKER)).id == quote_id
 
 
 @pytest.mark.parametrize("quote_id", [str(uuid.uuid4()), "not-a-quote-id", ""])
 async def test_unknown_quote_is_1003(api: Api, quote_id: str) -> None:
     with pytest.raises(QuoteUnavailable):
-        await api.container.rates_client.take_quote(quote_id, uuid.uuid4())
+        await api.container.rates_client.take_quote(quote_id, uuid.uuid4(), taker=TAKER)
 
 
 async def test_a_quote_is_taken_once(api: Api) -> None:
     owner, quote_id = await new_quote(api)
     client = api.container.rates_client
-    await client.take_quote(quote_id, owner)
+    await client.take_quote(quote_id, owner, taker=TAKER)
     with pytest.raises(QuoteUnavailable):
-        await client.take_quote(quote_id, owner)
+        await client.take_quote(quote_id, owner, taker=TAKER)
+
+
+async def test_a_taken_quote_tells_a_repeat_of_its_taker_apart_from_anyone_else(api: Api) -> None:
+    owner, quote_id = await new_quote(api)
+    client = api.container.rates_client
+    await client.take_quote(quote_id, owner, taker=TAKER)
+    with pytest.raises(QuoteTakenUnderKey) as again:
+        await client.take_quote(quote_id, owner, taker=TAKER)
+    assert again.value.code == 1003
+    with pytest.raises(QuoteUnavailable) as other:
+        await client.take_quote(quote_id, owner, taker="remit.send owner key-2")
+    assert type(other.value) is QuoteUnavailable
 
 
 async def test_of_two_concurrent_takers_exactly_one_wins(api: Api) -> None:
     owner, quote_id = await new_quote(api)
     client = api.container.rates_client
     outcomes = await asyncio.gather(
-        *(client.take_quote(quote_id, owner) for _ in range(5)), return_exceptions=True
+        *(client.take_quote(quote_id, owner, taker=TAKER) for _ in range(5)), return_exceptions=True
     )
     assert sum(not isinstance(outcome, BaseException) for outcome in outcomes) == 1
     assert sum(isinstance(outcome, QuoteUnavailable) for outcome in outcomes) == 4
@@ -356,9 +372,9 @@ async def test_of_two_concurrent_takers_exactly_one_wins(api: Api) -> None:
 async def test_released_quote_can_be_taken_again(api: Api) -> None:
     owner, quote_id = await new_quote(api)
     client = api.container.rates_client
-    taken = await client.take_quote(quote_id, owner)
+    taken = await client.take_quote(quote_id, owner, taker=TAKER)
     await client.release_quote(taken)
-    again = await client.take_quote(quote_id, owner)
+    again = await client.take_quote(quote_id, owner, taker=TAKER)
     assert again.id == quote_id
 
 
@@ -368,13 +384,13 @@ async def test_expired_quote_is_1002(
     async with app_on_clock(await make_settings(backend, quote_ttl_seconds=30), clock) as api:
         owner, quote_id = await new_quote(api)
         clock.advance(29)
-        taken = await api.container.rates_client.take_quote(quote_id, owner)
+        taken = await api.container.rates_client.take_quote(quote_id, owner, taker=TAKER)
         await api.container.rates_client.release_quote(taken)
         clock.advance(1)
         with pytest.raises(QuoteExpired) as caught:
-            await api.container.rates_client.take_quote(quote_id, owner)
+            await api.container.rates_client.take_quote(quote_id, owner, taker=TAKER)
         with pytest.raises(QuoteExpired):  # still "expired" the second time, not "unknown"
-            await api.container.rates_client.take_quote(quote_id, owner)
+            await api.container.rates_client.take_quote(quote_id, owner, taker=TAKER)
     assert caught.value.code == 1002
 
 

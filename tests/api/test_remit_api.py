@@ -31,6 +31,8 @@ from remit_support import (
     send,
     settled,
     usd,
+    waiting_on_a_lock,
+    wallet_held,
 )
 
 
@@ -139,11 +141,78 @@ async def test_one_key_sent_concurrently_makes_one_transaction(api):
     q = await quote(api, headers)
     idem = key()
     responses = await asyncio.gather(*(send(api, headers, q["quote_id"], idem) for _ in range(8)))
-    assert {r.status_code for r in responses} == {201}
-    assert len({r.json()["txn_id"] for r in responses}) == 1
-    await settled(api, headers, responses[0].json()["reference_id"])
+    answered = [r for r in responses if r.status_code == 201]
+    assert answered, [r.text for r in responses]
+    assert len({r.json()["txn_id"] for r in answered}) == 1
+    refused = [r for r in responses if r.status_code != 201]
+    assert all((r.status_code, r.json()["code"]) == (409, 1009) for r in refused), refused
+    again = await send(api, headers, q["quote_id"], idem)
+    assert (again.status_code, again.json()["txn_id"]) == (201, answered[0].json()["txn_id"])
+    await settled(api, headers, answered[0].json()["reference_id"])
     wallet = await usd(api, headers)
     assert Decimal(wallet["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+
+
+async def test_a_send_repeated_while_the_first_runs_is_1009_at_once_then_replays_it(api):
+    user_id, headers = await funded_customer(api)
+    q = await quote(api, headers)
+    idem = key()
+    async with wallet_held(api, user_id):  # the first send waits to place its hold
+        first = asyncio.ensure_future(send(api, headers, q["quote_id"], idem))
+        await waiting_on_a_lock(api)
+        repeat = await asyncio.wait_for(send(api, headers, q["quote_id"], idem), 5)
+        assert (repeat.status_code, repeat.json()["code"]) == (409, 1009)
+        assert not first.done()
+        assert (await usd(api, headers))["locked_balance"] == "0.00"
+    assert (await first).status_code == 201, first.result().text
+    again = await send(api, headers, q["quote_id"], idem)
+    assert (again.status_code, again.json()) == (201, first.result().json())
+    transactions = "SELECT count(*) FROM remit_transactions WHERE user_id = $1"
+    assert await api.value(transactions, uuid.UUID(user_id)) == 1
+    await settled(api, headers, first.result().json()["reference_id"])
+    wallet = await usd(api, headers)
+    assert Decimal(wallet["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+    assert await api.container.wallet.verify() == []
+
+
+async def test_a_send_refused_for_kyc_or_a_bad_body_keeps_no_key(api):
+    user_id, token = await api.user_token()
+    headers = api.bearer(token)
+    q = await quote(api, headers)
+    idem = key()
+    unapproved = await send(api, headers, q["quote_id"], idem)
+    assert (unapproved.status_code, unapproved.json()["code"]) == (403, 1005)
+    await api.submit_kyc(token)
+    await api.approve_kyc(user_id)
+    _, teller = await api.user_token("TELLER")
+    funded = await api.http.post(
+        "/v1/wallet/deposit",
+        json={"user_id": user_id, "amount": "1000.00", "currency": "USD", "reference": "B-1"},
+        headers={**api.bearer(teller), "Idempotency-Key": key()},
+    )
+    assert funded.status_code == 201
+    invalid = await send(api, headers, q["quote_id"], idem, {**ADA, "country": "gb"})
+    assert (invalid.status_code, invalid.json()["code"]) == (422, 1000)
+    sent = await send(api, headers, q["quote_id"], idem)
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["status"] == "PROCESSING"
+
+
+async def test_a_send_key_pruned_after_its_time_makes_a_new_transaction(api):
+    _, headers = await funded_customer(api)
+    idem = key()
+    first = await send(api, headers, (await quote(api, headers, "10"))["quote_id"], idem)
+    assert first.status_code == 201
+    await api.rows(
+        "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => $1)"
+        " WHERE key = $2",
+        api.container.settings.idempotency_key_ttl_seconds + 1,
+        idem,
+    )
+    assert await api.container.housekeeper.prune_once() == 1
+    again = await send(api, headers, (await quote(api, headers, "10"))["quote_id"], idem)
+    assert again.status_code == 201, again.text
+    assert again.json()["txn_id"] != first.json()["txn_id"]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from conftest import running_app
+from remit_support import waiting_on_a_lock, wallet_held
 
 
 async def approved_customer(api) -> tuple[str, dict[str, str]]:
@@ -151,6 +152,16 @@ async def test_same_key_and_body_returns_the_first_response_and_moves_money_once
     assert (await balances(api, headers))["USD"]["balance"] == "25.00"
 
 
+def one_answer_and_the_rest_in_progress(responses) -> dict:
+    """The one 201 body among concurrent repeats of a key (repeats that came after the first
+    had answered get it too), every other response 409/1009."""
+    bodies = {r.text for r in responses if r.status_code == 201}
+    assert len(bodies) == 1, [r.text for r in responses]
+    refused = [r for r in responses if r.status_code != 201]
+    assert all((r.status_code, r.json()["code"]) == (409, 1009) for r in refused), refused
+    return next(r.json() for r in responses if r.status_code == 201)
+
+
 async def test_one_key_sent_concurrently_twenty_times_moves_money_once(api):
     user_id, headers = await approved_customer(api)
     tellers = await teller(api)
@@ -158,9 +169,72 @@ async def test_one_key_sent_concurrently_twenty_times_moves_money_once(api):
     responses = await asyncio.gather(
         *(deposit(api, tellers, user_id, "10.00", idem=idem) for _ in range(20))
     )
-    assert {r.status_code for r in responses} == {201}
-    assert len({r.json()["journal_id"] for r in responses}) == 1
+    first = one_answer_and_the_rest_in_progress(responses)
+    again = await deposit(api, tellers, user_id, "10.00", idem=idem)
+    assert (again.status_code, again.json()) == (201, first)
     assert (await balances(api, headers))["USD"]["balance"] == "10.00"
+    assert await verify(api) == []
+
+
+async def test_a_deposit_repeated_while_the_first_runs_is_1009_at_once_then_replays_it(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    await deposit(api, tellers, user_id, "1.00")  # the wallet exists to be held
+    idem = key()
+    async with wallet_held(api, user_id):
+        first = asyncio.ensure_future(deposit(api, tellers, user_id, "10.00", idem=idem))
+        await waiting_on_a_lock(api)
+        repeat = await asyncio.wait_for(deposit(api, tellers, user_id, "10.00", idem=idem), 5)
+        assert (repeat.status_code, repeat.json()["code"]) == (409, 1009)
+        assert not first.done()
+    assert (await first).status_code == 201
+    again = await deposit(api, tellers, user_id, "10.00", idem=idem)
+    assert (again.status_code, again.json()) == (201, first.result().json())
+    assert (await balances(api, headers))["USD"]["balance"] == "11.00"
+    journals = "SELECT count(*) FROM wallet_journals WHERE user_id = $1 AND kind = 'DEPOSIT'"
+    assert await api.value(journals, uuid.UUID(user_id)) == 2
+    assert await verify(api) == []
+
+
+async def test_a_deposit_refused_by_validation_or_authorization_keeps_no_key(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    idem = key()
+    invalid = await deposit(api, tellers, user_id, "1.001", idem=idem)
+    assert (invalid.status_code, invalid.json()["code"]) == (422, 1000)
+    _, customer = await approved_customer(api)
+    # The key is the teller's; a customer refused the route with it keeps nothing either.
+    forbidden = await deposit(api, customer, user_id, "10.00", idem=idem)
+    assert (forbidden.status_code, forbidden.json()["code"]) == (403, 2003)
+    pending_id, _ = await api.user_token()
+    unapproved = await deposit(api, tellers, pending_id, "10.00", idem=idem)
+    assert (unapproved.status_code, unapproved.json()["code"]) == (403, 1005)
+    valid = await deposit(api, tellers, user_id, "10.00", idem=idem)
+    assert valid.status_code == 201, valid.text
+    assert (await balances(api, headers))["USD"]["balance"] == "10.00"
+
+
+async def test_a_key_older_than_its_time_is_pruned_and_then_a_new_request(api):
+    user_id, headers = await approved_customer(api)
+    tellers = await teller(api)
+    idem = key()
+    first = await deposit(api, tellers, user_id, "10.00", idem=idem)
+    assert first.status_code == 201
+    housekeeper = api.container.housekeeper
+    assert await housekeeper.prune_once() == 0  # young keys stay
+    assert (await deposit(api, tellers, user_id, "10.00", idem=idem)).json() == first.json()
+    ttl = api.container.settings.idempotency_key_ttl_seconds
+    await api.rows(
+        "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => $1)"
+        " WHERE key = $2",
+        ttl + 1,
+        idem,
+    )
+    assert await housekeeper.prune_once() == 1
+    again = await deposit(api, tellers, user_id, "10.00", idem=idem)
+    assert again.status_code == 201
+    assert again.json()["journal_id"] != first.json()["journal_id"]
+    assert (await balances(api, headers))["USD"]["balance"] == "20.00"
     assert await verify(api) == []
 
 
@@ -236,11 +310,47 @@ async def test_one_exchange_key_sent_concurrently_ten_times_moves_money_once(api
     responses = await asyncio.gather(
         *(exchange(api, headers, q["quote_id"], idem) for _ in range(10))
     )
-    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
-    assert len({r.json()["journal_id"] for r in responses}) == 1
+    first = one_answer_and_the_rest_in_progress(responses)
+    again = await exchange(api, headers, q["quote_id"], idem)
+    assert (again.status_code, again.json()) == (201, first)
     wallets = await balances(api, headers)
     assert wallets["EUR"]["balance"] == q["target_amount"]
     assert await verify(api) == []
+
+
+async def test_an_exchange_repeated_while_the_first_runs_is_1009_at_once_then_replays_it(api):
+    user_id, headers = await approved_customer(api)
+    await deposit(api, await teller(api), user_id, "1000.00")
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    idem = key()
+    async with wallet_held(api, user_id):
+        first = asyncio.ensure_future(exchange(api, headers, q["quote_id"], idem))
+        await waiting_on_a_lock(api)
+        repeat = await asyncio.wait_for(exchange(api, headers, q["quote_id"], idem), 5)
+        assert (repeat.status_code, repeat.json()["code"]) == (409, 1009)
+        assert not first.done()
+    assert (await first).status_code == 201
+    again = await exchange(api, headers, q["quote_id"], idem)
+    assert (again.status_code, again.json()) == (201, first.result().json())
+    wallets = await balances(api, headers)
+    assert Decimal(wallets["USD"]["balance"]) == Decimal("1000.00") - Decimal(q["total_debit"])
+    assert wallets["EUR"]["balance"] == q["target_amount"]
+    assert await verify(api) == []
+
+
+async def test_an_exchange_refused_for_kyc_keeps_no_key(api):
+    user_id, token = await api.user_token()
+    headers = api.bearer(token)
+    q = await quote(api, headers, source_currency="USD", target_currency="EUR", source_amount="10")
+    idem = key()
+    refused = await exchange(api, headers, q["quote_id"], idem)
+    assert (refused.status_code, refused.json()["code"]) == (403, 1005)
+    await api.submit_kyc(token)
+    await api.approve_kyc(user_id)
+    await deposit(api, await teller(api), user_id, "100.00")
+    response = await exchange(api, headers, q["quote_id"], idem)
+    assert response.status_code == 201, response.text
+    assert (await balances(api, headers))["EUR"]["balance"] == q["target_amount"]
 
 
 async def test_exchange_short_of_funds_is_1001_and_keeps_the_quote_usable(api):

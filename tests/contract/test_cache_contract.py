@@ -115,6 +115,31 @@ async def test_of_concurrent_pops_exactly_one_gets_the_value(cache: Cache) -> No
     assert results.count(None) == 9
 
 
+async def test_swap_replaces_a_value_and_returns_the_one_it_had(cache: Cache) -> None:
+    await cache.set("k", b"one")
+    assert await cache.swap("k", b"two") == b"one"
+    assert await cache.get("k") == b"two"
+
+
+async def test_swap_of_an_absent_key_stores_nothing(cache: Cache) -> None:
+    assert await cache.swap("k", b"v") is None
+    assert await cache.get("k") is None
+
+
+async def test_swap_keeps_the_expiry(cache: Cache) -> None:
+    await cache.set("k", b"one", ttl_seconds=0.3)
+    assert await cache.swap("k", b"two") == b"one"
+    await asyncio.sleep(0.45)
+    assert await cache.get("k") is None
+    assert await cache.swap("k", b"three") is None
+
+
+async def test_of_concurrent_swaps_exactly_one_gets_the_first_value(cache: Cache) -> None:
+    await cache.set("k", b"first")
+    results = await asyncio.gather(*(cache.swap("k", str(i).encode()) for i in range(10)))
+    assert results.count(b"first") == 1
+
+
 async def test_of_concurrent_adds_exactly_one_wins(cache: Cache) -> None:
     results = await asyncio.gather(*(cache.add("k", str(i).encode()) for i in range(10)))
     assert results.count(True) == 1

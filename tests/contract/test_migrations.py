@@ -61,7 +61,7 @@ def test_documents_migration_keeps_existing_users_and_round_trips(empty_database
     assert run(url, "SELECT count(*) FROM auth_users")[0][0] == 1
 
 
-BEFORE_STAFF_KYC = "0009"  # the revision 0011 builds on
+BEFORE_STAFF_KYC = "0010"  # the revision 0011 builds on
 
 
 def test_staff_kyc_migration_clears_staff_status_and_round_trips(empty_database: str) -> None:

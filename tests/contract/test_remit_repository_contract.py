@@ -10,6 +10,7 @@ of due work, retries later, and the transaction list's filters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,10 +22,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from currencyex.kernel.errors import IdempotencyKeyReused
+from currencyex.kernel.errors import IdempotencyKeyReused, RequestInProgress
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
-from currencyex.kernel.ports import SavedResponse
+from currencyex.kernel.ports import PENDING, SavedResponse
 from currencyex.platform.db.database import Database
 from currencyex.remit import repository
 from currencyex.remit.domain import (
@@ -84,13 +85,13 @@ def a_transaction(user: uuid.UUID, reference: str, *, at: datetime = NOW) -> Tra
 
 
 async def add_once(
-    remits: Remits, txn: Transaction, request_hash: str = "h"
+    remits: Remits, txn: Transaction, request_hash: str = "h", status: int = 202
 ) -> Transaction | SavedResponse:
-    """`txn` stored with its key claimed under SCOPE the way a send claims it: its reply
-    202 with the transaction's id."""
+    """`txn` stored with its key claimed under SCOPE, its reply `status` with the
+    transaction's id (a send's own is PENDING until it answers)."""
     async with remits.uow() as uow:
         added = await uow.transactions.add_once(
-            txn, request_hash, Reply(SCOPE, 202, {"txn_id": str(txn.id)})
+            txn, request_hash, Reply(SCOPE, status, {"txn_id": str(txn.id)})
         )
         await uow.commit()
     return added
@@ -124,6 +125,31 @@ async def test_a_key_claimed_before_gives_its_first_reply_and_stores_nothing(rem
     async with remits.uow() as uow:
         assert await uow.transactions.find(again.id) is None
     assert await events_of(remits, again) == []
+
+
+async def test_a_key_whose_send_has_not_answered_is_1009_and_stores_nothing(remits) -> None:
+    user = uuid.uuid4()
+    first = await add_once(remits, a_transaction(user, "TXN-KEY000003"), status=PENDING)
+    assert isinstance(first, Transaction)
+    again = replace(a_transaction(user, "TXN-KEY000004"), idempotency_key=first.idempotency_key)
+    with pytest.raises(RequestInProgress):
+        await add_once(remits, again)
+    with pytest.raises(IdempotencyKeyReused):  # another request under the key: 1007 first
+        await add_once(remits, again, request_hash="another request")
+    async with remits.uow() as uow:
+        assert await uow.transactions.find(again.id) is None
+
+
+async def test_a_key_being_claimed_by_an_open_transaction_is_1009_at_once(remits) -> None:
+    txn = a_transaction(uuid.uuid4(), "TXN-KEY000005")
+    async with remits.uow() as holder:
+        claimed = await holder.idempotency.claim(SCOPE, str(txn.user_id), txn.idempotency_key, "h")
+        assert claimed is None
+        with pytest.raises(RequestInProgress):
+            await asyncio.wait_for(add_once(remits, txn), 5)
+    async with remits.uow() as uow:
+        assert await uow.transactions.find(txn.id) is None
+    assert await events_of(remits, txn) == []
 
 
 async def test_many_transactions_are_found_at_once(remits) -> None:

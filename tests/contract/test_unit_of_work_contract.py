@@ -3,9 +3,10 @@ Idempotency-Key claims, and consumers' processed-event marks.
 
 Covers what every service relies on: a commit keeps what the unit wrote and collected, anything
 else keeps nothing; a new key is claimed, its saved response comes back to repeats, another
-request under the key is 1007, a concurrent claim of one key waits for the first and replays
-it; an event is marked processed once per consumer; reads and a lone self-contained statement
-go out without BEGIN; timestamps come back as the same instant in UTC.
+request under the key is 1007, a claim of a key held by a request still running is 1009 at
+once (it never waits), keys are pruned by age; an event is marked processed once per
+consumer; reads and a lone self-contained statement go out without BEGIN; timestamps come
+back as the same instant in UTC.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from currencyex.kernel.errors import IdempotencyKeyReused
+from currencyex.kernel.errors import IdempotencyKeyReused, RequestInProgress
 from currencyex.kernel.events import Event
 from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.db.calls import call
@@ -291,24 +292,60 @@ async def test_a_key_claimed_without_a_commit_is_free_again(db: Database) -> Non
         assert await uow.idempotency.claim(SCOPE, OWNER, key, "hash-a") is None
 
 
-async def test_a_concurrent_claim_waits_for_the_first_and_replays_it(db: Database) -> None:
-    key, claimed = str(uuid.uuid4()), asyncio.Event()
+async def test_a_claim_while_the_first_is_open_is_1009_at_once_then_replays_it(
+    db: Database,
+) -> None:
+    key = str(uuid.uuid4())
+    async with UnitOfWork(db) as first:
+        assert await first.idempotency.claim(SCOPE, OWNER, key, "h") is None
+        async with UnitOfWork(db) as second:
+            # The first's row is not committed: the claim neither waits for it nor sees it.
+            with pytest.raises(RequestInProgress):
+                await asyncio.wait_for(second.idempotency.claim(SCOPE, OWNER, key, "h"), 2)
+        async with UnitOfWork(db) as look:
+            assert await asyncio.wait_for(look.idempotency.find(SCOPE, OWNER, key, "h"), 2) is None
+        await _save(first, key, 201, '{"first": true}')
+        await first.commit()
+    async with UnitOfWork(db) as again:
+        assert await again.idempotency.claim(SCOPE, OWNER, key, "h") == SavedResponse(
+            201, {"first": True}
+        )
+    async with UnitOfWork(db) as look:
+        assert await look.idempotency.find(SCOPE, OWNER, key, "h") == SavedResponse(
+            201, {"first": True}
+        )
 
-    async def first() -> None:
+
+async def test_a_key_claimed_and_committed_without_its_response_is_1009(db: Database) -> None:
+    key = str(uuid.uuid4())
+    async with UnitOfWork(db) as uow:
+        assert await uow.idempotency.claim(SCOPE, OWNER, key, "h") is None
+        await uow.commit()  # PENDING: a request between its steps (a send) has not answered
+    async with UnitOfWork(db) as uow:
+        with pytest.raises(RequestInProgress):
+            await uow.idempotency.claim(SCOPE, OWNER, key, "h")
+    async with UnitOfWork(db) as uow:
+        with pytest.raises(RequestInProgress):
+            await uow.idempotency.find(SCOPE, OWNER, key, "h")
+        with pytest.raises(IdempotencyKeyReused):  # another request under the key: 1007 first
+            await uow.idempotency.find(SCOPE, OWNER, key, "other")
+
+
+async def test_keys_claimed_before_the_cutoff_are_pruned_and_free_again(db: Database) -> None:
+    old, new, cutoff = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
+    for key in (old, new):
         async with UnitOfWork(db) as uow:
-            assert await uow.idempotency.claim(SCOPE, OWNER, key, "h") is None
-            claimed.set()
-            await asyncio.sleep(0.2)  # the second claim is waiting on this row meanwhile
-            await _save(uow, key, 201, '{"first": true}')
+            await uow.idempotency.claim(SCOPE, OWNER, key, "h")
+            await _save(uow, key, 201, "{}")
             await uow.commit()
-
-    async def second() -> SavedResponse | None:
-        await claimed.wait()
-        async with UnitOfWork(db) as uow:
-            return await uow.idempotency.claim(SCOPE, OWNER, key, "h")
-
-    _, replayed = await asyncio.wait_for(asyncio.gather(first(), second()), timeout=10)
-    assert replayed == SavedResponse(201, {"first": True})
+    await _rows(db, "UPDATE idempotency_keys SET created_at = $1 WHERE key = $2", cutoff, old)
+    async with UnitOfWork(db) as uow:
+        assert await uow.idempotency.prune(cutoff + timedelta(microseconds=1)) == 1
+        await uow.commit()
+    async with UnitOfWork(db) as uow:
+        assert await uow.idempotency.find(SCOPE, OWNER, old, "h") is None
+        assert await uow.idempotency.claim(SCOPE, OWNER, old, "another request") is None
+        assert await uow.idempotency.find(SCOPE, OWNER, new, "h") == SavedResponse(201, {})
 
 
 # Processed-event marks

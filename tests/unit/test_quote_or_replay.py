@@ -1,5 +1,5 @@
 """take_quote_or_replay: a repeat of a money-moving request whose quote is gone gets the first
-response, looked for long enough to cover the first request still saving it."""
+response; while the first request runs, 1009 at once: nothing waits or looks again."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable
+from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable, RequestInProgress
 from currencyex.kernel.ports import SavedResponse
-from currencyex.rates import client
-from currencyex.rates.client import take_quote_or_replay
+from currencyex.rates.client import QuoteTakenUnderKey, take_quote_or_replay
 
 OWNER = uuid.uuid4()
+TAKER = "remit.send owner key-1"
 SAVED = SavedResponse(201, {"txn_id": "t-1"})
 
 
@@ -23,7 +23,7 @@ class Refusing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    async def take_quote(self, quote_id: str, owner: uuid.UUID) -> Any:
+    async def take_quote(self, quote_id: str, owner: uuid.UUID, *, taker: str) -> Any:
         raise self.error
 
     async def release_quote(self, quote: Any) -> None:
@@ -31,38 +31,45 @@ class Refusing:
 
 
 class Looks:
-    """A first_response that finds the saved response from its `found_on`-th look on."""
+    """A first_response that answers `answer` (or raises it), counting its looks."""
 
-    def __init__(self, found_on: int | None) -> None:
-        self.found_on = found_on
+    def __init__(self, answer: SavedResponse | Exception | None) -> None:
+        self.answer = answer
         self.count = 0
 
     async def __call__(self) -> SavedResponse | None:
         self.count += 1
-        return SAVED if self.found_on is not None and self.count >= self.found_on else None
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
 
 
-@pytest.fixture(autouse=True)
-def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "QUOTE_RACE_LOOKS", (0.0, 0.01, 0.02))
+@pytest.mark.parametrize("refusal", [QuoteUnavailable(), QuoteExpired(), QuoteTakenUnderKey()])
+async def test_a_refused_quote_with_a_saved_response_gets_it_after_one_look(
+    refusal: Exception,
+) -> None:
+    looks = Looks(SAVED)
+    assert await take_quote_or_replay(Refusing(refusal), "q", OWNER, TAKER, looks) == SAVED
+    assert looks.count == 1
 
 
-async def test_a_used_quote_whose_request_saves_late_gets_the_saved_response() -> None:
-    looks = Looks(found_on=3)
-    taken = await take_quote_or_replay(Refusing(QuoteUnavailable()), "q", OWNER, looks)
-    assert (taken, looks.count) == (SAVED, 3)
+@pytest.mark.parametrize("refusal", [QuoteUnavailable(), QuoteExpired()])
+async def test_a_refused_quote_with_nothing_saved_keeps_its_error(refusal: Exception) -> None:
+    looks = Looks(None)
+    with pytest.raises(type(refusal)) as caught:
+        await take_quote_or_replay(Refusing(refusal), "q", OWNER, TAKER, looks)
+    assert type(caught.value) is type(refusal)
+    assert looks.count == 1
 
 
-async def test_a_used_quote_with_nothing_saved_is_1003_after_every_look() -> None:
-    looks = Looks(found_on=None)
-    with pytest.raises(QuoteUnavailable):
-        await take_quote_or_replay(Refusing(QuoteUnavailable()), "q", OWNER, looks)
-    assert looks.count == 3
+async def test_a_quote_taken_under_the_key_with_nothing_saved_yet_is_1009() -> None:
+    looks = Looks(None)  # the first request took the quote and has not claimed its key yet
+    with pytest.raises(RequestInProgress):
+        await take_quote_or_replay(Refusing(QuoteTakenUnderKey()), "q", OWNER, TAKER, looks)
+    assert looks.count == 1
 
 
-async def test_an_expired_quote_is_looked_up_once() -> None:
-    nothing, saved = Looks(found_on=None), Looks(found_on=1)
-    with pytest.raises(QuoteExpired):
-        await take_quote_or_replay(Refusing(QuoteExpired()), "q", OWNER, nothing)
-    assert nothing.count == 1
-    assert await take_quote_or_replay(Refusing(QuoteExpired()), "q", OWNER, saved) == SAVED
+async def test_a_key_whose_holder_has_not_answered_is_1009_from_the_look() -> None:
+    looks = Looks(RequestInProgress())  # a send between its steps
+    with pytest.raises(RequestInProgress):
+        await take_quote_or_replay(Refusing(QuoteTakenUnderKey()), "q", OWNER, TAKER, looks)

@@ -1,4 +1,9 @@
-"""The Idempotency-Key header of money-moving POSTs, with a fingerprint of the request."""
+"""The Idempotency-Key header of money-moving POSTs, with a fingerprint of the request.
+
+The key is claimed, its response kept and replayed, and a repeat refused while the first
+request runs (409/1009) by `IdempotencyStore` (platform/db/idempotency.py and the SQL function
+`idempotency_claim`); a request refused before its use case runs (validation, authorization)
+claims nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ async def idempotent_request(
         str,
         Header(
             pattern=KEY_PATTERN,
-            description="1-255 printable ASCII characters; repeats get the first response",
+            description="1-255 printable ASCII characters. A repeat with the same body gets the"
+            " first response (with another body, 422/1007); while the first request runs,"
+            " 409/1009. Keys are kept 24 h by default.",
         ),
     ],
 ) -> IdempotentRequest:

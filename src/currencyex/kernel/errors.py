@@ -6,7 +6,7 @@ Services raise these; one handler at the edge turns them into JSON. The tree:
     ├── ValidationFailed (1000/422), InsufficientFunds (1001/400), QuoteExpired (1002/409),
     │   QuoteUnavailable (1003/409), UnsupportedCurrency (1004/422), KycNotApproved (1005/403),
     │   AmountOutOfLimits (1006/422), IdempotencyKeyReused (1007/422), RatesUnavailable (1008/503),
-    │   BalanceLimitReached (1010/422), BodyUnparseable (1011/400)
+    │   RequestInProgress (1009/409), BalanceLimitReached (1010/422), BodyUnparseable (1011/400)
     ├── InvalidCredentials (2001/401), InvalidToken (2002/401), Forbidden (2003/403),
     │   EmailTaken (2004/409), AccountDisabled (2005/403)
     ├── RateLimited (3001/429)
@@ -62,6 +62,14 @@ class AmountOutOfLimits(AppError):
 
 class IdempotencyKeyReused(AppError):
     code, status, default_message = 1007, 422, "Idempotency-Key reused with a different request"
+
+
+class RequestInProgress(AppError):
+    code, status, default_message = (
+        1009,
+        409,
+        "A request with this Idempotency-Key is still in progress (retry later)",
+    )
 
 
 class BalanceLimitReached(AppError):
@@ -147,6 +155,7 @@ CATALOG: tuple[type[AppError], ...] = (
     AmountOutOfLimits,
     IdempotencyKeyReused,
     RatesUnavailable,
+    RequestInProgress,
     BalanceLimitReached,
     BodyUnparseable,
     InvalidCredentials,

@@ -35,6 +35,12 @@ class Cache(Protocol):
         pops of one key, one gets the value."""
         ...
 
+    async def swap(self, key: str, value: bytes) -> bytes | None:
+        """Replace the value of a key that exists, keeping its expiry, and return the value it
+        had; None (and nothing stored) when absent. Atomic: of two concurrent swaps of one key,
+        one gets the value the key had before both."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the cache cannot be reached."""
         ...
@@ -127,6 +133,16 @@ class IdempotentRequest:
     key: str
     fingerprint: str
 
+    def claimant(self, scope: str, owner: str) -> str:
+        """Who holds the key: its scope (which route), its owner and the key itself. A quote
+        taken by a request is marked with this, so that a repeat can tell its own quote."""
+        return f"{scope} {owner} {self.key}"
+
+
+# The status kept with a claimed Idempotency-Key while its request has not answered: repeats
+# meanwhile get 1009.
+PENDING = -1
+
 
 @dataclass(frozen=True, slots=True)
 class SavedResponse:
@@ -140,11 +156,24 @@ class IdempotencyStore(Protocol):
     async def claim(
         self, scope: str, owner: str, key: str, request_hash: str
     ) -> SavedResponse | None:
-        """None when the key is new (go ahead); the first response when it was used before (a
-        request still holding the key is waited for).
+        """Claim the key for this request: None when the key is new (go ahead); the first
+        response when it was used before.
 
-        The same key with a different request hash raises IdempotencyKeyReused (1007).
+        The same key with a different request hash raises IdempotencyKeyReused (1007); a key
+        held by a request still running raises RequestInProgress (1009) at once, never waits.
         """
+        ...
+
+    async def find(
+        self, scope: str, owner: str, key: str, request_hash: str
+    ) -> SavedResponse | None:
+        """The first response to the key, as `claim` gives it, but claiming nothing: None also
+        while a request is claiming it and has not committed."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Forget the keys claimed before `before` (each is then free for a new request); how
+        many were forgotten."""
         ...
 
 

@@ -14,7 +14,12 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localc
 from fractions import Fraction
 from typing import Protocol
 
-from currencyex.kernel.errors import AmountOutOfLimits, RatesUnavailable, ValidationFailed
+from currencyex.kernel.errors import (
+    AmountOutOfLimits,
+    QuoteUnavailable,
+    RatesUnavailable,
+    ValidationFailed,
+)
 from currencyex.kernel.money import (
     Money,
     convert_received,
@@ -353,6 +358,12 @@ class PricingPolicy:
         if override is not None:
             terms = override.over(terms)
         return CorridorPricing(source, target, terms)
+
+
+class QuoteTakenUnderKey(QuoteUnavailable):
+    """The quote was taken already, by a request under the taker's own Idempotency-Key: a
+    repeat of that request, which answers as the first did (or 1009 while it runs). Anyone
+    else sees a plain 1003."""
 
 
 @dataclass(frozen=True, slots=True)

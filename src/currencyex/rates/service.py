@@ -38,6 +38,7 @@ from currencyex.rates.domain import (
     Peg,
     PricingPolicy,
     Quote,
+    QuoteTakenUnderKey,
     RateProvider,
     RateSnapshot,
     SupportedCurrency,
@@ -49,6 +50,9 @@ from currencyex.rates.domain import (
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_KEY = "rates:live"
+# What a taken quote is swapped for in the store, followed by its taker (a JSON quote starts
+# with "{"): kept as long as the quote would have been.
+_TAKEN = b"taken "
 # An expired quote stays readable this long, so taking it says "expired" rather than "unknown".
 QUOTE_RETENTION = timedelta(hours=1)
 # How long rates read from the cache are reused before reading them again: a refresh made by
@@ -203,18 +207,28 @@ class RateService:
             )
         return quote
 
-    async def take_quote(self, quote_id: str, owner: uuid.UUID) -> Quote:
-        """Use the quote once: 1003 if unknown, not `owner`'s or already taken; 1002 if expired.
+    async def take_quote(self, quote_id: str, owner: uuid.UUID, *, taker: str) -> Quote:
+        """Use the quote once: 1003 if unknown, not `owner`'s or already taken (the subclass
+        QuoteTakenUnderKey when `taker` took it); 1002 if expired.
 
-        Taking removes the quote from the store in one atomic step (of two concurrent takers
-        exactly one gets it); a quote taken but not usable by this caller is put back.
+        Taking swaps the quote in the store for a mark naming its taker, in one atomic step (of
+        two concurrent takers exactly one gets the quote) that costs what removing it would;
+        the mark lets a repeat of the request tell its own quote from another's. A quote taken
+        but not usable by this caller is put back.
         """
         canonical = _canonical_id(quote_id)
         if canonical is None:
             raise QuoteUnavailable()
+        mark = _TAKEN + taker.encode()
         with _cache_unavailable_is_503():
-            raw = await self._cache.pop(quote_key(canonical))
+            raw = await self._cache.swap(quote_key(canonical), mark)
         if raw is None:
+            raise QuoteUnavailable()
+        if raw.startswith(_TAKEN):
+            # Taken before. A third taker's mark replaces the first's: a repeat of the first
+            # then gets the plain 1003 (or its saved response), never someone else's.
+            if raw == mark:
+                raise QuoteTakenUnderKey()
             raise QuoteUnavailable()
         quote = _decode_quote(raw)
         if quote.user_id != owner:

@@ -221,7 +221,8 @@ class RemitRepository(Protocol):
         (`txn.idempotency_key`, for the request `request_hash`) claimed with `reply` saved, and
         its `full.txn.status_changed` event, in one statement: the transaction as stored (a
         reference that collides is drawn again). When the key was claimed before, nothing is
-        written and the response saved then is returned; 1007 for another request."""
+        written and the response saved then is returned; 1007 for another request, 1009 (at
+        once) while a request holding the key has not answered."""
         ...
 
     async def find(self, txn_id: uuid.UUID) -> Transaction | None: ...

@@ -22,7 +22,7 @@ from currencyex.kernel.money import Money
 from currencyex.kernel.ports import SavedResponse
 from currencyex.platform.db.calls import REFERENCE_TAKEN, call, call_one_row, sqlstate
 from currencyex.platform.db.database import Database
-from currencyex.platform.db.idempotency import first_response, response_text
+from currencyex.platform.db.idempotency import check_in_flight, first_response, response_text
 from currencyex.platform.db.outbox import event_arguments
 from currencyex.platform.db.uow import UnitOfWork
 from currencyex.remit.domain import (
@@ -232,6 +232,7 @@ class RemitRepository:
             try:
                 row = await self._uow.alone_row(*statement)
             except asyncpg.PostgresError as error:
+                check_in_flight(error)
                 if sqlstate(error) != REFERENCE_TAKEN:
                     raise
                 candidate = replace(txn, reference_id=new_reference_id())

@@ -3,8 +3,8 @@
 A send spans three services without a shared transaction, so it is a saga of idempotent steps,
 each resumable after a crash:
 
-1. take the quote, then write the transaction CREATED with its Idempotency-Key claimed (one
-   commit);
+1. take the quote, then write the transaction CREATED with its Idempotency-Key claimed, its
+   response PENDING (one commit): a repeat meanwhile gets 1009;
 2. hold the total debit on the sender's wallet, the hold id being the transaction id;
 3. PROCESSING (or FAILED with 1001 when the wallet is short), with the response saved for
    repeats of the key;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +28,7 @@ import structlog
 from currencyex.kernel.clock import Clock
 from currencyex.kernel.errors import InsufficientFunds, KycNotApproved, NotFound
 from currencyex.kernel.ids import new_id
-from currencyex.kernel.ports import IdempotentRequest, ObjectStorage, SavedResponse
+from currencyex.kernel.ports import PENDING, IdempotentRequest, ObjectStorage, SavedResponse
 from currencyex.kernel.principal import (
     KycStatus,
     Principal,
@@ -50,9 +49,6 @@ from currencyex.remit.receipt import Receipt, receipt_path, render_receipt
 from currencyex.remit.steps import SEND_SCOPE, SendSteps
 
 log = structlog.get_logger(__name__)
-
-# The saved status of a send whose outcome is not known yet; its body names the transaction.
-_IN_PROGRESS = 202
 
 
 class RemitService:
@@ -89,45 +85,41 @@ class RemitService:
 
         1005 without approved KYC, 1002/1003 for the quote, 1001 when the wallet is short (the
         quote is then spent: the customer asks for a new one), 1007 for a key reused with
-        another request. The quote is taken before the key is looked at: a repeat of a send
-        that went through finds its quote used, and then the send's first response.
+        another request, 1009 for a repeat while the first send with the key has not answered
+        (it has taken the quote, or is between its steps; nothing runs, nothing waits). The
+        quote is taken before the key is looked at: a repeat of a send that went through finds
+        its quote used, and then the send's first response.
         """
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved()
         owner = str(customer.user_id)
         taken = await take_quote_or_replay(
-            self._rates, quote_id, customer.user_id, lambda: self._first_response(owner, request)
+            self._rates,
+            quote_id,
+            customer.user_id,
+            request.claimant(SEND_SCOPE, owner),
+            lambda: self._first_response(owner, request),
         )
-        first = (
-            taken
-            if isinstance(taken, SavedResponse)
-            else await self._create(customer, taken, beneficiary, purpose, request)
-        )
-        if isinstance(first, Transaction):
-            txn = first
-        elif first.status_code == _IN_PROGRESS:  # a send that stopped after its first step
-            async with self._uow() as uow:
-                found = await uow.transactions.find(uuid.UUID(first.body["txn_id"]))
-            assert found is not None, "a claimed send always has its transaction"
-            txn = found
-        else:
+        if isinstance(taken, SavedResponse):
+            return _replayed(taken.status_code, taken.body)
+        first = await self._create(customer, taken, beneficiary, purpose, request)
+        if isinstance(first, SavedResponse):
             return _replayed(first.status_code, first.body)
-        if txn.status is TxnStatus.CREATED:
-            moved = await self._steps.place_hold(txn, lease=False)
-            if moved is not None:  # the response saved with the move, without reading it back
-                if moved.status is TxnStatus.FAILED:
-                    raise InsufficientFunds()
-                return moved.to_json()
+        moved = await self._steps.place_hold(first, lease=False)
+        if moved is not None:  # the response saved with the move, without reading it back
+            if moved.status is TxnStatus.FAILED:
+                raise InsufficientFunds()
+            return moved.to_json()
+        # A payout worker took the send up first and saved its response with the move.
         saved = await self._first_response(owner, request)
         assert saved is not None, "the send's key was claimed with its transaction"
         return _replayed(saved.status_code, saved.body)
 
     async def _first_response(self, owner: str, request: IdempotentRequest) -> SavedResponse | None:
-        """The response saved under the send's key, if a send has been through with it; a
-        concurrent first send with the key is waited for."""
+        """The response saved under the send's key, if a send has been through with it; 1009
+        while the send holding the key has not answered."""
         async with self._uow() as uow:
-            # Not committed: a key found free here stays free.
-            return await uow.idempotency.claim(SEND_SCOPE, owner, request.key, request.fingerprint)
+            return await uow.idempotency.find(SEND_SCOPE, owner, request.key, request.fingerprint)
 
     async def _create(
         self,
@@ -137,8 +129,9 @@ class RemitService:
         purpose: str | None,
         request: IdempotentRequest,
     ) -> Transaction | SavedResponse:
-        """The send's transaction, CREATED, with its key claimed; or, when the key went through
-        before with this very request, the response saved then (the quote is given back)."""
+        """The send's transaction, CREATED, with its key claimed (PENDING until the send
+        answers); or, when the key went through before with this very request, the response
+        saved then (the quote is given back)."""
         now = self._clock.now()
         txn = Transaction(
             id=new_id(),
@@ -163,7 +156,7 @@ class RemitService:
                 first = await uow.transactions.add_once(
                     txn,
                     request.fingerprint,
-                    Reply(SEND_SCOPE, _IN_PROGRESS, {"txn_id": str(txn.id)}),
+                    Reply(SEND_SCOPE, PENDING, {"txn_id": str(txn.id)}),
                 )
                 await uow.commit()
         except BaseException:

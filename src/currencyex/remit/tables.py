@@ -41,7 +41,6 @@ transactions = sa.Table(
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
     sa.UniqueConstraint("reference_id", name="uq_remit_transactions_reference"),
-    sa.UniqueConstraint("user_id", "idempotency_key", name="uq_remit_transactions_user_key"),
     sa.CheckConstraint(STATUSES, name="ck_remit_transactions_status"),
     sa.CheckConstraint(
         "source_amount > 0 AND target_amount > 0 AND fee >= 0 AND total_debit > 0",

@@ -268,9 +268,9 @@ class PostingLedger(Protocol):
     ) -> SavedResponse | None:
         """Post `journal` under `once`'s key, keeping `response` for repeats of the key and
         adding `announce` to the outbox: None when posted. When the key was taken before,
-        nothing is written and its first response is returned (a concurrent holder of the key
-        is waited for); 1007 if that was another request. 1001 or 1010 as `post`, with nothing
-        kept."""
+        nothing is written and its first response is returned; 1007 if that was another
+        request, 1009 (at once, never waiting) while a request holding the key runs. 1001 or
+        1010 as `post`, with nothing kept."""
         ...
 
     async def hold(self, hold: Hold) -> bool:

@@ -30,7 +30,7 @@ from currencyex.platform.db.calls import (
     sqlstate,
 )
 from currencyex.platform.db.database import Database
-from currencyex.platform.db.idempotency import first_response, response_text
+from currencyex.platform.db.idempotency import check_in_flight, first_response, response_text
 from currencyex.platform.db.outbox import event_arguments
 from currencyex.platform.db.uow import UnitOfWork
 from currencyex.wallet.domain import (
@@ -118,6 +118,7 @@ def _journal_arguments(journal: Journal, limits: WalletLimits) -> dict[str, Any]
 
 def _refused(error: asyncpg.PostgresError) -> NoReturn:
     """A money function's refusal as the domain says it; any other error as it is."""
+    check_in_flight(error)
     state = sqlstate(error)
     if state == INSUFFICIENT_FUNDS:
         raise InsufficientFunds() from None

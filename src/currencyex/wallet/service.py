@@ -187,14 +187,19 @@ class WalletService:
         """Convert between the customer's own wallets at a quote they locked.
 
         The quote is taken before the Idempotency-Key is looked at: a repeat of a request
-        that went through finds its quote used, and then its first response is returned.
+        that went through finds its quote used, and then its first response is returned; a
+        repeat while the first runs is 1009 at once (`take_quote_or_replay`).
         """
         if customer.kyc_status is not KycStatus.APPROVED:
             raise KycNotApproved()
         owner = str(customer.user_id)
         once = PostOnce("wallet.exchange", owner, request)
         quote = await take_quote_or_replay(
-            self._rates, quote_id, customer.user_id, lambda: self._first_response(once)
+            self._rates,
+            quote_id,
+            customer.user_id,
+            request.claimant(once.scope, owner),
+            lambda: self._first_response(once),
         )
         if isinstance(quote, SavedResponse):
             return Movement.from_json(quote.body)
@@ -260,11 +265,10 @@ class WalletService:
         return Movement.from_json(saved.body)
 
     async def _first_response(self, once: PostOnce) -> SavedResponse | None:
-        """The response saved for `once`'s key, if a request has been through with it; a
-        concurrent first request with the key is waited for."""
+        """The response saved for `once`'s key, if a request has been through with it; 1009
+        while the request holding the key runs."""
         async with self._uow() as uow:
-            # Not committed: a key found free here stays free.
-            return await uow.idempotency.claim(
+            return await uow.idempotency.find(
                 once.scope, once.owner, once.request.key, once.request.fingerprint
             )
 

@@ -51,6 +51,13 @@ class MemoryCache:
         self._entries.pop(key, None)
         return None if entry is None else entry[0]
 
+    async def swap(self, key: str, value: bytes) -> bytes | None:
+        entry = self._live_entry(key)
+        if entry is None:
+            return None
+        self._entries[key] = (value, entry[1])
+        return entry[0]
+
     async def ping(self) -> None:
         return None
 
@@ -113,6 +120,11 @@ class RedisCache:
 
     async def pop(self, key: str) -> bytes | None:
         return _bytes_or_none(await self._redis.getdel(self._prefix + key))
+
+    async def swap(self, key: str, value: bytes) -> bytes | None:
+        had = await self._redis.set(self._prefix + key, value, xx=True, get=True, keepttl=True)
+        assert not isinstance(had, bool), "SET with GET answers with the value it replaced"
+        return _bytes_or_none(had)
 
     async def ping(self) -> None:
         await self._redis.ping()

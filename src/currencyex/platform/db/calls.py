@@ -16,6 +16,7 @@ import asyncpg
 INSUFFICIENT_FUNDS = "CX001"  # a wallet would go below its locked balance
 FEE_MISFIT = "CX002"  # a capture's fee does not fit in its hold
 REFERENCE_TAKEN = "CX003"  # a new remittance's reference exists already
+KEY_IN_FLIGHT = "CX009"  # an Idempotency-Key is being claimed by a request still running
 BALANCE_LIMIT = "CX010"  # a wallet would pass its balance limit
 
 

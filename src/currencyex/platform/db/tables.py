@@ -44,6 +44,8 @@ idempotency_keys = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("created_at", TIMESTAMP, nullable=False),
+    # Keys older than the settings' idempotency_key_ttl_seconds are pruned by this.
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 audit_log = sa.Table(

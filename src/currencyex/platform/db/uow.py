@@ -16,7 +16,7 @@ from currencyex.kernel.ports import AuditEntry, SavedResponse
 from currencyex.platform.db.audit import write_audit_entries
 from currencyex.platform.db.calls import call
 from currencyex.platform.db.database import Database
-from currencyex.platform.db.idempotency import first_response
+from currencyex.platform.db.idempotency import FIND, PRUNE, check_in_flight, first_response
 from currencyex.platform.db.outbox import write_events
 
 _MARK = """
@@ -192,17 +192,36 @@ class _Idempotency:
         self, scope: str, owner: str, key: str, request_hash: str
     ) -> SavedResponse | None:
         """Claim `key` for this request in the unit's transaction: None when it is new (go
-        ahead), else the first response (a holder still at work is waited for); 1007 for
-        another request."""
+        ahead), else the first response; 1007 for another request, 1009 (at once) while a
+        request holding the key is still running."""
         conn = await self._uow.transaction()
-        row = await conn.fetchrow(
-            *call(
-                "idempotency_claim",
-                scope=scope,
-                owner=owner,
-                key=key,
-                request_hash=request_hash,
-                created_at=datetime.now(UTC),
+        try:
+            row = await conn.fetchrow(
+                *call(
+                    "idempotency_claim",
+                    scope=scope,
+                    owner=owner,
+                    key=key,
+                    request_hash=request_hash,
+                    created_at=datetime.now(UTC),
+                )
             )
-        )
+        except asyncpg.PostgresError as error:
+            check_in_flight(error)
+            raise
         return None if row is None else first_response(row, request_hash)
+
+    async def find(
+        self, scope: str, owner: str, key: str, request_hash: str
+    ) -> SavedResponse | None:
+        """The first response to `key` without claiming it: None when no request has claimed
+        it (or its claim is not committed yet); 1007 for another request, 1009 while the
+        request holding it has not answered."""
+        row = await (await self._uow.connection()).fetchrow(FIND, scope, owner, key)
+        return None if row is None else first_response(row, request_hash)
+
+    async def prune(self, before: datetime) -> int:
+        """Forget the keys claimed before `before`: each is then free for a new request. How
+        many were forgotten."""
+        rows = await self._uow.alone(PRUNE, before)
+        return int(rows[0][0])

@@ -5,7 +5,7 @@ PENDING status on one was a claim nobody would ever decide. Existing staff lose 
 reason), and a check constraint keeps the two together: a customer has a status, staff none.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
