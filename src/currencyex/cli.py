@@ -27,7 +27,7 @@ from currencyex.kernel.principal import (
 )
 from currencyex.platform.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from currencyex.platform.db.migrate import upgrade
-from currencyex.platform.observability.logging import configure_logging
+from currencyex.platform.observability.logging import LineWriter, configure_logging
 from currencyex.platform.security.tokens import generate_key
 
 
@@ -255,7 +255,10 @@ _USES_DATABASE: frozenset[Callable[[Settings, argparse.Namespace], int]] = froze
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json, final=True)
+    # The long-running commands write their logs from a thread: the event loop never waits on
+    # stdout. The others keep their lines in order with what they print.
+    writer = LineWriter(sys.stdout) if args.run in (_serve, _worker) else None
+    configure_logging(settings.log_level, json=settings.log_json, final=True, writer=writer)
     if settings.database_url or args.run not in _USES_DATABASE:
         return int(args.run(settings, args))
     with _signals_end_the_command(), ExitStack() as leave:
