@@ -96,6 +96,9 @@ class RateService:
         # Each corridor's pricing on one snapshot, worked out at its first quote on it.
         self._priced_on: RateSnapshot | None = None
         self._corridors: dict[tuple[str, str], CorridorPricing] = {}
+        # Refetching rates the store lost: one fetch at a time, none soon after a failed one.
+        self._refill_lock = asyncio.Lock()
+        self._refill_not_before = float("-inf")  # monotonic seconds
 
     # Currencies and live rates
 
@@ -230,8 +233,25 @@ class RateService:
         now = self._clock.now()
         memo = self._memo
         if memo is None or now - memo[0] >= SNAPSHOT_REUSE:
-            memo = self._remember(ensure_fresh(await self._stored_snapshot(), now, self._max_age))
+            stored = await self._stored_snapshot()
+            if stored is None:
+                stored = await self._refill()
+            memo = self._remember(ensure_fresh(stored, now, self._max_age))
         return ensure_fresh(memo[1], now, self._max_age)
+
+    async def _refill(self) -> RateSnapshot | None:
+        """The rates again when the store has none: a Redis restarted without persistence
+        loses them, and the next regular refresh may be an hour away (a chaos run, bench/chaos.py,
+        saw quotes refused with 1008 until then). Fetched now, by one caller at a time, and not
+        again within RETRY_AFTER_FAILURE_SECONDS of a failed fetch."""
+        async with self._refill_lock:
+            stored = await self._stored_snapshot()  # another caller may have refilled it
+            if stored is not None or self._clock.monotonic() < self._refill_not_before:
+                return stored
+            if await self._refresh_logged():
+                return await self._stored_snapshot()
+            self._refill_not_before = self._clock.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+            return None
 
     def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
         self._memo = (self._clock.now(), snapshot.with_pegs(self._pegs))
