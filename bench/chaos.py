@@ -594,6 +594,7 @@ class Chaos:
     partner: Partner
     faults: Counter[str] = field(default_factory=Counter)
     log: list[str] = field(default_factory=list)
+    failed_restarts: int = 0  # a process or service not back in time (see the fault log)
     started: float = field(default_factory=time.monotonic)
 
     def note(self, text: str) -> None:
@@ -626,8 +627,13 @@ class Chaos:
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
             if time.monotonic() >= stop_at:
                 break
-            await self.revive()
-            await self.inject(self.rng.choice(FAULTS))
+            kind = self.rng.choice(FAULTS)
+            try:
+                await self.revive()
+                await self.inject(kind)
+            except RuntimeError as exc:  # a process that did not come back: noted, retried
+                self.failed_restarts += 1
+                self.note(f"{kind}: {exc}")
 
     async def inject(self, kind: str) -> None:
         rng, services, app = self.rng, self.services, self.app
@@ -968,7 +974,10 @@ async def chaos_run(args: argparse.Namespace, root: Path, children: list[Child])
             await faults
             load_seconds = time.monotonic() - started
         partner.mode = "ok"
-        await chaos.revive()
+        for _ in range(3):
+            with contextlib.suppress(RuntimeError):
+                await chaos.revive()
+                break
 
         db = await asyncpg.connect(services.pg_dsn)
         try:
@@ -1010,7 +1019,10 @@ async def chaos_run(args: argparse.Namespace, root: Path, children: list[Child])
     print(f"requests resent after 503 or 409/1009: {dict(sorted(tally.resent.items()))}")
     print(f"faults injected ({sum(chaos.faults.values())}): {dict(sorted(chaos.faults.items()))}")
     print(f"partner answers: {dict(sorted(partner.answers.items()))}")
-    print(f"processes found exited on their own (restarted): {exited or 'none'}")
+    print(
+        f"processes found exited on their own (restarted): {exited or 'none'}; "
+        f"restarts not healthy in time: {chaos.failed_restarts}"
+    )
     for check in checks:
         print(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.figure}")
         for failure in check.failures[:10]:
