@@ -45,6 +45,7 @@ from exchange import (
     ADMIN_PASSWORD,
     BENEFICIARY,
     CLI,
+    CUSTOMER_PASSWORD,
     free_port,
     login,
     server_env,
@@ -522,7 +523,7 @@ async def customer(load: Load, index: int) -> None:
             response = await load.client.post(path, json=doc, headers=headers)
             if response.status_code != 401:
                 break
-            token = await login(load.client, email, "bench-customer-pass-42")
+            token = await login(load.client, email, CUSTOMER_PASSWORD)
         return response
 
     serial = 0
