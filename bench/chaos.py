@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import random
@@ -392,6 +393,9 @@ class Partner:
         app.router.add_post("/payouts", self.pay)
         app.router.add_get("/payouts/{txn_id}", self.lookup)
         runner = web.AppRunner(app, access_log=None)
+        # A worker killed while sending a payout cuts its request off: aiohttp would print a
+        # traceback among the figures for what is, here, an expected fault.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         await runner.setup()
         await web.TCPSite(runner, HOST, port).start()
         return runner
