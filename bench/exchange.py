@@ -243,9 +243,11 @@ KYC_DOCUMENTS = (
 )
 
 
-async def submit_kyc(client: httpx.AsyncClient, customer: dict[str, str], email: str) -> None:
-    """Upload the three required documents and wait for the compliance check to put the
-    customer IN_REVIEW (a decision needs it)."""
+async def submit_kyc(
+    client: httpx.AsyncClient, customer: dict[str, str], email: str, wait: float = 30.0
+) -> None:
+    """Upload the three required documents and wait (up to `wait` seconds) for the compliance
+    check to put the customer IN_REVIEW (a decision needs it)."""
     for doc_type, content, content_type in KYC_DOCUMENTS:
         uploaded = await client.post(
             "/v1/docs/upload",
@@ -255,7 +257,7 @@ async def submit_kyc(client: httpx.AsyncClient, customer: dict[str, str], email:
         )
         if uploaded.status_code != 201:
             raise fail(f"upload {doc_type} for {email}", uploaded)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         me = await client.get("/v1/auth/me", headers=customer)
         if me.status_code == 200 and me.json()["kyc_status"] == "IN_REVIEW":
@@ -265,39 +267,75 @@ async def submit_kyc(client: httpx.AsyncClient, customer: dict[str, str], email:
 
 
 async def set_up_customer(
-    client: httpx.AsyncClient, admin: dict[str, str], run: str, index: int
-) -> str:
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    run: str,
+    index: int,
+    *,
+    teller: dict[str, str] | None = None,
+    deposit: str = DEPOSIT,
+    kyc_wait: float = 30.0,
+    journals: list[str] | None = None,
+) -> tuple[str, str]:
+    """Register customer `index`, have `admin` approve their KYC and `teller` (else `admin`)
+    deposit `deposit` USD and EUR (the deposits' journal ids appended to `journals`); their
+    user id and access token.
+
+    Each step may be a replay of one whose answer was lost (bench/chaos.py retries requests
+    through a transport that resends them): a registration answered 409/2004 was made, a
+    decision refused once the customer is APPROVED was made too."""
     email = f"bench-{run}-{index}@example.com"
     registered = await client.post(
         "/v1/auth/register",
         json={"email": email, "password": CUSTOMER_PASSWORD, "full_name": f"Bench {index}"},
     )
-    if registered.status_code != 201:
+    if registered.status_code not in (201, 409) or (
+        registered.status_code == 409 and registered.json().get("code") != 2004
+    ):
         raise fail(f"register {email}", registered)
-    user_id = registered.json()["id"]
     token = await login(client, email, CUSTOMER_PASSWORD)
-    await submit_kyc(client, {"Authorization": f"Bearer {token}"}, email)
+    customer = {"Authorization": f"Bearer {token}"}
+    me = await client.get("/v1/auth/me", headers=customer)
+    if me.status_code != 200:
+        raise fail(f"me {email}", me)
+    user_id = str(me.json()["id"])
+    await submit_kyc(client, customer, email, kyc_wait)
     approved = await client.post(
         f"/v1/admin/kyc/{user_id}/decision",
         json={"decision": "APPROVED", "reason": "benchmark customer"},
         headers=admin,
     )
     if approved.status_code != 200:
-        raise fail(f"approve {email}", approved)
+        again = await client.get("/v1/auth/me", headers=customer)
+        if again.status_code != 200 or again.json()["kyc_status"] != "APPROVED":
+            raise fail(f"approve {email}", approved)
     for currency in ("USD", "EUR"):
-        deposited = await client.post(
-            "/v1/wallet/deposit",
-            json={
-                "user_id": user_id,
-                "amount": DEPOSIT,
-                "currency": currency,
-                "reference": f"bench float {currency}",
-            },
-            headers={**admin, "Idempotency-Key": uuid.uuid4().hex},
-        )
+        # Another server process learns of the approval within LOCAL_PRINCIPAL_SECONDS
+        # (auth/service.py): until then it refuses the deposit with 403/1005.
+        patience = time.monotonic() + 15
+        while True:
+            deposited = await client.post(
+                "/v1/wallet/deposit",
+                json={
+                    "user_id": user_id,
+                    "amount": deposit,
+                    "currency": currency,
+                    "reference": f"bench float {currency}",
+                },
+                headers={
+                    **(teller or admin),
+                    "Idempotency-Key": f"deposit-{run}-{index}-{currency}",
+                },
+            )
+            refused = deposited.status_code == 403 and deposited.json().get("code") == 1005
+            if not refused or time.monotonic() > patience:
+                break
+            await asyncio.sleep(0.5)
         if deposited.status_code != 201:
             raise fail(f"deposit {currency} for {email}", deposited)
-    return token
+        if journals is not None:
+            journals.append(str(deposited.json()["journal_id"]))
+    return user_id, token
 
 
 async def set_up(server: Server, users: int, run: str) -> list[str]:
@@ -314,7 +352,7 @@ async def set_up(server: Server, users: int, run: str) -> list[str]:
 
         async def one(index: int) -> str:
             async with gate:
-                return await set_up_customer(client, admin, run, index)
+                return (await set_up_customer(client, admin, run, index))[1]
 
         return list(await asyncio.gather(*(one(i) for i in range(users))))
 

@@ -414,3 +414,21 @@ async def test_stale_rates_refuse_quotes_and_live_rates_with_1008(
     for response in (live, quote):
         assert response.status_code == 503, response.text
         assert response.json()["code"] == 1008
+
+
+async def test_rates_the_store_lost_are_fetched_again_at_the_next_quote(
+    make_settings: Callable[..., Any], clock: FakeClock
+) -> None:
+    # The embedded backend only: its cache is this app's own, where the real one is shared.
+    settings = await make_settings("embedded")
+    async with app_on_clock(settings, clock) as api:
+        _, headers = await signed_in(api)
+        # What a Redis restarted without persistence holds: no rates. The next regular
+        # refresh is an hour away.
+        await api.container.cache.delete(SNAPSHOT_KEY)
+        clock.advance(2)  # past the snapshot reuse window
+        quote = await post_quote(
+            api, headers, source_currency="USD", target_currency="EUR", source_amount="100"
+        )
+        assert quote.status_code == 201, quote.text
+        assert await api.container.cache.get(SNAPSHOT_KEY) is not None

@@ -108,6 +108,8 @@ class RateService:
         self._worked_on: RateSnapshot | None = None
         self._corridors: dict[tuple[str, str], CorridorPricing] = {}
         self._live: dict[tuple[str, tuple[str, ...]], LiveRates] = {}
+        # Rates the store lost are fetched again, but not soon after a failed fetch.
+        self._refill_not_before = float("-inf")  # monotonic seconds
 
     # Currencies and live rates
 
@@ -259,10 +261,25 @@ class RateService:
         now = self._clock.now()
         memo = self._memo
         if memo is None or now - memo[0] >= SNAPSHOT_REUSE:
-            # The requests in flight when the memo runs out share one read of the cache.
-            stored = await self._reads.run(SNAPSHOT_KEY, self._stored_snapshot)
+            # The requests in flight when the memo runs out share one read of the cache (and,
+            # when the store lost the rates, one fetch of them).
+            stored = await self._reads.run(SNAPSHOT_KEY, self._stored_or_refilled)
             memo = self._remember(ensure_fresh(stored, now, self._max_age))
         return ensure_fresh(memo[1], now, self._max_age)
+
+    async def _stored_or_refilled(self) -> RateSnapshot | None:
+        """The stored rates; when the store has none, fetched again now. A Redis restarted
+        without persistence loses them, and the next regular refresh may be an hour away (a
+        chaos run, bench/chaos.py, saw quotes refused with 1008 until then). Not fetched within
+        RETRY_AFTER_FAILURE_SECONDS of a failed fetch; called through `_reads`, so by one caller
+        at a time."""
+        stored = await self._stored_snapshot()
+        if stored is not None or self._clock.monotonic() < self._refill_not_before:
+            return stored
+        if await self._refresh_logged():
+            return await self._stored_snapshot()
+        self._refill_not_before = self._clock.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+        return None
 
     def _remember(self, snapshot: RateSnapshot) -> tuple[datetime, RateSnapshot]:
         """Keep `snapshot` (as read from the cache) with the pegs applied. The same rates read

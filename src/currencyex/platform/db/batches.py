@@ -27,6 +27,10 @@ INTERRUPTED: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
+    # The server ending the session (shutdown, pg_terminate_backend) or cancelling the batch:
+    # the statements must not be run again on that connection. A chaos run (bench/chaos.py)
+    # saw them then fail with asyncpg's InternalClientError, a 500 instead of a 503.
+    asyncpg.exceptions.OperatorInterventionError,
 )
 
 
