@@ -331,19 +331,31 @@ async def test_a_refresh_by_another_process_prices_quotes_within_a_second() -> N
 
 
 async def test_rates_stored_after_a_miss_are_used_at_once() -> None:
+    # This process cannot fetch rates (so it does not retry for a while); another one stores
+    # them: the next quote here uses them without waiting for that retry.
     clock = FakeClock()
     shared = MemoryCache(clock)
-    quoting = rate_service(FixedProvider({"USD": "1.1"}), clock, cache=shared)
+    unreachable = FixedProvider({"USD": "1.1"})
+    unreachable.failing = True
+    quoting = rate_service(unreachable, clock, cache=shared)
     with pytest.raises(RatesUnavailable):
         await quote_usd_eur(quoting)
     await rate_service(FixedProvider({"USD": "1.1"}), clock, cache=shared).refresh()
+    clock.advance(1.0)  # past the snapshot's one-second reuse
     await quote_usd_eur(quoting)
 
 
-async def test_quotes_before_any_refresh_are_1008() -> None:
-    service = rate_service(FixedProvider({"USD": "1.1"}), FakeClock())
+async def test_quotes_before_any_refresh_are_1008_when_the_provider_is_down() -> None:
+    provider = FixedProvider({"USD": "1.1"})
+    provider.failing = True
+    service = rate_service(provider, FakeClock())
     with pytest.raises(RatesUnavailable):
         await quote_usd_eur(service)
+
+
+async def test_a_quote_before_any_refresh_fetches_the_rates() -> None:
+    # The store may have lost them (a Redis restarted empty): the next read fetches them.
+    await quote_usd_eur(rate_service(FixedProvider({"USD": "1.1"}), FakeClock()))
 
 
 async def test_refresh_keeps_only_supported_currencies() -> None:
