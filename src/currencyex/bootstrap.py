@@ -72,7 +72,7 @@ from currencyex.wallet.service import WalletService
 from currencyex.workers import compliance, live_updates, payouts, txn_audit, wallets, welcome
 from currencyex.workers.housekeeping import Housekeeper
 from currencyex.workers.payouts import PayoutWorker
-from currencyex.workers.reconciliation import ReconciliationWorker
+from currencyex.workers.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -109,9 +109,12 @@ class Container:
     payout_partner: PayoutPartner
     payout_worker: PayoutWorker
     reconciliation: Reconciliation
-    reconciliation_worker: ReconciliationWorker
-    # Prunes Idempotency-Keys past their time, where the workers run.
+    # Asks the partner about the recent final transactions every so often (several processes
+    # may: a mismatch is recorded once however many passes find it).
+    reconciliation_worker: Periodic
+    # Prunes Idempotency-Keys past their time, every so often where the workers run.
     housekeeper: Housekeeper
+    housekeeping: Periodic
     # The live WebSocket connections of this process.
     hub: Hub
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -172,7 +175,7 @@ class Container:
             await subscribe_consumers(self)
             self.payout_worker.start()
             self.reconciliation_worker.start()
-            self.housekeeper.start()
+            self.housekeeping.start()
         await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
@@ -186,7 +189,7 @@ class Container:
             ("background", lambda: asyncio.gather(*self._background, return_exceptions=True)),
             ("payouts", lambda: self.payout_worker.stop(grace=3.0)),
             ("reconciliation", self.reconciliation_worker.stop),
-            ("housekeeping", self.housekeeper.stop),
+            ("housekeeping", self.housekeeping.stop),
             ("websockets", self.hub.close),
             ("relay", self.relay.stop),
             ("bus", self.bus.close),
@@ -371,6 +374,11 @@ def build(
         clock=clock,
         window_seconds=settings.reconcile_window_seconds,
     )
+    housekeeper = Housekeeper(
+        lambda: DatabaseUnitOfWork(db),
+        clock=clock,
+        key_ttl_seconds=settings.idempotency_key_ttl_seconds,
+    )
     breaker_metrics.declare(PAYOUT_BREAKER_SETTINGS.name)
     relay = OutboxRelay(
         db, bus, poll_seconds=settings.outbox_poll_seconds, batch=settings.outbox_batch
@@ -415,13 +423,16 @@ def build(
             payout_engine, poll_seconds=settings.payout_poll_seconds, batch=settings.payout_batch
         ),
         reconciliation=reconciliation,
-        reconciliation_worker=ReconciliationWorker(
-            reconciliation, interval_seconds=settings.reconcile_interval_seconds
+        reconciliation_worker=Periodic(
+            "reconciliation",
+            reconciliation.reconcile_recent,
+            every_seconds=settings.reconcile_interval_seconds,
+            wait_first=True,
         ),
-        housekeeper=Housekeeper(
-            lambda: DatabaseUnitOfWork(db),
-            clock=clock,
-            key_ttl_seconds=settings.idempotency_key_ttl_seconds,
+        housekeeper=housekeeper,
+        housekeeping=Periodic(
+            "housekeeping",
+            housekeeper.prune_once,
             every_seconds=settings.idempotency_prune_seconds,
         ),
         hub=Hub(

@@ -1,11 +1,12 @@
-"""The periodic reconciliation pass: runs every interval, outlives a failed pass, stops."""
+"""Periodic: a step runs every interval (the reconciliation pass here), outlives a failed step,
+stops; with wait_first, the first step after one interval."""
 
 from __future__ import annotations
 
 import asyncio
 
 from currencyex.remit.domain import ReconciliationReport
-from currencyex.workers.reconciliation import ReconciliationWorker
+from currencyex.workers.periodic import Periodic
 
 
 class CountingReconciler:
@@ -22,7 +23,9 @@ class CountingReconciler:
 
 async def test_a_pass_runs_every_interval_and_a_failed_one_does_not_stop_the_next() -> None:
     reconciler = CountingReconciler(fail_first=1)
-    worker = ReconciliationWorker(reconciler, interval_seconds=0.01)
+    worker = Periodic(
+        "reconciliation", reconciler.reconcile_recent, every_seconds=0.01, wait_first=True
+    )
 
     worker.start()
     for _ in range(200):
@@ -40,10 +43,23 @@ async def test_a_pass_runs_every_interval_and_a_failed_one_does_not_stop_the_nex
 
 async def test_the_first_pass_waits_one_interval() -> None:
     reconciler = CountingReconciler()
-    worker = ReconciliationWorker(reconciler, interval_seconds=60.0)
+    worker = Periodic(
+        "reconciliation", reconciler.reconcile_recent, every_seconds=60.0, wait_first=True
+    )
 
     worker.start()
     await asyncio.sleep(0.05)
     await worker.stop()
 
     assert reconciler.passes == 0
+
+
+async def test_without_wait_first_the_first_step_runs_at_once() -> None:
+    reconciler = CountingReconciler()
+    worker = Periodic("reconciliation", reconciler.reconcile_recent, every_seconds=60.0)
+
+    worker.start()
+    await asyncio.sleep(0.05)
+    await worker.stop()
+
+    assert reconciler.passes == 1
