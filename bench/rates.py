@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from exchange import CUSTOMER_PASSWORD, Server, database, fail, free_port, run_loop, server_env
+from exchange import (
+    CUSTOMER_PASSWORD,
+    Server,
+    database,
+    fail,
+    free_port,
+    login,
+    run_loop,
+    server_env,
+)
 
 # The targets of the issue: against the bare endpoint in the same run.
 THROUGHPUT_AT_LEAST = 0.4
@@ -101,12 +110,7 @@ async def customer_token(base: str, run: str) -> str:
         registered = await client.post("/v1/auth/register", json=body)
         if registered.status_code != 201:
             raise fail("register", registered)
-        login = await client.post(
-            "/v1/auth/login", json={"email": email, "password": CUSTOMER_PASSWORD}
-        )
-        if login.status_code != 200:
-            raise fail("login", login)
-        return str(login.json()["access_token"])
+        return await login(client, email, CUSTOMER_PASSWORD)
 
 
 def start_bare(folder: Path, body: object) -> tuple[subprocess.Popen[bytes], str]:
