@@ -69,11 +69,17 @@ ERROR_RESPONSES = error_responses(
 UNPARSEABLE_BODY = {400: "Body not JSON: malformed, or sent as another content type (1011)"}
 
 
-def error_response(request: Request, error: AppError, *, status: int | None = None) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
+def error_body(error: AppError, request_id: str | None) -> dict[str, Any]:
+    """The JSON of an error answer (API.md): its code, message and request id, and details."""
     body: dict[str, Any] = {"code": error.code, "message": error.message, "request_id": request_id}
     if error.details is not None:
         body["details"] = error.details
+    return body
+
+
+def error_response(request: Request, error: AppError, *, status: int | None = None) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    body = error_body(error, request_id)
     headers = {"X-Request-ID": request_id} if request_id else {}
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after)

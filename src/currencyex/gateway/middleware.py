@@ -11,13 +11,13 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from currencyex.gateway.errors import error_body
 from currencyex.kernel.errors import AppError, HeadersTooLarge, PayloadTooLarge
 from currencyex.platform.observability.metrics import Metrics
 
@@ -200,11 +200,7 @@ class RequestContextMiddleware:
 
     async def _refuse(self, send: Send, request_id: str, error: AppError) -> None:
         """Answer `error` before the app has seen the request."""
-        body: dict[str, Any] = {
-            "code": error.code,
-            "message": error.message,
-            "request_id": request_id,
-        }
+        body = error_body(error, request_id)
         headers = [
             *self.headers,
             (b"content-type", b"application/json"),
