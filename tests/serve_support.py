@@ -104,6 +104,19 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def run_cli(
+    database_url: str, tmp_path: Path, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """One `currencyex` command as an operator runs it, on `database_url` with a data folder in
+    `tmp_path` and these CURRENCYEX_* `settings` (lower-case names), nothing else of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
+    env.update(CURRENCYEX_DATABASE_URL=database_url, CURRENCYEX_DATA_DIR=str(tmp_path / "var"))
+    env.update({f"CURRENCYEX_{name.upper()}": value for name, value in settings.items()})
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def real_services_env(database_url: str) -> dict[str, str]:
     """The settings that put a process on PostgreSQL (`database_url`), Redis and NATS."""
     return {

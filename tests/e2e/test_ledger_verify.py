@@ -4,12 +4,12 @@ traceback, whatever the database holds or when it cannot be reached."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from serve_support import run_cli
 
 from conftest import free_port, query
 
@@ -17,16 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def verify(database_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
-    env.update(CURRENCYEX_DATABASE_URL=database_url, CURRENCYEX_DATA_DIR=str(tmp_path / "var"))
-    return subprocess.run(
-        [sys.executable, "-m", "currencyex.cli", "ledger", "verify"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(database_url, tmp_path, "ledger", "verify")
 
 
 def test_clean_books_are_reported_ok(pg_url: str, tmp_path: Path) -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from currencyex.kernel.ids import new_id
+from serve_support import run_cli
 
 from conftest import free_port, query
 
@@ -40,19 +39,8 @@ _BENEFICIARY = json.dumps(
 
 
 def reconcile(database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCYEX_")}
-    env.update(
-        CURRENCYEX_DATABASE_URL=database_url,
-        CURRENCYEX_DATA_DIR=str(tmp_path / "var"),
-        CURRENCYEX_PAYOUT_SIMULATED_LATENCY_SECONDS="0",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "currencyex.cli", "payouts", "reconcile", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return run_cli(
+        database_url, tmp_path, "payouts", "reconcile", *args, payout_simulated_latency_seconds="0"
     )
 
 
