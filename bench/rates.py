@@ -6,7 +6,7 @@ httptools, uvloop), measured by wrk in one run.
 Loopback only, bounded (wrk runs `--seconds` per endpoint), stops by itself and removes what it
 made (a database, a data folder, both servers). Needs `wrk` (Debian: apt-get install wrk).
 
-    .venv/bin/python bench/rates.py [--connections 64] [--seconds 10] [--threads 1]
+    .venv/bin/python bench/rates.py [--connections 64] [--seconds 10] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,21 @@ def start_bare(folder: Path, body: object) -> tuple[subprocess.Popen[bytes], str
     raise RuntimeError("the bare endpoint did not start")
 
 
+def median(results: list[Result]) -> Result:
+    """Each figure's median over the rounds (the middle one, or the mean of the two middle)."""
+
+    def middle(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return Result(
+        requests_per_second=middle([r.requests_per_second for r in results]),
+        p50_ms=middle([r.p50_ms for r in results]),
+        p99_ms=middle([r.p99_ms for r in results]),
+        non_2xx=sum(r.non_2xx for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
 def report(name: str, ours: Result, bare: Result) -> bool:
     throughput = ours.requests_per_second / bare.requests_per_second
     tail = ours.p99_ms / bare.p99_ms
@@ -184,18 +200,22 @@ def bench(args: argparse.Namespace) -> int:
             )
             print(
                 f"wrk: {args.connections} keep-alive connections, {args.seconds} s each, "
-                f"{args.threads} thread(s); one serve process, log level {args.log_level}; "
-                f"{os.cpu_count()} CPUs"
+                f"{args.threads} thread(s), medians of {args.rounds} alternating rounds; "
+                f"one serve process, log level {args.log_level}; {os.cpu_count()} CPUs"
             )
             ok = True
             for name, path, script in (
                 ("GET /v1/rates/live?base=USD", "/v1/rates/live?base=USD", get_live),
                 ("POST /v1/remit/quote", "/v1/remit/quote", post_quote),
             ):
-                ours = measure(base + path, script=script)
                 bare_path = "/live" if script is get_live else "/quote"
-                theirs = measure(bare_base + bare_path, script=script)
-                ok = report(name, ours, theirs) and ok
+                # Ours and the bare endpoint take turns, and each figure is the median of its
+                # rounds: a shared machine's slow spell then falls on both sides alike.
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    ours.append(measure(base + path, script=script))
+                    theirs.append(measure(bare_base + bare_path, script=script))
+                ok = report(name, median(ours), median(theirs)) and ok
             return 0 if ok else 1
         finally:
             if bare is not None:
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of ours and bare per endpoint (default 3)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the server's (default INFO)")
     return bench(parser.parse_args(argv))
 

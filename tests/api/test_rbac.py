@@ -231,6 +231,18 @@ async def test_protected_route_without_token_is_401_token_missing(
     assert response.json()["code"] == 2002
 
 
+async def test_the_guard_comes_before_the_body_is_read(api: Any) -> None:
+    """A stranger learns nothing from how a body is refused, and costs no parse: no token is 401
+    whatever the body; with a token, the same malformed body is 400/1011."""
+    malformed = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    stranger = await api.http.post("/v1/remit/quote", **malformed)
+    assert (stranger.status_code, stranger.json()["code"]) == (401, 2002)
+    _, token = await api.user_token()
+    headers = {**malformed["headers"], **api.bearer(token)}
+    customer = await api.http.post("/v1/remit/quote", content=malformed["content"], headers=headers)
+    assert (customer.status_code, customer.json()["code"]) == (400, 1011)
+
+
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 async def test_protected_route_with_garbage_token_is_401_token_invalid(
     api: Any, method: str, path: str

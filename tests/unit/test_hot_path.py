@@ -10,12 +10,15 @@ import casbin
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
+from currencyex import app as app_module
 from currencyex.app import create_app
 from currencyex.bootstrap import build
 from currencyex.config import Settings
 from currencyex.gateway.guard import POLICY_DIR, Policy, load_enforcer
+from currencyex.gateway.routes import GuardedRoute, LeanRoute
 from currencyex.kernel.errors import InvalidToken
 from currencyex.platform.security.tokens import TokenIssuer, load_keys
 
@@ -235,4 +238,24 @@ def test_no_route_dependency_runs_in_a_thread(tmp_path):
     sync = {getattr(call, "__qualname__", repr(call)) for call in calls if not _is_async(call)}
     assert sync == set()
     names = {getattr(call, "__name__", "") for call in calls}
-    assert {"guard", "auth_service", "wallet_service", "rate_service", "current_principal"} <= names
+    assert {"auth_service", "wallet_service", "rate_service", "current_principal"} <= names
+
+
+def test_every_route_runs_the_guard(tmp_path):
+    app = create_app(build(Settings(data_dir=tmp_path)), manage_lifecycle=False)
+    routes = list(api_routes(app.routes))
+    assert len(routes) > 10
+    assert all(isinstance(route, GuardedRoute) for route in routes)
+    assert any(isinstance(route, LeanRoute) for route in routes)
+
+
+def test_the_app_refuses_a_route_without_the_guard(tmp_path, monkeypatch):
+    router = APIRouter()
+
+    @router.get("/unguarded")
+    async def unguarded() -> dict[str, str]:
+        return {}
+
+    monkeypatch.setattr(app_module, "ROUTERS", (*app_module.ROUTERS, router))
+    with pytest.raises(TypeError, match="/unguarded is not a GuardedRoute"):
+        create_app(build(Settings(data_dir=tmp_path)), manage_lifecycle=False)

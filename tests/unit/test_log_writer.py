@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 
-from currencyex.platform.observability.logging import LineWriter
+from currencyex.platform.observability.logging import LineWriter, _json_line
 
 
 class StuckStream(io.StringIO):
@@ -67,3 +71,27 @@ def test_flush_writes_what_is_queued() -> None:
     writer.msg("two")
     writer.flush()
     assert stream.getvalue().splitlines()[-2:] == ["one", "two"]
+
+
+def test_a_json_line_carries_what_the_standard_encoder_would() -> None:
+    event = {
+        "event": "request",
+        "status": 200,
+        "user_id": uuid.UUID(int=7),
+        "amount": Decimal("1.10"),
+        7: "a key that is no string",
+        "huge": 2**70,  # beyond orjson's 64 bits: the standard encoder takes the line
+    }
+    expected = {
+        "event": "request",
+        "status": 200,
+        "user_id": str(uuid.UUID(int=7)),
+        "amount": "1.10",
+        "7": "a key that is no string",
+        "huge": 2**70,
+    }
+    assert json.loads(_json_line(event, default=str)) == expected
+    del event["huge"], expected["huge"]
+    when = datetime(2026, 12, 3, 4, 30, tzinfo=UTC)
+    line = json.loads(_json_line({**event, "at": when}, default=str))
+    assert line == {**expected, "at": when.isoformat()}

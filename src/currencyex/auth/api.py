@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool
 
 from currencyex.auth.domain import (
@@ -20,6 +20,7 @@ from currencyex.gateway.errors import UNPARSEABLE_BODY, Strict, error_responses
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import Limit, rate_limited
 from currencyex.gateway.pagination import IdCursor, decode_id_cursor, encode_id_cursor
+from currencyex.gateway.routes import api_router
 from currencyex.kernel.errors import InvalidCredentials
 from currencyex.kernel.principal import (
     KycStatus,
@@ -37,8 +38,8 @@ async def auth_service(request: Request) -> AuthService:
 
 Auth = Annotated[AuthService, Depends(auth_service)]
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
-admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = api_router(prefix="/v1/auth", tags=["auth"])
+admin = api_router(prefix="/v1/admin", tags=["admin"])
 
 # The statuses a route adds to the common ones.
 NEW_ACCOUNT = {

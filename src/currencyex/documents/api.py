@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
@@ -38,6 +38,7 @@ from currencyex.gateway.pagination import (
     encode_id_cursor,
     encode_time_id_cursor,
 )
+from currencyex.gateway.routes import api_router
 from currencyex.kernel.errors import NotFound
 from currencyex.kernel.principal import (
     KycStatus,
@@ -61,8 +62,8 @@ UPLOAD_PATH = PREFIX + UPLOAD
 # The upload route checks the file as it streams; the request-size limit bounds the whole body.
 UPLOAD_BODY_LIMIT = MAX_DOCUMENT_BYTES + MULTIPART_OVERHEAD
 
-router = APIRouter(prefix=PREFIX, tags=["documents"])
-admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = api_router(prefix=PREFIX, tags=["documents"])
+admin = api_router(prefix="/v1/admin", tags=["admin"])
 
 Limit = Annotated[int, Query(ge=1, le=200)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -1,9 +1,10 @@
 """The guard every route passes: global limit, Casbin policy on the route template, tier limit,
 then the route's own limit (`gateway.limits.rate_limited`).
 
-It runs as an app-wide dependency, so a route cannot opt out; the policy file denies by default.
-Every dependency here is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
-a hop per dependency per request that these few attribute reads do not need.
+Every route of the API is a `gateway.routes.GuardedRoute`, which runs it before anything else of
+the request (the app refuses a router with another kind of route), so a route cannot opt out; the
+policy file denies by default. `current_principal` is `async def`: FastAPI runs a plain `def`
+dependency in a worker thread, a hop per request that an attribute read does not need.
 """
 
 from __future__ import annotations
@@ -164,14 +165,14 @@ async def guard(request: Request) -> None:
         raise InvalidToken()
     principal = await services.auth_client.authenticate(token)
     request.state.principal = principal
-    structlog.contextvars.bind_contextvars(user_id=str(principal.user_id))
+    structlog.contextvars.bind_contextvars(user_id=principal.user_ref)
     if not allowed(principal.role.value, template, method):
         raise Forbidden()
     tier = principal.tier.value
     per_minute = settings.tier_limits_per_minute.get(tier)
     if per_minute:
         await limiter.check(
-            request, _limit(f"tier_{tier}", per_minute, 60.0), f"user:{principal.user_id}"
+            request, _limit(f"tier_{tier}", per_minute, 60.0), f"user:{principal.user_ref}"
         )
     await _take_route_limit(request, route, limiter)
 

@@ -181,7 +181,7 @@ class RateLimit:
 
     async def take(self, request: Request, limiter: RateLimiter) -> None:
         if self.per == "user" and getattr(request.state, "principal", None) is not None:
-            key = f"user:{request.state.principal.user_id}"
+            key = f"user:{request.state.principal.user_ref}"
         elif self.per == "global":
             key = "all"
         else:

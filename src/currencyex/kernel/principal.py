@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -43,6 +43,12 @@ class Principal:
     tier: Tier
     kyc_status: KycStatus | None  # None for staff: KYC is a customer's verification
     disabled: bool
+    # The user id as text, made once: the guard puts it in the log context and the rate-limit
+    # keys of every request, and a UUID is formatted anew each time it is made text.
+    user_ref: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_ref", str(self.user_id))
 
 
 class Authenticator(Protocol):

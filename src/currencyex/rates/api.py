@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Self
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from currencyex.gateway.edge import app_state
@@ -13,6 +13,7 @@ from currencyex.gateway.errors import UNPARSEABLE_BODY, Strict, error_responses
 from currencyex.gateway.fields import Amount, CurrencyCode
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.limits import rate_limited
+from currencyex.gateway.routes import LeanRoute, api_router
 from currencyex.kernel.money import Money
 from currencyex.rates.domain import LiveRates, Quote, SupportedCurrency, format_rate
 from currencyex.rates.service import RateService
@@ -26,8 +27,8 @@ async def rate_service(request: Request) -> RateService:
 
 Rates = Annotated[RateService, Depends(rate_service)]
 
-router = APIRouter(prefix="/v1/rates", tags=["rates"])
-quotes = APIRouter(prefix="/v1/remit", tags=["rates"])
+router = api_router(prefix="/v1/rates", tags=["rates"])
+quotes = api_router(prefix="/v1/remit", tags=["rates"])
 
 # The statuses a route adds to the common ones; 422 covers what no pattern can say.
 UNSUPPORTED = {
@@ -137,12 +138,34 @@ def _amount(value: str | None, code: str, field: str) -> Money | None:
     return None if value is None else Money.parse(value, code, field=field)
 
 
-@router.get("/currencies")
 async def currencies(rates: Rates) -> CurrenciesOut:
     return CurrenciesOut(items=[CurrencyOut.of(spec) for spec in rates.currencies()])
 
 
-@router.get("/live", responses=error_responses(UNSUPPORTED))
+class RenderedLive:
+    """The JSON answer of each LiveRates, made once. The service keeps one LiveRates for each
+    (base, symbols) asked until the rates change, so the same object comes back request after
+    request; turning its 30-odd rates into text was a fifth of the route's CPU."""
+
+    LIMIT = 512  # entries: far above the distinct asks of one snapshot; a bound all the same
+
+    def __init__(self) -> None:
+        # id -> (the object, its JSON): holding the object keeps its id from being reused.
+        self._known: dict[int, tuple[LiveRates, bytes]] = {}
+
+    def __call__(self, live: LiveRates) -> Response:
+        known = self._known.get(id(live))
+        if known is None or known[0] is not live:
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            known = (live, LiveRatesOut.of(live).model_dump_json().encode())
+            self._known[id(live)] = known
+        return Response(known[1], media_type="application/json")
+
+
+_rendered_live = RenderedLive()
+
+
 @rate_limited("rates_live", 60)
 async def live(
     rates: Rates,
@@ -155,8 +178,21 @@ async def live(
             examples=["EUR,GBP"],
         ),
     ] = None,
-) -> LiveRatesOut:
-    return LiveRatesOut.of(await rates.live(base, _codes(symbols)))
+) -> Response:
+    return _rendered_live(await rates.live(base, _codes(symbols)))
+
+
+# The most frequent reads of the API: lean routes (gateway/routes.py), live rates first (see
+# app.ROUTERS on the order).
+router.add_api_route(
+    "/live",
+    live,
+    methods=["GET"],
+    response_model=LiveRatesOut,
+    responses=error_responses(UNSUPPORTED),
+    route_class_override=LeanRoute,
+)
+router.add_api_route("/currencies", currencies, methods=["GET"], route_class_override=LeanRoute)
 
 
 @quotes.post("/quote", status_code=201, responses=error_responses(QUOTE_REFUSALS))

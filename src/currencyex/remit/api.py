@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from currencyex.gateway.edge import app_state
@@ -16,6 +16,7 @@ from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
 from currencyex.gateway.pagination import IdCursor, decode_id_cursor, encode_id_cursor
+from currencyex.gateway.routes import api_router
 from currencyex.remit.domain import (
     Beneficiary,
     Mismatch,
@@ -44,8 +45,8 @@ async def reconciliation_service(request: Request) -> Reconciliation:
 Remit = Annotated[RemitService, Depends(remit_service)]
 Reconciler = Annotated[Reconciliation, Depends(reconciliation_service)]
 
-router = APIRouter(prefix="/v1/remit", tags=["remit"])
-admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = api_router(prefix="/v1/remit", tags=["remit"])
+admin = api_router(prefix="/v1/admin", tags=["admin"])
 
 SEND_REFUSALS = {
     400: "Insufficient wallet balance (1001), or the body is not JSON (1011)",

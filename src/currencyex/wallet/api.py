@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from currencyex.gateway.edge import app_state
@@ -15,6 +15,7 @@ from currencyex.gateway.fields import Amount, CurrencyCode, Timestamp
 from currencyex.gateway.guard import CurrentPrincipal
 from currencyex.gateway.idempotency import Idempotent
 from currencyex.gateway.limits import rate_limited
+from currencyex.gateway.routes import api_router
 from currencyex.kernel.errors import ValidationFailed
 from currencyex.kernel.money import Money
 from currencyex.wallet.domain import StatementQuery
@@ -29,7 +30,7 @@ async def wallet_service(request: Request) -> WalletService:
 
 Wallets = Annotated[WalletService, Depends(wallet_service)]
 
-router = APIRouter(prefix="/v1/wallet", tags=["wallet"])
+router = api_router(prefix="/v1/wallet", tags=["wallet"])
 
 IDEMPOTENT_CONFLICT = {409: "A request with this Idempotency-Key is still in progress (1009)"}
 DEPOSIT_REFUSALS = {

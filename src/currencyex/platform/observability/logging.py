@@ -11,12 +11,15 @@ from __future__ import annotations
 import atexit
 import collections
 import functools
+import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 _SECRET_WORDS = ("password", "token", "authorization", "secret", "cookie", "api_key")
@@ -46,11 +49,16 @@ class LineWriter:
     lines behind (stdout blocked), further lines are dropped and counted, and the count is
     written once it catches up: a stuck log reader never stops the service, nor fills its
     memory. What is still queued when the process exits is written then.
+
+    After each write the thread lingers (`linger` seconds) before it looks again, so that under
+    load a write carries many lines and a request seldom has to wake the thread: each wake-up is
+    a handover of the interpreter between the threads (GIL), which the event loop pays for.
     """
 
-    def __init__(self, stream: TextIO, *, capacity: int = 100_000) -> None:
+    def __init__(self, stream: TextIO, *, capacity: int = 100_000, linger: float = 0.02) -> None:
         self._stream = stream
         self._capacity = capacity
+        self._linger = linger
         self._lines: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one drain at a time: the thread's, or flush()'s
@@ -89,6 +97,17 @@ class LineWriter:
                 self.flush()
             except (OSError, ValueError):  # stdout closed or gone: nothing left to write to
                 return
+            time.sleep(self._linger)
+
+
+def _json_line(event: Any, **options: Any) -> str:
+    """A log line's JSON, by orjson (a quarter of the standard encoder's time, on a line per
+    request); what it refuses (an integer beyond 64 bits) goes to the standard encoder."""
+    default = options.get("default")
+    try:
+        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, default=default)
 
 
 def configure_logging(
@@ -101,7 +120,11 @@ def configure_logging(
     built on its first call, so a call below the level costs next to nothing; later calls to
     this function are then not seen by loggers used before them.
     """
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_json_line)
+        if json
+        else structlog.dev.ConsoleRenderer()
+    )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
