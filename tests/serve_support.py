@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +34,17 @@ from conftest import (
 )
 
 CLI = [sys.executable, "-m", "currencyex.cli"]
+
+
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a log, parsed (other lines, and one cut short while being written, are
+    left out): tests look at fields, not at how the encoder spaces them."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
 
 
 class Server:
@@ -80,6 +93,9 @@ class Server:
 
     def logs(self) -> str:
         return "\n".join(path.read_text(errors="replace") for _, path in self.processes)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        return json_events(self.logs())
 
     def stop(self) -> None:
         for process, _ in self.processes:

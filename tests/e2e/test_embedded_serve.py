@@ -7,11 +7,11 @@ of them does; a `serve` killed with SIGKILL does not stop the next from starting
 
 from __future__ import annotations
 
-import json
 import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +20,7 @@ from serve_support import (
     Server,
     base_env,
     ip,
+    json_events,
     login,
     postmaster_pid,
     stop_leftover_postgres,
@@ -92,10 +93,10 @@ def stop_with_sigterm(server: Server) -> None:
     assert process.returncode in (0, 128 + signal.SIGTERM), server.logs()  # not killed
 
 
-def embedded_events(logs: str) -> list[dict[str, object]]:
+def embedded_events(logs: str) -> list[dict[str, Any]]:
     """The embedded server's lines of a process's JSON log: created, started, joined, stopped."""
-    lines = (json.loads(line) for line in logs.splitlines() if line.startswith("{"))
-    return [line for line in lines if str(line.get("event", "")).startswith("embedded postgres")]
+    events = json_events(logs)
+    return [line for line in events if str(line.get("event", "")).startswith("embedded postgres")]
 
 
 def test_data_survives_a_restart_of_serve(folder: Folder) -> None:
@@ -125,7 +126,7 @@ def test_two_serves_of_one_folder_share_one_server_until_the_last_stops(folder: 
     two.wait_healthy()
     email, password = register(one)
     can_log_in(two, email, password)
-    pids = {e["pid"] for e in embedded_events(one.logs() + two.logs()) if "pid" in e}
+    pids = {e["pid"] for e in embedded_events(one.logs() + "\n" + two.logs()) if "pid" in e}
     assert pids == {postmaster_pid(folder.postgres)}
     # A command run meanwhile joins the same server, and leaves it running.
     migrate = one.run("migrate")
