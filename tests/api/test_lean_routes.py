@@ -1,6 +1,7 @@
-"""A LeanRoute answers as FastAPI's own handler does (gateway/routes.py): the same requests, sent
-to the app with its lean routes and again with each swapped for a GuardedRoute of the same
-declaration, get the same statuses, bodies and headers. And a route a lean handler cannot serve
+"""A LeanRoute answers as FastAPI's own handler does (gateway/routes.py): the same requests
+(query strings, and quote bodies well and badly formed), sent to the app with its lean routes
+and again with each swapped for a GuardedRoute of the same declaration, get the same statuses,
+bodies and headers. And a route a lean handler cannot serve
 is refused when it is built."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from pydantic import BaseModel
 
 from currencyex.gateway.routes import GuardedRoute, LeanRoute
@@ -40,7 +41,43 @@ REQUESTS: list[tuple[str, str, bool]] = [
     ("GET", "/v1/rates/currencies?base=USD", True),
     ("GET", "/v1/rates/currencies", False),
 ]
+QUOTE = "/v1/remit/quote"
+GOOD_QUOTE = b'{"source_currency": "USD", "target_currency": "EUR", "source_amount": "100.00"}'
+JSON = "application/json"
+# (body, content type, with the customer's token)
+BODIES: list[tuple[bytes, str | None, bool]] = [
+    (GOOD_QUOTE, JSON, True),
+    (b'{"source_currency": "USD", "target_currency": "EUR", "target_amount": "50"}', JSON, True),
+    (GOOD_QUOTE, "application/json; charset=utf-8", True),
+    (GOOD_QUOTE, "application/vnd.quote+json", True),
+    (GOOD_QUOTE, "APPLICATION/JSON", True),
+    (GOOD_QUOTE, "text/plain", True),
+    (GOOD_QUOTE, None, True),
+    (b"", JSON, True),
+    (b"{not json", JSON, True),
+    (b"\xff\xfe", JSON, True),
+    (b"[]", JSON, True),
+    (b'"text"', JSON, True),
+    (b"{}", JSON, True),
+    (b'{"source_currency": "USD", "target_currency": "EUR"}', JSON, True),
+    (
+        b'{"source_currency": "USD", "target_currency": "EUR", "source_amount": "1", '
+        b'"target_amount": "1"}',
+        JSON,
+        True,
+    ),
+    (b'{"source_currency": "usd", "target_currency": "EUR", "source_amount": "1"}', JSON, True),
+    (b'{"source_currency": "XXX", "target_currency": "EUR", "source_amount": "1"}', JSON, True),
+    (b'{"source_currency": "USD", "target_currency": "EUR", "source_amount": 1}', JSON, True),
+    (b'{"source_currency": "USD", "target_currency": "EUR", "source_amount": "1.001"}', JSON, True),
+    (b'{"source_currency": "USD", "target_currency": "USD", "source_amount": "1"}', JSON, True),
+    (GOOD_QUOTE[:-1] + b', "extra": 1}', JSON, True),
+    (GOOD_QUOTE, JSON, False),
+    (b"{not json", JSON, False),
+]
 COMPARED_HEADERS = ("content-type", "cache-control", "allow", "www-authenticate")
+# What differs from one quote to the next.
+PER_QUOTE = ("request_id", "quote_id", "expires_at")
 
 
 def as_guarded(app: FastAPI) -> int:
@@ -62,16 +99,25 @@ def as_guarded(app: FastAPI) -> int:
     return swapped
 
 
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], Any]:
+    body = response.json()
+    if isinstance(body, dict):
+        for name in PER_QUOTE:
+            body.pop(name, None)
+    kept = {name: response.headers.get(name, "") for name in COMPARED_HEADERS}
+    return response.status_code, kept, body
+
+
 async def answers(api: Api, token: str) -> list[tuple[int, dict[str, str], Any]]:
     seen = []
     for method, url, signed in REQUESTS * 2:  # twice: a repeat may be served from memory
         headers = api.bearer(token) if signed else {}
-        response = await api.http.request(method, url, headers=headers)
-        body = response.json()
-        if isinstance(body, dict):
-            body.pop("request_id", None)
-        kept = {name: response.headers.get(name, "") for name in COMPARED_HEADERS}
-        seen.append((response.status_code, kept, body))
+        seen.append(answer(await api.http.request(method, url, headers=headers)))
+    for content, content_type, signed in BODIES:
+        headers = api.bearer(token) if signed else {}
+        if content_type is not None:
+            headers["content-type"] = content_type
+        seen.append(answer(await api.http.post(QUOTE, content=content, headers=headers)))
     return seen
 
 
@@ -83,12 +129,12 @@ async def test_lean_routes_answer_as_fastapi_does(make_settings: Callable[..., A
         assert isinstance(transport, httpx.ASGITransport)
         app = transport.app
         assert isinstance(app, FastAPI)
-        assert as_guarded(app) == 2  # live rates and the currencies
+        assert as_guarded(app) == 3  # live rates, the currencies and the quote
         assert not any(isinstance(route, LeanRoute) for route in app.router.routes)
         guarded = await answers(api, token)
     assert lean == guarded
     statuses = {status for status, _, _ in lean}
-    assert {200, 401, 405, 422} <= statuses  # the cases reached every kind of answer
+    assert {200, 201, 400, 401, 405, 422} <= statuses  # the cases reached every kind of answer
     assert lean[0][0] == 200
     assert set(lean[0][2]) == {"base", "rates", "as_of", "source", "fetched_at"}
 
@@ -122,8 +168,16 @@ def _sync_dependency(request: Request) -> None:
     return None
 
 
-async def _body(body: Out) -> Out:
+async def _two_bodies(one: Out, two: Out) -> Out:
+    return one
+
+
+async def _embedded_body(body: Annotated[Out, Body(embed=True)]) -> Out:
     return body
+
+
+async def _scalar_body(value: Annotated[str, Body()]) -> Out:
+    return Out(value=value)
 
 
 async def _header(x_thing: Annotated[str, Header()]) -> Out:
@@ -149,7 +203,9 @@ def _sync_endpoint() -> Out:
 @pytest.mark.parametrize(
     "endpoint",
     [
-        _body,
+        _two_bodies,
+        _embedded_body,
+        _scalar_body,
         _header,
         _list_query,
         _dependency_with_parameters,

@@ -1,6 +1,6 @@
 """The routes of the API: every router is made by `api_router`, every route is a `GuardedRoute`
-(the guard runs before anything else of the request), and the hottest simple reads are
-`LeanRoute`s.
+(the guard runs before anything else of the request), and the hottest simple routes (live
+rates, currencies, the quote) are `LeanRoute`s.
 
 FastAPI's request handler works out an endpoint's dependencies and parameters anew on every
 request: about 60 us of CPU for `GET /v1/rates/live`, more than the rest of its answer
@@ -8,14 +8,16 @@ request: about 60 us of CPU for `GET /v1/rates/live`, more than the rest of its 
 of parameter such a route has, prepared once when the route is built: dependencies that take only
 the request (resolved in order, each once), query parameters checked by the very fields FastAPI
 built from the endpoint's signature (so the OpenAPI document, the checks and their 422 answers
-stay FastAPI's), and a pydantic model or a Response returned. A route asking for anything else
-(a body, headers, a dependency with parameters of its own) fails when it is built, not when it
-is called. `tests/api/test_lean_routes.py` holds both classes to the same answers.
+stay FastAPI's), at most one JSON body that is one pydantic model, and a pydantic model or a
+Response returned. A route asking for anything else (headers, path parameters, a dependency with
+parameters of its own) fails when it is built, not when it is called.
+`tests/api/test_lean_routes.py` holds both classes to the same answers.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Coroutine
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -25,6 +27,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError, create_model
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
@@ -72,7 +75,7 @@ class LeanRoute(GuardedRoute):
 
     Its handler runs in Starlette's request-response wrapper, not FastAPI's, which opens two
     exit stacks a request for dependencies that clean up after the answer (a lean route has
-    none) and limits the body (a lean route reads none; the request context limits it still).
+    none) and limits the body (the request context limits every body already).
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
@@ -92,6 +95,7 @@ def lean_handler(route: APIRoute) -> Handler:
         if sub.call is not None
     )
     query = _query_model(route.name, dependant)
+    body = JsonBody(dependant.body_params[0]) if dependant.body_params else None
     request_name = dependant.request_param_name
     endpoint = dependant.call
     assert endpoint is not None
@@ -105,6 +109,8 @@ def lean_handler(route: APIRoute) -> Handler:
                 values[name] = value
         if query is not None:
             values.update(query(request))
+        if body is not None:
+            values[body.name] = await body(request)
         if request_name is not None:
             values[request_name] = request
         result = await endpoint(**values)
@@ -156,6 +162,47 @@ class QueryParameters:
         return values
 
 
+class JsonBody:
+    """An endpoint's one body parameter, a pydantic model, read as FastAPI reads it: an empty
+    body is a missing field (422); a body sent as anything but JSON (no content type, or another
+    one) or that is no JSON is refused whole (400/1011, the error handler's `_body_unparseable`);
+    the model's errors are placed under "body" (422)."""
+
+    def __init__(self, field: Any) -> None:  # FastAPI's ModelField of the parameter
+        self.name = field.name
+        self._model: type[BaseModel] = field.field_info.annotation
+
+    async def __call__(self, request: Request) -> BaseModel:
+        raw = await request.body()
+        if not raw:
+            missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+            raise RequestValidationError([missing])
+        if not _is_json(request.headers.get("content-type", "")):
+            raise RequestValidationError(
+                [{"type": "model_attributes_type", "loc": ("body",), "msg": "not JSON"}], body=raw
+            )
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            invalid = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
+            raise RequestValidationError([invalid], body=exc.doc) from None
+        except ValueError:  # not UTF-8: what FastAPI refuses as a body it could not parse
+            raise HTTPException(400, "There was an error parsing the body") from None
+        try:
+            return self._model.model_validate(data, from_attributes=True)  # as FastAPI does
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()], body=data
+            ) from None
+
+
+def _is_json(content_type: str) -> bool:
+    """application/json or any application/...+json, parameters aside (FastAPI's rule)."""
+    kind = content_type.partition(";")[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 def _query_model(name: str, dependant: Dependant) -> QueryParameters | None:
     return QueryParameters(name, dependant) if dependant.query_params else None
 
@@ -168,8 +215,13 @@ def _check_lean(dependant: Dependant, path: str) -> None:
 
     if dependant.path_params or dependant.header_params or dependant.cookie_params:
         refuse("only query parameters are read")
-    if dependant.body_params:
-        refuse("no body is read")
+    if len(dependant.body_params) > 1:
+        refuse("one body parameter at most")
+    for field in dependant.body_params:
+        model = field.field_info.annotation
+        embedded = getattr(field.field_info, "embed", None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or embedded:
+            refuse(f"the body {field.name!r} must be one pydantic model, not embedded")
     for field in dependant.query_params:
         annotation = field.field_info.annotation
         kinds = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()

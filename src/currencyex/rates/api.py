@@ -182,8 +182,8 @@ async def live(
     return _rendered_live(await rates.live(base, _codes(symbols)))
 
 
-# The most frequent reads of the API: lean routes (gateway/routes.py), live rates first (see
-# app.ROUTERS on the order).
+# The most frequent calls of the API are lean routes (gateway/routes.py): live rates (first: see
+# app.ROUTERS on the order), the currencies, and the quote below.
 router.add_api_route(
     "/live",
     live,
@@ -195,7 +195,6 @@ router.add_api_route(
 router.add_api_route("/currencies", currencies, methods=["GET"], route_class_override=LeanRoute)
 
 
-@quotes.post("/quote", status_code=201, responses=error_responses(QUOTE_REFUSALS))
 @rate_limited("quote", 20)
 async def quote(body: QuoteIn, rates: Rates, caller: CurrentPrincipal) -> QuoteOut:
     locked = await rates.quote(
@@ -206,3 +205,13 @@ async def quote(body: QuoteIn, rates: Rates, caller: CurrentPrincipal) -> QuoteO
         target_amount=_amount(body.target_amount, body.target_currency, "target_amount"),
     )
     return QuoteOut.of(locked)
+
+
+quotes.add_api_route(
+    "/quote",
+    quote,
+    methods=["POST"],
+    status_code=201,
+    responses=error_responses(QUOTE_REFUSALS),
+    route_class_override=LeanRoute,
+)
