@@ -152,9 +152,7 @@ class QueryParameters:
             try:
                 checked = self._model.model_validate(request.query_params)
             except ValidationError as exc:
-                raise RequestValidationError(
-                    [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
-                ) from None
+                raise _placed(exc, "query") from None
             values = dict(checked.__dict__)
             if len(self._passed) >= self.LIMIT:
                 self._passed.clear()
@@ -191,9 +189,14 @@ class JsonBody:
         try:
             return self._model.model_validate(data, from_attributes=True)  # as FastAPI does
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()], body=data
-            ) from None
+            raise _placed(exc, "body", body=data) from None
+
+
+def _placed(exc: ValidationError, where: str, **options: Any) -> RequestValidationError:
+    """A model's errors as FastAPI reports a parameter's: each located under `where` ("query",
+    "body")."""
+    errors = [{**error, "loc": (where, *error["loc"])} for error in exc.errors()]
+    return RequestValidationError(errors, **options)
 
 
 def _is_json(content_type: str) -> bool:
