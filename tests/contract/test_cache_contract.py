@@ -19,6 +19,8 @@ from currencyex.platform.cache.store import MemoryCache, RedisCache
 from currencyex.platform.resilience.outages import dependency_down
 from redis_support import ADAPTERS, delete_keys, real_redis_url
 
+from conftest import REDIS_URL
+
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 UNREACHABLE_CLUSTER_URL = "redis+cluster://127.0.0.1:1,127.0.0.1:2"
 
@@ -147,6 +149,26 @@ async def test_of_concurrent_adds_exactly_one_wins(cache: Cache) -> None:
     assert await cache.get("k") == str(winner).encode()
 
 
+async def test_concurrent_calls_of_every_kind_each_get_their_own_answer(cache: Cache) -> None:
+    # Made in one turn of the loop, so a Redis adapter sends them in one pipeline.
+    await asyncio.gather(*(cache.set(f"k{i}", f"v{i}".encode()) for i in range(8)))
+    answers = await asyncio.gather(
+        cache.get("k0"),
+        cache.get("absent"),
+        cache.add("k1", b"no"),
+        cache.add("new", b"yes", ttl_seconds=30),
+        cache.delete("k2"),
+        cache.delete("absent"),
+        cache.pop("k3"),
+        cache.swap("k4", b"swapped"),
+        cache.swap("absent", b"no"),
+        cache.set("k5", b"again"),
+    )
+    assert answers == [b"v0", None, False, True, True, False, b"v3", b"v4", None, None]
+    after = await asyncio.gather(*(cache.get(k) for k in ("k1", "new", "k2", "k3", "k4", "k5")))
+    assert after == [b"v1", b"yes", None, None, b"swapped", b"again"]
+
+
 @pytest.mark.parametrize("ttl", [0, -1.0])
 async def test_non_positive_ttl_is_refused(cache: Cache, ttl: float) -> None:
     with pytest.raises(ValueError, match="ttl_seconds"):
@@ -203,3 +225,24 @@ async def test_unreachable_cluster_fails_get_promptly_as_an_outage() -> None:
     # Raised from the last seed's ConnectionError, which is what makes it an outage.
     assert dependency_down(read.value)
     await cache.close()
+
+
+async def test_a_commands_own_error_stays_its_own_among_concurrent_commands() -> None:
+    url = REDIS_URL
+    prefix = f"cx:test:{uuid.uuid4().hex}:"
+    client = redis_from_url(url)
+    cache = RedisCache(client, prefix=prefix)
+    try:
+        await client.hset(prefix + "hash", "field", "value")  # GET of a hash: WRONGTYPE
+        await cache.set("k", b"v")
+        answers = await asyncio.gather(
+            cache.get("k"), cache.get("hash"), cache.pop("k"), return_exceptions=True
+        )
+        assert answers[0] == b"v"
+        assert isinstance(answers[1], redis.exceptions.ResponseError), answers
+        assert "WRONGTYPE" in str(answers[1])
+        assert not dependency_down(answers[1])
+        assert answers[2] == b"v"
+    finally:
+        await cache.close()
+        await delete_keys(url, prefix)

@@ -15,10 +15,12 @@ from typing import Any
 
 import asyncpg
 
+from currencyex.kernel.turns import TurnBatches, Waiting
+
 Acquire = Callable[[], Awaitable[asyncpg.Connection]]
 Release = Callable[[asyncpg.Connection], Awaitable[None]]
-# A caller's arguments, its place in the batch's lock order, and the future of its row.
-_Waiting = tuple[tuple[Any, ...], Any, "asyncio.Future[asyncpg.Record]"]
+# A caller's arguments and its place in the batch's lock order.
+_Call = tuple[tuple[Any, ...], Any]
 
 # Errors after which nobody knows what the server kept of a batch: every caller hears of it.
 INTERRUPTED: tuple[type[BaseException], ...] = (
@@ -42,8 +44,8 @@ class StatementBatches:
     A batch is kept or lost as a whole. So that one caller's error stays its own, a batch that
     fails on an error of its statements (a constraint, a refusal of a money function, a
     deadlock) is run again statement by statement, each caller getting its own row or error.
-    After an interruption (INTERRUPTED) every caller gets the error, as it would have on a
-    connection of its own. A caller that stops waiting does not stop its statement.
+    After an interruption (INTERRUPTED) every caller still waiting gets the error, as it would
+    have on a connection of its own. A caller that stops waiting does not stop its statement.
 
     A statement that locks rows gives the key of what it locks (`lock_order`): a batch runs its
     statements in that order, so that two batches, or a batch and another statement taking
@@ -53,58 +55,35 @@ class StatementBatches:
     def __init__(self, acquire: Acquire, release: Release) -> None:
         self._acquire = acquire
         self._release = release
-        self._pending: dict[str, list[_Waiting]] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        self._turns: TurnBatches[str, _Call, asyncpg.Record] = TurnBatches(self._send)
 
     async def row(
         self, query: str, args: tuple[Any, ...], *, lock_order: Any = None
     ) -> asyncpg.Record:
-        loop = asyncio.get_running_loop()
-        waiting: asyncio.Future[asyncpg.Record] = loop.create_future()
-        batch = self._pending.get(query)
-        if batch is None:
-            batch = self._pending[query] = []
-            loop.call_soon(self._send_pending, query)
-        batch.append((args, lock_order, waiting))
-        return await waiting
+        return await self._turns.call(query, (args, lock_order))
 
-    def _send_pending(self, query: str) -> None:
-        batch = self._pending.pop(query)
-        task = asyncio.ensure_future(self._send(query, batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, query: str, batch: list[_Waiting]) -> None:
-        try:
-            conn = await self._acquire()
-        except BaseException as exc:
-            _fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+    async def _send(self, query: str, batch: list[Waiting[_Call, asyncpg.Record]]) -> None:
+        conn = await self._acquire()
         try:
             await _run(conn, query, batch)
-        except BaseException as exc:
-            _fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
         finally:
             await self._release(conn)
 
     async def close(self) -> None:
         """Wait for the batches on their way to the server."""
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        await self._turns.close()
 
 
-async def _run(conn: asyncpg.Connection, query: str, batch: list[_Waiting]) -> None:
+async def _run(
+    conn: asyncpg.Connection, query: str, batch: list[Waiting[_Call, asyncpg.Record]]
+) -> None:
     """Give each caller of `batch` its row or its error: all in one round trip, or, alone or
     after the batch failed (and nothing of it was kept), each on its own."""
     if len(batch) > 1:
-        if all(lock_order is not None for _, lock_order, _ in batch):
-            batch.sort(key=lambda waiting: waiting[1])
+        if all(lock_order is not None for (_, lock_order), _ in batch):
+            batch.sort(key=lambda waiting: waiting[0][1])
         try:
-            rows = await conn.fetchmany(query, [args for args, _, _ in batch])
+            rows = await conn.fetchmany(query, [args for (args, _), _ in batch])
         except INTERRUPTED:
             raise
         except Exception:  # noqa: S110 (each is run on its own below, to get its own error)
@@ -112,11 +91,11 @@ async def _run(conn: asyncpg.Connection, query: str, batch: list[_Waiting]) -> N
         else:
             if len(rows) != len(batch):
                 raise RuntimeError(f"a batched statement gave {len(rows)} rows for {len(batch)}")
-            for (_, _, waiting), row in zip(batch, rows, strict=True):
+            for (_, waiting), row in zip(batch, rows, strict=True):
                 if not waiting.done():
                     waiting.set_result(row)
             return
-    for args, _, waiting in batch:
+    for (args, _), waiting in batch:
         try:
             row = await one_row(conn, query, args)
         except INTERRUPTED:
@@ -135,14 +114,3 @@ async def one_row(conn: asyncpg.Connection, query: str, args: tuple[Any, ...]) -
     if row is None:
         raise RuntimeError("a one-row statement returned no row")
     return row
-
-
-def _fail(batch: list[_Waiting], error: BaseException) -> None:
-    """Tell the callers still waiting that their statement failed with `error`."""
-    for _, _, waiting in batch:
-        if waiting.done():
-            continue
-        if isinstance(error, asyncio.CancelledError):
-            waiting.cancel()
-        else:
-            waiting.set_exception(error)
