@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -45,3 +46,27 @@ def test_first_id_at_a_moment_parts_the_ids_made_before_it_from_those_made_after
     assert (floor.version, floor.variant) == (7, uuid.RFC_4122)
     assert before < floor < after
     assert floor.int >> 80 == int(moment.timestamp() * 1000)
+
+
+def test_the_random_bits_are_all_used_and_never_repeat() -> None:
+    made = [new_id() for _ in range(5_000)]  # more than one draw of random bytes
+    random_parts = {m.int & ((1 << 62) - 1) for m in made}
+    assert len(random_parts) == len(made)
+    assert any(part >> 61 for part in random_parts)  # the 62nd bit is drawn, not always 0
+    first_counters = {(m.int >> 64) & 0xFFF for m in made}
+    assert min(first_counters) < 1 << 11  # each millisecond's counter starts in its lower half
+
+
+def test_a_forked_child_draws_random_bits_of_its_own() -> None:
+    new_id()  # the parent holds unused random bytes
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, new_id().bytes)
+        os._exit(0)
+    os.close(write)
+    theirs = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(child, 0)
+    ours = new_id()
+    assert theirs.int & ((1 << 62) - 1) != ours.int & ((1 << 62) - 1)
