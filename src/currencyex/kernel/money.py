@@ -7,7 +7,6 @@ what a customer receives rounds down, what a customer pays (fees, source amounts
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
@@ -85,14 +84,20 @@ class Money:
     def from_decimal(cls, value: Decimal | Fraction, code: str, *, rounding: str) -> Money:
         """Round an amount of major units to minor units, ROUND_FLOOR or ROUND_CEILING.
 
-        The arithmetic is exact (fractions): a Decimal product would first be rounded to the
+        The arithmetic is exact (integers): a Decimal product would first be rounded to the
         context's 28 digits, and a floor taken after that can land one minor unit high.
         """
-        scaled = Fraction(value) * currency(code).unit
+        numerator, denominator = value.as_integer_ratio()
+        return cls.from_ratio(numerator * currency(code).unit, denominator, code, rounding=rounding)
+
+    @classmethod
+    def from_ratio(cls, numerator: int, denominator: int, code: str, *, rounding: str) -> Money:
+        """`numerator / denominator` minor units, rounded to a whole one, ROUND_FLOOR or
+        ROUND_CEILING."""
         if rounding == ROUND_FLOOR:
-            return cls(math.floor(scaled), code)
+            return cls(numerator // denominator, code)
         if rounding == ROUND_CEILING:
-            return cls(math.ceil(scaled), code)
+            return cls(-(-numerator // denominator), code)
         raise ValueError(f"rounding must be ROUND_FLOOR or ROUND_CEILING, not {rounding!r}")
 
     def format(self) -> str:
@@ -154,12 +159,24 @@ def parse_rate(value: str | Decimal) -> Decimal:
 
 def convert_received(amount: Money, rate: Decimal, target: str) -> Money:
     """What a customer receives for `amount` at `rate`: rounded down to the target's minor unit."""
-    return Money.from_decimal(amount.as_fraction() * Fraction(rate), target, rounding=ROUND_FLOOR)
+    numerator, denominator = rate.as_integer_ratio()
+    return Money.from_ratio(
+        amount.minor * numerator * currency(target).unit,
+        denominator * currency(amount.currency).unit,
+        target,
+        rounding=ROUND_FLOOR,
+    )
 
 
 def source_needed(target: Money, rate: Decimal, source: str) -> Money:
     """The smallest source amount that buys at least `target` at `rate`: rounded up."""
-    return Money.from_decimal(target.as_fraction() / Fraction(rate), source, rounding=ROUND_CEILING)
+    numerator, denominator = rate.as_integer_ratio()
+    return Money.from_ratio(
+        target.minor * denominator * currency(source).unit,
+        numerator * currency(target.currency).unit,
+        source,
+        rounding=ROUND_CEILING,
+    )
 
 
 def fee_charged(value: Decimal | Fraction, code: str) -> Money:

@@ -6,6 +6,7 @@ kernel's policy (what the customer receives rounds down, what the customer pays 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -258,6 +259,9 @@ class Priced:
     mid_rate: Decimal
 
 
+_CUSTOMER_RATES_KEPT = 16
+
+
 @dataclass(frozen=True, slots=True)
 class CorridorPricing:
     """One corridor's terms with every amount in its source currency, ready to price. The
@@ -268,34 +272,49 @@ class CorridorPricing:
     terms: PricingTerms
     min_amount: Money = field(init=False, compare=False)
     max_amount: Money = field(init=False, compare=False)
-    # The fee's rate per unit of amount, fixed part, minimum and maximum, exact.
-    _fee_terms: tuple[Fraction, Fraction, Fraction, Fraction] = field(
-        init=False, repr=False, compare=False
+    # The fee, in major units, is (amount in minor units * rate + fixed) / denominator, held
+    # within [minimum / denominator, maximum / denominator]: exact, in integers (fee, below).
+    _fee_terms: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    # Customer rates worked out, by mid rate: a corridor's pricing serves one snapshot, so
+    # nearly always one mid rate.
+    _customer_rates: dict[Decimal, Decimal] = field(
+        init=False, repr=False, compare=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:
         terms, source = self.terms, self.source
         low = Money.from_decimal(terms.min_amount, source, rounding=ROUND_CEILING)
         high = Money.from_decimal(terms.max_amount, source, rounding=ROUND_FLOOR)
-        fee = Fraction(terms.fee_percent) / 100, Fraction(terms.fee_fixed)
-        fee_terms = (*fee, Fraction(terms.fee_min), Fraction(terms.fee_max))
+        # The rate in major units of fee per minor unit of amount; the rest in major units.
+        unit = currency(source).unit
+        rate = Fraction(terms.fee_percent) / 100 / unit
+        fixed, fee_min, fee_max = (
+            Fraction(v) for v in (terms.fee_fixed, terms.fee_min, terms.fee_max)
+        )
+        denominator = math.lcm(*(f.denominator for f in (rate, fixed, fee_min, fee_max)))
+        fee_terms = (*(int(f * denominator) for f in (rate, fixed, fee_min, fee_max)), denominator)
         object.__setattr__(self, "min_amount", low)
         object.__setattr__(self, "max_amount", high)
         object.__setattr__(self, "_fee_terms", fee_terms)
 
     def customer_rate(self, mid_rate: Decimal) -> Decimal:
         """The mid rate less the spread, rounded down: the rate every conversion uses."""
-        with localcontext() as ctx:
-            ctx.prec = _WORKING_PRECISION
-            spread = self.terms.spread_bps / _BPS
-            return significant(mid_rate * (1 - spread), rounding=ROUND_FLOOR)
+        rate = self._customer_rates.get(mid_rate)
+        if rate is None:
+            with localcontext() as ctx:
+                ctx.prec = _WORKING_PRECISION
+                spread = self.terms.spread_bps / _BPS
+                rate = significant(mid_rate * (1 - spread), rounding=ROUND_FLOOR)
+            if len(self._customer_rates) < _CUSTOMER_RATES_KEPT:
+                self._customer_rates[mid_rate] = rate
+        return rate
 
     def fee(self, source_amount: Money) -> Money:
         """Percent plus fixed, held within [fee_min, fee_max], then rounded up."""
-        per_unit, fixed, fee_min, fee_max = self._fee_terms
+        rate, fixed, fee_min, fee_max, denominator = self._fee_terms
         # Exact arithmetic, so the only rounding is the kernel's (up, for a fee).
-        exact = source_amount.as_fraction() * per_unit + fixed
-        return fee_charged(min(max(exact, fee_min), fee_max), self.source)
+        exact = min(max(source_amount.minor * rate + fixed, fee_min), fee_max)
+        return fee_charged(Fraction(exact, denominator), self.source)
 
     def check_limits(self, source_amount: Money) -> None:
         low, high = self.min_amount, self.max_amount

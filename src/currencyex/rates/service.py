@@ -106,7 +106,7 @@ class RateService:
         # What is worked out on one snapshot at its first use, until the next snapshot: each
         # corridor's pricing, and the live rates of each (base, symbols) asked for.
         self._worked_on: RateSnapshot | None = None
-        self._corridors: dict[tuple[str, str], CorridorPricing] = {}
+        self._corridors: dict[tuple[str, str], tuple[CorridorPricing, Decimal]] = {}
         self._live: dict[tuple[str, tuple[str, ...]], LiveRates] = {}
         # Rates the store lost are fetched again, but not soon after a failed fetch.
         self._refill_not_before = float("-inf")  # monotonic seconds
@@ -181,8 +181,7 @@ class RateService:
         if source_currency == target_currency:
             raise UnsupportedCurrency(f"{source_currency} to itself is not a corridor")
         snapshot = await self._fresh_snapshot()
-        mid_rate = snapshot.mid_rate(source_currency, target_currency)
-        pricing = self._corridor(source_currency, target_currency, snapshot)
+        pricing, mid_rate = self._corridor(source_currency, target_currency, snapshot)
         if source_amount is not None:
             priced = pricing.for_source_amount(source_amount, mid_rate)
         else:
@@ -296,14 +295,18 @@ class RateService:
         if self._worked_on is not snapshot:
             self._worked_on, self._corridors, self._live = snapshot, {}, {}
 
-    def _corridor(self, source: str, target: str, snapshot: RateSnapshot) -> CorridorPricing:
-        """The corridor's pricing on `snapshot` (the remembered one, read again every second)."""
+    def _corridor(
+        self, source: str, target: str, snapshot: RateSnapshot
+    ) -> tuple[CorridorPricing, Decimal]:
+        """The corridor's pricing and mid rate on `snapshot` (the remembered one, read again
+        every second)."""
         self._work_on(snapshot)
-        pricing = self._corridors.get((source, target))
-        if pricing is None:
-            pricing = self._pricing.for_corridor(source, target, snapshot)
-            self._corridors[source, target] = pricing
-        return pricing
+        worked_out = self._corridors.get((source, target))
+        if worked_out is None:
+            mid_rate = snapshot.mid_rate(source, target)
+            worked_out = self._pricing.for_corridor(source, target, snapshot), mid_rate
+            self._corridors[source, target] = worked_out
+        return worked_out
 
     async def _stored_snapshot(self) -> RateSnapshot | None:
         try:
