@@ -49,12 +49,17 @@ BARE_APP = textwrap.dedent(
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    BODY = {body!r}
+    LIVE = {live!r}
+    QUOTE = {quote!r}
 
     async def live(request):
-        return JSONResponse(BODY)
+        return JSONResponse(LIVE)
 
-    app = Starlette(routes=[Route("/live", live), Route("/quote", live, methods=["POST"])])
+    async def quote(request):
+        await request.json()  # a quote's body is read, as ours reads it
+        return JSONResponse(QUOTE, status_code=201)
+
+    app = Starlette(routes=[Route("/live", live), Route("/quote", quote, methods=["POST"])])
     """
 )
 
@@ -114,8 +119,9 @@ async def customer_token(base: str, run: str) -> str:
         return await login(client, email, CUSTOMER_PASSWORD)
 
 
-def start_bare(folder: Path, body: object) -> tuple[subprocess.Popen[bytes], str]:
-    (folder / "bare_app.py").write_text(BARE_APP.format(body=body))
+def start_bare(folder: Path, live: object, quote: object) -> tuple[subprocess.Popen[bytes], str]:
+    """The bare app: `live` for GET /live, `quote` for a POST of JSON to /quote."""
+    (folder / "bare_app.py").write_text(BARE_APP.format(live=live, quote=quote))
     port = free_port()
     # The same server stack as `currencyex serve`: uvicorn on httptools and uvloop.
     server = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
@@ -186,11 +192,14 @@ def bench(args: argparse.Namespace) -> int:
             live = httpx.get(f"{base}/v1/rates/live?base=USD", headers=auth, timeout=10)
             if live.status_code != 200:
                 raise fail("rates/live", live)
-            bare, bare_base = start_bare(folder, live.json())
             quote_body = json.dumps(
                 {"source_currency": "USD", "target_currency": "EUR", "source_amount": "100.00"}
             )
             json_headers = {**auth, "Content-Type": "application/json"}
+            quote = httpx.post(f"{base}/v1/remit/quote", content=quote_body, headers=json_headers)
+            if quote.status_code != 201:
+                raise fail("remit/quote", quote)
+            bare, bare_base = start_bare(folder, live.json(), quote.json())
             get_live = wrk_script(folder, "live", method="GET", body="", headers=auth)
             post_quote = wrk_script(
                 folder, "quote", method="POST", body=quote_body, headers=json_headers
