@@ -188,6 +188,11 @@ async def test_a_script_redis_has_forgotten_is_sent_again_and_runs_once(
         await client.script_flush()  # on every master of a Cluster
         assert (await store.take(key, **limits)).remaining == 3
         assert (await store.take(key, **limits)).remaining == 2
+        # Takes of one turn go out in one pipeline: each is loaded and run once there too.
+        await client.script_flush()
+        takes = await asyncio.gather(*(store.take(key, **limits) for _ in range(3)))
+        assert sorted(take.remaining for take in takes) == [0, 0, 1]
+        assert [take.allowed for take in takes].count(True) == 2
     finally:
         await store.close()
 

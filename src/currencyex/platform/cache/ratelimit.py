@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import BucketDecision
 from currencyex.platform.cache.redis_url import RedisClient
+from currencyex.platform.cache.turns import RedisTurns
 
 # Refill is computed in floating point; without this slack a bucket that has waited exactly
 # long enough could hold 0.9999999 tokens and refuse a request it should allow.
@@ -145,10 +146,11 @@ class MemoryRateLimitStore:
 
 class RedisRateLimitStore:
     """Token buckets in Redis (a server or a Cluster), shared by every process; each take is
-    one atomic script, sent by its SHA-1 digest (in full only when Redis has not seen it)."""
+    one atomic script, sent by its SHA-1 digest (in full only when Redis has not seen it); the
+    takes of one turn of the event loop go out in one pipeline (RedisTurns)."""
 
     def __init__(self, redis: RedisClient, *, prefix: str = "cx:rl:") -> None:
-        self._redis = redis
+        self._redis = RedisTurns(redis)
         self._prefix = prefix
         self._take_script = redis.register_script(_TAKE_SCRIPT)
 
@@ -156,7 +158,8 @@ class RedisRateLimitStore:
         self, key: str, *, capacity: int, refill_per_second: float, cost: int = 1
     ) -> BucketDecision:
         _check_bucket(capacity, refill_per_second, cost)
-        reply = await self._take_script(
+        reply = await self._redis.script(
+            self._take_script,
             [self._prefix + key],
             [capacity, repr(float(refill_per_second)), cost, repr(_EPSILON), _EXPIRY_MARGIN_MS],
         )
@@ -171,9 +174,10 @@ class RedisRateLimitStore:
         raise TypeError(f"the take script answered {reply!r}")
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        await self._redis.redis.ping()
 
     async def close(self) -> None:
         """Close the client's connections, shared with the cache when bootstrap gave both the
         same client; closing twice is harmless, and a later command reconnects."""
-        await self._redis.aclose()
+        await self._redis.close()
+        await self._redis.redis.aclose()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from currencyex.kernel.clock import Clock, SystemClock
-from currencyex.kernel.turns import TurnBatches, Waiting
 from currencyex.platform.cache.redis_url import RedisClient
-
-# A Redis command: the client method's name, its arguments and its options.
-_Command = tuple[str, tuple[Any, ...], dict[str, Any]]
+from currencyex.platform.cache.turns import RedisTurns
 
 # How often the memory cache sweeps out expired keys that nobody reads again.
 _SWEEP_INTERVAL_SECONDS = 60.0
@@ -100,75 +96,49 @@ class RedisCache:
 
     Every operation is one command on one key, so in a Cluster each key lives wherever its own
     slot does and no two keys need a common hash tag. The commands called in one turn of the
-    event loop go out together, in one pipeline (not a transaction: each command is atomic on
-    its own, as when sent alone); under load that is a fraction of the CPU per command
-    (bench/redis_calls.py).
+    event loop go out together, in one pipeline (RedisTurns).
     """
 
     def __init__(self, redis: RedisClient, *, prefix: str = "cx:") -> None:
-        self._redis = redis
+        self._redis = RedisTurns(redis)
         self._prefix = prefix
-        self._turns: TurnBatches[None, _Command, Any] = TurnBatches(self._send)
 
     async def get(self, key: str) -> bytes | None:
-        return _bytes_or_none(await self._command("get", self._prefix + key))
+        return _bytes_or_none(await self._redis.command("get", self._prefix + key))
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
         _check_ttl(ttl_seconds)
-        await self._command("set", self._prefix + key, value, px=_expiry_ms(ttl_seconds))
+        await self._redis.command("set", self._prefix + key, value, px=_expiry_ms(ttl_seconds))
 
     async def add(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> bool:
         _check_ttl(ttl_seconds)
-        stored = await self._command(
+        stored = await self._redis.command(
             "set", self._prefix + key, value, px=_expiry_ms(ttl_seconds), nx=True
         )
         return stored is not None  # True, or None when the key was there
 
     async def delete(self, key: str) -> bool:
-        deleted: int = await self._command("delete", self._prefix + key)
+        deleted: int = await self._redis.command("delete", self._prefix + key)
         return deleted > 0
 
     async def pop(self, key: str) -> bytes | None:
-        return _bytes_or_none(await self._command("getdel", self._prefix + key))
+        return _bytes_or_none(await self._redis.command("getdel", self._prefix + key))
 
     async def swap(self, key: str, value: bytes) -> bytes | None:
-        had = await self._command("set", self._prefix + key, value, xx=True, get=True, keepttl=True)
+        had = await self._redis.command(
+            "set", self._prefix + key, value, xx=True, get=True, keepttl=True
+        )
         assert not isinstance(had, bool), "SET with GET answers with the value it replaced"
         return _bytes_or_none(had)
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        await self._redis.redis.ping()
 
     async def close(self) -> None:
         """Close the client's connections, shared with the rate-limit store when bootstrap
         gave both the same client; closing twice is harmless, and a later command reconnects."""
-        await self._turns.close()
-        await self._redis.aclose()
-
-    async def _command(self, name: str, *args: Any, **options: Any) -> Any:
-        return await self._turns.call(None, (name, args, options))
-
-    async def _send(self, _key: None, batch: list[Waiting[_Command, Any]]) -> None:
-        """One command as it is; more in one pipeline, each caller getting its own reply or
-        error. An error of the connection fails them all (TurnBatches), as it would have each
-        of them on a connection of its own."""
-        if len(batch) == 1:
-            (name, args, options), answer = batch[0]
-            reply = await getattr(self._redis, name)(*args, **options)
-            if not answer.done():
-                answer.set_result(reply)
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for (name, args, options), _ in batch:
-            getattr(pipe, name)(*args, **options)
-        replies = await pipe.execute(raise_on_error=False)
-        for (_, answer), reply in zip(batch, replies, strict=True):
-            if answer.done():
-                continue
-            if isinstance(reply, Exception):
-                answer.set_exception(reply)
-            else:
-                answer.set_result(reply)
+        await self._redis.close()
+        await self._redis.redis.aclose()
 
 
 def _bytes_or_none(reply: bytes | str | None) -> bytes | None:
