@@ -5,12 +5,13 @@ leaves out (uvicorn's parsing and the socket) bench/rates.py measures.
 
 Loopback only (PostgreSQL and Redis), bounded (`--requests` per endpoint), removes what it made.
 
-    .venv/bin/python bench/asgi_cost.py [--requests 3000]
+    .venv/bin/python bench/asgi_cost.py [--requests 3000] [--concurrency 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from currencyex.app import create_app
 from currencyex.bootstrap import build
+from currencyex.cli import settle_garbage_collector
 from currencyex.config import Settings
 from currencyex.platform.db.migrate import upgrade
 from currencyex.platform.observability.logging import LineWriter, configure_logging
@@ -76,17 +78,26 @@ def json_of(sent: list[dict[str, Any]]) -> Any:
     return json.loads(b"".join(m.get("body", b"") for m in sent if m["type"].endswith("body")))
 
 
-async def cpu_per_request(app: App, count: int, *request: Any, **options: Any) -> float:
-    """Microseconds of this process's CPU per request, after a warm-up."""
-    for _ in range(min(300, count)):
-        await call(app, *request, **options)
+async def cpu_per_request(
+    app: App, count: int, concurrency: int, *request: Any, **options: Any
+) -> float:
+    """Microseconds of this process's CPU per request, after a warm-up, the requests made
+    `concurrency` at a time (as a loaded server has them: calls to Redis or PostgreSQL made in
+    one turn of the loop then go out together)."""
+
+    async def burst() -> None:
+        await asyncio.gather(*(call(app, *request, **options) for _ in range(concurrency)))
+
+    for _ in range(max(1, min(300, count) // concurrency)):
+        await burst()
+    bursts = max(1, count // concurrency)
     started = time.process_time()
-    for _ in range(count):
-        await call(app, *request, **options)
-    return (time.process_time() - started) / count * 1e6
+    for _ in range(bursts):
+        await burst()
+    return (time.process_time() - started) / (bursts * concurrency) * 1e6
 
 
-async def measure(database_url: str, data_dir: str, count: int) -> None:
+async def measure(database_url: str, data_dir: str, count: int, concurrency: int) -> None:
     settings = Settings(
         database_url=database_url,
         redis_url=REDIS_URL,
@@ -124,23 +135,30 @@ async def measure(database_url: str, data_dir: str, count: int) -> None:
             ("POST /v1/remit/quote", app, ("POST", "/v1/remit/quote"), {"body": quote}),
             ("bare Starlette GET /live", bare, ("GET", "/live"), {}),
         )
-        print(f"{count} requests each, log level INFO (lines to {os.devnull} by the log thread)")
+        settle_garbage_collector()  # as `currencyex serve` does once started
+        print(
+            f"{count} requests each, {concurrency} at a time, log level INFO"
+            f" (lines to {os.devnull} by the log thread)"
+        )
         for label, target, request, options in rows:
             headers = (auth, json_type)
-            micros = await cpu_per_request(target, count, *request, headers=headers, **options)
+            micros = await cpu_per_request(
+                target, count, concurrency, *request, headers=headers, **options
+            )
             print(f"{label:30} {micros:8.1f} us CPU per request")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests at a time")
     args = parser.parse_args(argv)
     configure_logging("INFO", json=True, final=True, writer=LineWriter(open(os.devnull, "w")))  # noqa: SIM115
     run = uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory(prefix="cx-asgi-") as tmp, database(f"cx_asgi_{run}") as db:
         url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
         upgrade(url)
-        run_loop(measure(url, tmp, args.requests))
+        run_loop(measure(url, tmp, args.requests, args.concurrency))
     return 0
 
 

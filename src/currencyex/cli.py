@@ -31,7 +31,7 @@ from currencyex.platform.observability.logging import LineWriter, configure_logg
 from currencyex.platform.security.tokens import generate_key
 
 
-def _settle_garbage_collector() -> None:
+def settle_garbage_collector() -> None:
     """Leave what start-up built (modules, the app, the container) out of the cyclic garbage
     collector's scans, and let it run less often.
 
@@ -56,7 +56,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.migrate_on_start:
         upgrade(settings.database_url)
     app = create_app(build(settings))
-    _settle_garbage_collector()
+    settle_garbage_collector()
     uvicorn.run(
         app,
         host=settings.host,
@@ -75,7 +75,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     async def run() -> None:
         container = build(settings)
-        _settle_garbage_collector()
+        settle_garbage_collector()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
