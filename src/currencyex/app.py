@@ -45,8 +45,29 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
+# The routers each service of a split deployment answers (settings.service); the ops router
+# (health, readiness, metrics) is every process's. One process ("all") answers them all, and
+# the live-updates WebSocket.
+SERVICES: dict[str, tuple[APIRouter, ...]] = {
+    "auth": (auth_api.router, auth_api.admin),
+    "wallet": (wallet_api.router,),
+    "rates": (rates_api.router, rates_api.quotes),
+    "remit": (remit_api.router, remit_api.admin),
+    "docs": (documents_api.router, documents_api.admin),
+}
+
+
+def served_routers(service: str) -> tuple[APIRouter, ...]:
+    """The routers a process serving `service` answers, in ROUTERS order."""
+    if service == "all":
+        return ROUTERS
+    own = SERVICES[service]
+    return tuple(router for router in ROUTERS if router in own or router is ops.router)
+
+
 def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAPI:
-    """The app for `container`; with `manage_lifecycle` its lifespan starts and stops it."""
+    """The app for `container` (all the services, or the one settings.service names); with
+    `manage_lifecycle` its lifespan starts and stops it."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -85,7 +106,8 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     # router's routes through a layer of its own, twice per request (its matching was a tenth of
     # the CPU of GET /v1/rates/live). The routers add no prefix, dependency or response of their
     # own at inclusion: routes.api_router gave each route all of it when it was declared.
-    for router in ROUTERS:
+    service = container.settings.service
+    for router in served_routers(service):
         for route in router.routes:
             if isinstance(route, APIRoute) and not isinstance(route, GuardedRoute):
                 raise TypeError(f"{route.path} is not a GuardedRoute: make its router api_router")
@@ -93,5 +115,6 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     ops.add_docs_page(app)
     # A plain Starlette route: the HTTP guard (run by every GuardedRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
-    app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
+    if service == "all":
+        app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
     return app

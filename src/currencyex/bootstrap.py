@@ -45,6 +45,7 @@ from currencyex.platform.messaging.email import ConsoleEmailSender, SmtpEmailSen
 from currencyex.platform.messaging.outbox import OutboxRelay, relay_retry_horizon
 from currencyex.platform.observability.metrics import Metrics
 from currencyex.platform.resilience.breaker import BreakerMetrics, BreakerSettings, CircuitBreaker
+from currencyex.platform.security.callers import CallerCredentials
 from currencyex.platform.security.passwords import PasswordHasher
 from currencyex.platform.security.tokens import TokenIssuer, load_keys
 from currencyex.platform.storage.local import LocalFolderStorage, load_signing_key
@@ -117,6 +118,8 @@ class Container:
     housekeeping: Periodic
     # The live WebSocket connections of this process.
     hub: Hub
+    # Reads (and signs) the gateway's credential of a request's caller: with internal_key set.
+    callers: CallerCredentials | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> UnitOfWork:
@@ -435,6 +438,7 @@ def build(
             housekeeper.prune_once,
             every_seconds=settings.idempotency_prune_seconds,
         ),
+        callers=_callers(settings, clock),
         hub=Hub(
             HubSettings(
                 max_connections_per_user=settings.ws_max_connections_per_user,
@@ -444,6 +448,11 @@ def build(
             )
         ),
     )
+
+
+def _callers(settings: Settings, clock: Clock) -> CallerCredentials | None:
+    key = settings.internal_key.get_secret_value()
+    return CallerCredentials(key, clock) if key else None
 
 
 def _build_partner(settings: Settings) -> PayoutPartner:

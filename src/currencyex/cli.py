@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from currencyex.bootstrap import build
 from currencyex.config import Settings
@@ -209,6 +210,11 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--service",
+        choices=["all", "auth", "wallet", "rates", "remit", "docs"],
+        help="serve one service of a split deployment (default: all, one process)",
+    )
     serve.set_defaults(run=_serve)
     commands.add_parser("worker", help="run the event consumers").set_defaults(run=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
@@ -254,7 +260,12 @@ _USES_DATABASE: frozenset[Callable[[Settings, argparse.Namespace], int]] = froze
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings()
+    chosen = {"service": args.service} if getattr(args, "service", None) else {}
+    try:
+        settings = Settings(**chosen)
+    except ValidationError as error:
+        print(f"currencyex: invalid settings: {error}", file=sys.stderr)
+        return 2
     # The long-running commands write their logs from a thread: the event loop never waits on
     # stdout. The others keep their lines in order with what they print.
     writer = LineWriter(sys.stdout) if args.run in (_serve, _worker) else None

@@ -148,6 +148,24 @@ class Settings(BaseSettings):
     idempotency_key_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
     idempotency_prune_seconds: float = Field(default=600.0, gt=0)
 
+    # Which service this process serves: "all" (one process, the default) or one service of a
+    # split deployment, which answers only requests the gateway forwarded, with a credential
+    # signed by internal_key (platform/security/callers.py), the same in every process.
+    service: Literal["all", "auth", "wallet", "rates", "remit", "docs"] = "all"
+    internal_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _split(self) -> Self:
+        key = self.internal_key.get_secret_value()
+        if key and len(key) < 32:
+            raise ValueError("internal_key must be at least 32 characters")
+        if self.service != "all" and not key:
+            raise ValueError(
+                f"service {self.service!r} answers only what the gateway forwards: "
+                "set internal_key (CURRENCYEX_INTERNAL_KEY), the same in every process"
+            )
+        return self
+
     # Rate limits (token buckets). Endpoint limits are declared next to their routes.
     rate_limits_enabled: bool = True
     global_rate_per_second: int = 1000

@@ -101,3 +101,16 @@ def test_the_duplicate_window_is_raised_to_the_outbox_relays_retry_horizon():
     # 1000 rows a batch, each publish up to 2 s: a batch's first event may go out again after
     # 2000 s, plus the relay's longest backoff and its poll.
     assert duplicate_window(Settings(outbox_batch=1000)) == 1000 * 2.0 + 5.0 + 0.2
+
+
+def test_one_service_of_a_split_deployment_needs_the_internal_key(monkeypatch, capsys):
+    from currencyex.cli import main
+
+    monkeypatch.delenv("CURRENCYEX_INTERNAL_KEY", raising=False)
+    with pytest.raises(ValidationError, match="set internal_key"):
+        Settings(service="rates")
+    with pytest.raises(ValidationError, match="at least 32"):
+        Settings(internal_key="short")
+    assert Settings(service="rates", internal_key="k" * 32).service == "rates"
+    assert main(["serve", "--service", "rates"]) == 2  # refused before anything starts
+    assert "set internal_key (CURRENCYEX_INTERNAL_KEY)" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from currencyex.gateway.limits import RateLimiter
 from currencyex.gateway.ws_hub import Hub
 from currencyex.kernel.principal import Authenticator
 from currencyex.platform.observability.metrics import Metrics
+from currencyex.platform.security.callers import CallerCredentials
 
 
 class Edge(Protocol):
@@ -36,6 +37,9 @@ class Edge(Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    @property
+    def callers(self) -> CallerCredentials | None: ...
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]: ...
 

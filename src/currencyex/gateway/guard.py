@@ -21,12 +21,14 @@ from fastapi.routing import APIRoute
 
 from currencyex.gateway.edge import edge
 from currencyex.gateway.limits import Limit, RateLimiter, route_limit
-from currencyex.kernel.errors import Forbidden, InvalidToken
+from currencyex.kernel.errors import AccountDisabled, Forbidden, InvalidToken
 from currencyex.kernel.principal import (
     Principal,
 )
+from currencyex.platform.security.callers import HEADER, CallerCredentials
 
 ANONYMOUS = "anonymous"
+API_PREFIX = "/v1/"
 POLICY_DIR = Path(__file__).resolve().parent.parent / "auth"
 
 
@@ -144,19 +146,14 @@ def bearer_token(request: Request) -> str | None:
 async def guard(request: Request) -> None:
     services = edge(request)
     settings = services.settings
+    if settings.service != "all":
+        _guard_forwarded(request, services.callers, services.enforcer)
+        return
     limiter = services.limiter
     await limiter.check(request, _limit("global", settings.global_rate_per_second, 1.0), "all")
     route = request.scope.get("route")
     method = request.method
-    enforcer = services.enforcer
-    allowed: Callable[[str, str, str], bool]
-    if isinstance(route, APIRoute) and isinstance(enforcer, Policy):
-        # A matched route: its template and methods are a fixed set, so the cache stays small.
-        template = route.path
-        allowed = enforcer.allows
-    else:
-        template = route.path if isinstance(route, APIRoute) else request.url.path
-        allowed = enforcer.enforce
+    template, allowed = _policy(request, services.enforcer)
     if allowed(ANONYMOUS, template, method):
         await _take_route_limit(request, route, limiter)
         return
@@ -175,6 +172,42 @@ async def guard(request: Request) -> None:
             request, _limit(f"tier_{tier}", per_minute, 60.0), f"user:{principal.user_ref}"
         )
     await _take_route_limit(request, route, limiter)
+
+
+def _guard_forwarded(request: Request, callers: CallerCredentials | None, enforcer: Any) -> None:
+    """A service of a split deployment trusts only the gateway: on the API (/v1) the caller is
+    who the gateway's credential names (401 without a valid one), and the policy is checked
+    again on that, as the gateway checked it. The process's own endpoints outside the API
+    (health, readiness, metrics) answer as the policy says, for the probes that reach each
+    process directly. The limits are the gateway's."""
+    if callers is None:
+        raise RuntimeError("a service of a split deployment needs the internal key")
+    credential = request.headers.get(HEADER)
+    if credential is None and not request.url.path.startswith(API_PREFIX):
+        principal = None
+    else:
+        principal = callers.verify(credential).principal
+    template, allowed = _policy(request, enforcer)
+    if allowed(ANONYMOUS, template, request.method):
+        return
+    if principal is None:
+        raise InvalidToken()
+    if principal.disabled:
+        raise AccountDisabled()
+    request.state.principal = principal
+    structlog.contextvars.bind_contextvars(user_id=principal.user_ref)
+    if not allowed(principal.role.value, template, request.method):
+        raise Forbidden()
+
+
+def _policy(request: Request, enforcer: Any) -> tuple[str, Callable[[str, str, str], bool]]:
+    """What the Casbin policy is asked about (the route's template) and how."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute) and isinstance(enforcer, Policy):
+        # A matched route: its template and methods are a fixed set, so the cache stays small.
+        return route.path, enforcer.allows
+    template = route.path if isinstance(route, APIRoute) else request.url.path
+    return template, enforcer.enforce
 
 
 async def _take_route_limit(request: Request, route: object, limiter: RateLimiter) -> None:
