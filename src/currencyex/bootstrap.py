@@ -134,14 +134,16 @@ class Container:
             "storage": self.storage.ping,
         }
 
-    async def start(self, *, run_workers: bool | None = None) -> None:
-        """Connect the bus, subscribe the consumers (if this process runs them), start the relay.
+    async def start(self, *, run_workers: bool | None = None, workers_of: str = "all") -> None:
+        """Connect the bus, subscribe the consumers (if this process runs them: all of them, or
+        the service's `workers_of` names, WORKERS), start the relay.
 
         A bus that is down at start-up does not stop the API: events wait in the outbox and the
         connection is retried in the background.
         """
         workers = self.settings.workers_in_process if run_workers is None else run_workers
-        self._background.append(asyncio.create_task(self._connect(workers), name="bus-connect"))
+        connect = self._connect(workers, workers_of)
+        self._background.append(asyncio.create_task(connect, name="bus-connect"))
         if isinstance(self.storage, S3Storage):
             # Usually done in a moment; a store that is down is retried in the background
             # (and /readyz says so) rather than holding the API back.
@@ -163,7 +165,7 @@ class Container:
             else:
                 return
 
-    async def _connect(self, workers: bool) -> None:
+    async def _connect(self, workers: bool, workers_of: str) -> None:
         if isinstance(self.bus, NatsJetStreamBus):
             delay = 0.5
             while True:
@@ -175,10 +177,7 @@ class Container:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
         if workers:
-            await subscribe_consumers(self)
-            self.payout_worker.start()
-            self.reconciliation_worker.start()
-            self.housekeeping.start()
+            await subscribe_consumers(self, workers_of)
         await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
@@ -231,12 +230,39 @@ def duplicate_window(settings: Settings) -> float:
     return max(settings.nats_duplicate_window_seconds, horizon)
 
 
-async def subscribe_consumers(container: Container) -> None:
-    await welcome.subscribe(container.bus, container.uow, container.email)
-    await wallets.subscribe(container.bus, container.wallet_client)
-    await compliance.subscribe(container.bus, container.documents_client)
-    await payouts.subscribe(container.bus, container.payout_worker)
-    await txn_audit.subscribe(container.bus, container.uow)
+# The consumers and periodic jobs each service's worker runs (`currencyex worker --service`);
+# one process ("all") runs them all. Housekeeping (pruning old Idempotency-Keys) runs in every
+# worker: several prunes at once delete each row once.
+WORKERS: dict[str, tuple[str, ...]] = {
+    "auth": ("welcome",),
+    "wallet": ("wallets",),
+    "docs": ("compliance",),
+    "remit": ("payouts", "txn_audit", "payout_worker", "reconciliation"),
+}
+
+
+async def subscribe_consumers(container: Container, service: str = "all") -> None:
+    """Subscribe the consumers and start the periodic jobs of `service` (or of all)."""
+    jobs: dict[str, Callable[[], Awaitable[None]]] = {
+        "welcome": lambda: welcome.subscribe(container.bus, container.uow, container.email),
+        "wallets": lambda: wallets.subscribe(container.bus, container.wallet_client),
+        "compliance": lambda: compliance.subscribe(container.bus, container.documents_client),
+        "payouts": lambda: payouts.subscribe(container.bus, container.payout_worker),
+        "txn_audit": lambda: txn_audit.subscribe(container.bus, container.uow),
+        "payout_worker": _started(container.payout_worker),
+        "reconciliation": _started(container.reconciliation_worker),
+    }
+    names = [name for names in WORKERS.values() for name in names]
+    for name in names if service == "all" else WORKERS[service]:
+        await jobs[name]()
+    container.housekeeping.start()
+
+
+def _started(worker: PayoutWorker | Periodic) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
+        worker.start()
+
+    return start
 
 
 def build(

@@ -20,7 +20,7 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from currencyex.bootstrap import build
+from currencyex.bootstrap import WORKERS, build
 from currencyex.config import Settings
 from currencyex.kernel.errors import AppError
 from currencyex.kernel.principal import (
@@ -73,7 +73,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         container = build(settings)
         settle_garbage_collector()
@@ -81,7 +81,7 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await container.start(run_workers=True)
+        await container.start(run_workers=True, workers_of=args.service)
         try:
             await stop.wait()
         finally:
@@ -216,7 +216,14 @@ def parser() -> argparse.ArgumentParser:
         help="serve one service of a split deployment (default: all, one process)",
     )
     serve.set_defaults(run=_serve)
-    commands.add_parser("worker", help="run the event consumers").set_defaults(run=_worker)
+    worker = commands.add_parser("worker", help="run the event consumers")
+    worker.add_argument(
+        "--service",
+        choices=["all", *WORKERS],
+        default="all",
+        help="run one service's consumers and periodic jobs (default: all of them)",
+    )
+    worker.set_defaults(run=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
     admin = commands.add_parser("create-admin", help="create an ADMIN account")
     admin.add_argument("--email", required=True)
@@ -260,7 +267,8 @@ _USES_DATABASE: frozenset[Callable[[Settings, argparse.Namespace], int]] = froze
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    chosen = {"service": args.service} if getattr(args, "service", None) else {}
+    serving = args.run is _serve and args.service  # a worker's service is not what it serves
+    chosen = {"service": args.service} if serving else {}
     try:
         settings = Settings(**chosen)
     except ValidationError as error:

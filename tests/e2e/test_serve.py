@@ -1,4 +1,5 @@
-"""End to end over real sockets: `currencyex serve` (and `worker`) as a user would start them.
+"""End to end over real sockets: `currencyex serve` (and a `worker --service` for each service's
+consumers) as a user would start them.
 
 The issue's acceptance walk: a customer registers, logs in and calls /me; an admin made with
 `currencyex create-admin` creates a teller and a customer trying the same gets 403/2003; a forged
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from currencyex.bootstrap import WORKERS
 from serve_support import Server, base_env, fresh_database, ip, login, real_services_env, submit_kyc
 
 from conftest import S3_CREDENTIALS, embedded_workdir
@@ -48,9 +50,11 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
             srv.start("serve", log="serve.log")  # consumers run inside: the bus is in-process
         else:
             assert srv.run("migrate").returncode == 0
-            # Split processes: the API relays the outbox, a separate worker consumes from NATS.
+            # Split processes: the API relays the outbox, and each service's worker consumes its
+            # events from NATS (tests/e2e/test_two_gateways.py runs one worker for them all).
             srv.start("serve", log="serve.log")
-            srv.start("worker", log="worker.log")
+            for service in WORKERS:
+                srv.start("worker", "--service", service, log=f"worker-{service}.log")
         srv.wait_healthy()
         yield srv
 
