@@ -16,6 +16,7 @@ from currencyex.documents import api as documents_api
 from currencyex.gateway import ops, ws
 from currencyex.gateway.errors import install_error_handlers
 from currencyex.gateway.middleware import RequestContextMiddleware
+from currencyex.gateway.proxy import ProxyRoute
 from currencyex.gateway.routes import GuardedRoute
 from currencyex.kernel.errors import CATALOG
 from currencyex.rates import api as rates_api
@@ -58,9 +59,12 @@ SERVICES: dict[str, tuple[APIRouter, ...]] = {
 
 
 def served_routers(service: str) -> tuple[APIRouter, ...]:
-    """The routers a process serving `service` answers, in ROUTERS order."""
+    """The routers a process serving `service` answers, in ROUTERS order (the gateway
+    forwards the services' routes, and answers its own operations routes)."""
     if service == "all":
         return ROUTERS
+    if service == "gateway":
+        return (ops.router,)
     own = SERVICES[service]
     return tuple(router for router in ROUTERS if router in own or router is ops.router)
 
@@ -115,6 +119,16 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
     ops.add_docs_page(app)
     # A plain Starlette route: the HTTP guard (run by every GuardedRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.
+    if service == "gateway":
+        # Each service's routes, in ROUTERS order, forwarded to it once the guard let them by.
+        owner = {id(router): name for name, routers in SERVICES.items() for router in routers}
+        for router in ROUTERS:
+            if id(router) in owner:
+                app.router.routes.extend(
+                    ProxyRoute(route, owner[id(router)])
+                    for route in router.routes
+                    if isinstance(route, APIRoute)
+                )
     if service == "all":
         app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
     return app

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import casbin
+import httpx
 import structlog
 
 from currencyex.auth.client import AuthClient, InProcessAuthClient
@@ -21,6 +22,7 @@ from currencyex.documents.repository import DocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
 from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
+from currencyex.gateway.upstreams import Upstreams
 from currencyex.gateway.ws_hub import Hub, HubSettings
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import (
@@ -120,6 +122,8 @@ class Container:
     hub: Hub
     # Reads (and signs) the gateway's credential of a request's caller: with internal_key set.
     callers: CallerCredentials | None = None
+    # The services the gateway forwards to: in the gateway of a split deployment.
+    upstreams: Upstreams | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> UnitOfWork:
@@ -200,6 +204,7 @@ class Container:
             ("rate_store", self.rate_store.close),
             ("storage", self.storage.close),
             ("database", self.db.close),
+            ("upstreams", self._close_upstreams),
         ]
         for name, step in steps:
             try:
@@ -211,6 +216,10 @@ class Container:
     async def _close_partner(self) -> None:
         if isinstance(self.payout_partner, HttpPartner):
             await self.payout_partner.aclose()
+
+    async def _close_upstreams(self) -> None:
+        if self.upstreams is not None:
+            await self.upstreams.close()
 
 
 def duplicate_window(settings: Settings) -> float:
@@ -266,9 +275,14 @@ def _started(worker: PayoutWorker | Periodic) -> Callable[[], Awaitable[None]]:
 
 
 def build(
-    settings: Settings, *, clock: Clock | None = None, partner: PayoutPartner | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    partner: PayoutPartner | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Container:
-    """The container for `settings`; `partner` replaces the payout partner they name (tests)."""
+    """The container for `settings`; `partner` replaces the payout partner they name, and
+    `upstream_transport` the gateway's way to the services (tests)."""
     clock = clock or SystemClock()
     db = Database(settings.database_url)
     cache: Cache
@@ -465,6 +479,11 @@ def build(
             every_seconds=settings.idempotency_prune_seconds,
         ),
         callers=_callers(settings, clock),
+        upstreams=(
+            Upstreams(settings.upstreams, transport=upstream_transport)
+            if settings.service == "gateway"
+            else None
+        ),
         hub=Hub(
             HubSettings(
                 max_connections_per_user=settings.ws_max_connections_per_user,

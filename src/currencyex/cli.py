@@ -21,7 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from currencyex.bootstrap import WORKERS, build
-from currencyex.config import Settings
+from currencyex.config import SPLIT_SERVICES, Settings
 from currencyex.kernel.errors import AppError
 from currencyex.kernel.principal import (
     Role,
@@ -212,8 +212,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument(
         "--service",
-        choices=["all", "auth", "wallet", "rates", "remit", "docs"],
-        help="serve one service of a split deployment (default: all, one process)",
+        choices=["all", "gateway", *SPLIT_SERVICES],
+        help="serve the gateway or one service of a split deployment (default: all, one process)",
     )
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run the event consumers")

@@ -84,6 +84,10 @@ class WalletLimitTerms(WalletLimitOverride):
     balance_max: Decimal = Field(default=Decimal(100_000_000), gt=0, allow_inf_nan=False)
 
 
+# The services of a split deployment, each served by its own processes (app.SERVICES).
+SPLIT_SERVICES = ("auth", "wallet", "rates", "remit", "docs")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CURRENCYEX_", extra="forbid")
 
@@ -151,8 +155,11 @@ class Settings(BaseSettings):
     # Which service this process serves: "all" (one process, the default) or one service of a
     # split deployment, which answers only requests the gateway forwarded, with a credential
     # signed by internal_key (platform/security/callers.py), the same in every process.
-    service: Literal["all", "auth", "wallet", "rates", "remit", "docs"] = "all"
+    # "gateway" is the split deployment's public entry: it guards each request, then forwards it
+    # to the service that owns it, at its base URL in upstreams ({"auth": "http://host:port"}).
+    service: Literal["all", "gateway", "auth", "wallet", "rates", "remit", "docs"] = "all"
     internal_key: SecretStr = SecretStr("")
+    upstreams: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _split(self) -> Self:
@@ -163,6 +170,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"service {self.service!r} answers only what the gateway forwards: "
                 "set internal_key (CURRENCYEX_INTERNAL_KEY), the same in every process"
+            )
+        missing = [name for name in SPLIT_SERVICES if name not in self.upstreams]
+        if self.service == "gateway" and missing:
+            raise ValueError(
+                f"the gateway forwards to every service: set upstreams (CURRENCYEX_UPSTREAMS, "
+                f'JSON like {{"auth": "http://127.0.0.1:8101"}}) for {", ".join(missing)}'
             )
         return self
 

@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from currencyex.config import Settings
 from currencyex.gateway.limits import RateLimiter
+from currencyex.gateway.upstreams import Upstreams
 from currencyex.gateway.ws_hub import Hub
 from currencyex.kernel.principal import Authenticator
 from currencyex.platform.observability.metrics import Metrics
@@ -40,6 +41,9 @@ class Edge(Protocol):
 
     @property
     def callers(self) -> CallerCredentials | None: ...
+
+    @property
+    def upstreams(self) -> Upstreams | None: ...
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]: ...
 

@@ -146,7 +146,7 @@ def bearer_token(request: Request) -> str | None:
 async def guard(request: Request) -> None:
     services = edge(request)
     settings = services.settings
-    if settings.service != "all":
+    if settings.service not in ("all", "gateway"):
         _guard_forwarded(request, services.callers, services.enforcer)
         return
     limiter = services.limiter

@@ -1,0 +1,103 @@
+"""The gateway of a split deployment: each API route, guarded here (limits, token, policy), is
+forwarded to the service that owns it, with the caller vouched for (platform/security/callers.py).
+
+Bodies stream both ways: the request's as the client sends it, the answer's as the service
+writes it, so an upload is never held whole in the gateway's memory. A service that cannot be
+reached answers 503/5001 here; whatever a service answers, errors included, goes back as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi.routing import APIRoute
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import request_response
+
+from currencyex.gateway.edge import edge
+from currencyex.gateway.routes import GuardedRoute, Handler, guarded
+from currencyex.kernel.errors import DependencyUnavailable
+from currencyex.platform.security.callers import HEADER, Caller
+
+# Headers of one connection (RFC 9110, section 7.6.1), not passed on; and the caller header,
+# which only the gateway writes.
+_NOT_PASSED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        HEADER.encode(),
+    }
+)
+
+
+class ProxyRoute(GuardedRoute):
+    """A route of the API answered by forwarding it to `service` once the guard let it by."""
+
+    def __init__(self, route: APIRoute, service: str) -> None:
+        self.service = service
+        super().__init__(
+            route.path,
+            route.endpoint,
+            methods=route.methods,
+            name=route.name,
+            response_model=None,
+            include_in_schema=False,
+        )
+        self.app = request_response(self.get_route_handler())
+
+    def get_route_handler(self) -> Handler:
+        return guarded(forwarder(self.service))
+
+
+def forwarder(service: str) -> Handler:
+    async def forward(request: Request) -> Response:
+        state = edge(request)
+        upstreams, callers = state.upstreams, state.callers
+        if upstreams is None or callers is None:
+            raise RuntimeError("the gateway needs the services' URLs and the internal key")
+        principal = getattr(request.state, "principal", None)
+        request_id: str = request.scope["state"]["request_id"]
+        headers = [
+            (k, v) for k, v in request.headers.raw if k not in _NOT_PASSED and k != b"x-request-id"
+        ]
+        headers.append((b"x-request-id", request_id.encode()))  # one id for the request, all along
+        headers.append((HEADER.encode(), callers.sign(Caller(principal, request_id)).encode()))
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        outgoing = upstreams.client.build_request(
+            request.method,
+            httpx.URL(upstreams.urls[service] + request.url.path, query=request.url.query.encode()),
+            headers=headers,
+            content=_body(request) if has_body else None,
+        )
+        try:
+            answer = await upstreams.client.send(outgoing, stream=True)
+        except httpx.TransportError as exc:
+            raise DependencyUnavailable(f"The {service} service is unreachable") from exc
+        response = StreamingResponse(
+            answer.aiter_raw(),
+            status_code=answer.status_code,
+            background=BackgroundTask(answer.aclose),
+        )
+        response.raw_headers = [
+            (name, value)
+            for name, value in ((k.lower(), v) for k, v in answer.headers.raw)
+            if name not in _NOT_PASSED
+        ]
+        return response
+
+    return forward
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk

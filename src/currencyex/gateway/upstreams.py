@@ -1,0 +1,25 @@
+"""Where the gateway of a split deployment finds the services it forwards to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+
+# A service answering a forwarded request has this long to start answering (its own outages
+# answer 503 in about 2 s) and between two parts of its body; connecting is quick or fails.
+TIMEOUT = httpx.Timeout(30.0, connect=2.0)
+
+
+class Upstreams:
+    """The services' base URLs (service name -> "http://host:port") and one HTTP client for
+    them all, with its pool of connections."""
+
+    def __init__(
+        self, urls: Mapping[str, str], *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.urls = {name: url.rstrip("/") for name, url in urls.items()}
+        self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport)
+
+    async def close(self) -> None:
+        await self.client.aclose()
