@@ -131,12 +131,13 @@ class Container:
         return DatabaseUnitOfWork(self.db)
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        return {
+        checks: dict[str, Callable[[], Awaitable[None]]] = {
             "database": self.db.ping,
             "cache": self.cache.ping,
             "bus": self.bus.ping,
             "storage": self.storage.ping,
         }
+        return checks if self.upstreams is None else checks | self.upstreams.checks()
 
     async def start(self, *, run_workers: bool | None = None, workers_of: str = "all") -> None:
         """Connect the bus, subscribe the consumers (if this process runs them: all of them, or

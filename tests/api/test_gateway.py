@@ -100,10 +100,17 @@ async def test_the_gateway_refuses_before_forwarding(split: Split) -> None:
 
 
 async def test_a_service_that_cannot_be_reached_is_a_503_at_the_gateway(split: Split) -> None:
+    ready = await split.http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert {f"service:{name}" for name in SPLIT_SERVICES} <= set(ready.json()["checks"])
     split.services.apps.pop("rates")
     answer = await split.http.get("/v1/rates/currencies")
     assert (answer.status_code, answer.json()["code"]) == (503, 5001), answer.text
     assert "rates" in answer.json()["message"]
+    ready = await split.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["service:rates"] == "error: ConnectError"
+    assert ready.json()["checks"]["service:wallet"] == "ok"
 
 
 def test_the_gateway_forwards_every_services_routes() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
 
@@ -20,6 +21,17 @@ class Upstreams:
     ) -> None:
         self.urls = {name: url.rstrip("/") for name, url in urls.items()}
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport)
+
+    def checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """For /readyz: each service answering its own /healthz."""
+        return {
+            f"service:{name}": functools.partial(self._alive, url)
+            for name, url in self.urls.items()
+        }
+
+    async def _alive(self, url: str) -> None:
+        answer = await self.client.get(url + "/healthz")
+        answer.raise_for_status()
 
     async def close(self) -> None:
         await self.client.aclose()
