@@ -56,6 +56,10 @@ class Server:
         self.port = int(env["CURRENCYEX_PORT"])
         self.base = f"http://127.0.0.1:{self.port}"
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+        # How long a change to a user made by one process (a KYC decision) may take to be seen
+        # by another (the principal's memory, auth.service.LOCAL_PRINCIPAL_SECONDS): 0 when one
+        # process answers everything.
+        self.sees_changes_within = 0.0
 
     def start(self, *args: str, log: str) -> None:
         out = self.workdir / log

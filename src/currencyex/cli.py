@@ -73,6 +73,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_split(_settings: Settings, args: argparse.Namespace) -> int:
+    from currencyex.split import serve_split
+
+    return serve_split(args.port, dict(os.environ))
+
+
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         container = build(settings)
@@ -216,6 +222,11 @@ def parser() -> argparse.ArgumentParser:
         help="serve the gateway or one service of a split deployment (default: all, one process)",
     )
     serve.set_defaults(run=_serve)
+    split = commands.add_parser(
+        "serve-split", help="start the split deployment on loopback: the gateway and the services"
+    )
+    split.add_argument("--port", type=int, default=8080, help="the gateway's port")
+    split.set_defaults(run=_serve_split)
     worker = commands.add_parser("worker", help="run the event consumers")
     worker.add_argument(
         "--service",
