@@ -16,7 +16,7 @@ from currencyex.documents import api as documents_api
 from currencyex.gateway import ops, ws
 from currencyex.gateway.errors import install_error_handlers
 from currencyex.gateway.middleware import RequestContextMiddleware
-from currencyex.gateway.proxy import ProxyRoute
+from currencyex.gateway.proxy import ProxyRoute, forward_websocket
 from currencyex.gateway.routes import GuardedRoute
 from currencyex.kernel.errors import CATALOG
 from currencyex.rates import api as rates_api
@@ -63,7 +63,7 @@ def served_routers(service: str) -> tuple[APIRouter, ...]:
     forwards the services' routes, and answers its own operations routes)."""
     if service == "all":
         return ROUTERS
-    if service == "gateway":
+    if service in ("gateway", "ws"):
         return (ops.router,)
     own = SERVICES[service]
     return tuple(router for router in ROUTERS if router in own or router is ops.router)
@@ -129,6 +129,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
                     for route in router.routes
                     if isinstance(route, APIRoute)
                 )
-    if service == "all":
+        app.router.routes.append(WebSocketRoute(ws.PATH, forward_websocket))
+    if service in ("all", "ws"):
         app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
     return app

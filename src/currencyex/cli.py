@@ -21,7 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from currencyex.bootstrap import WORKERS, build
-from currencyex.config import SPLIT_SERVICES, Settings
+from currencyex.config import UPSTREAM_SERVICES, Settings
 from currencyex.kernel.errors import AppError
 from currencyex.kernel.principal import (
     Role,
@@ -218,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument(
         "--service",
-        choices=["all", "gateway", *SPLIT_SERVICES],
+        choices=["all", "gateway", *UPSTREAM_SERVICES],
         help="serve the gateway or one service of a split deployment (default: all, one process)",
     )
     serve.set_defaults(run=_serve)

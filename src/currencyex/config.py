@@ -84,8 +84,10 @@ class WalletLimitTerms(WalletLimitOverride):
     balance_max: Decimal = Field(default=Decimal(100_000_000), gt=0, allow_inf_nan=False)
 
 
-# The services of a split deployment, each served by its own processes (app.SERVICES).
+# The services of a split deployment, each served by its own processes (app.SERVICES), and the
+# WebSocket service ("ws": /v1/ws); the gateway forwards to all of them.
 SPLIT_SERVICES = ("auth", "wallet", "rates", "remit", "docs")
+UPSTREAM_SERVICES = (*SPLIT_SERVICES, "ws")
 
 
 class Settings(BaseSettings):
@@ -157,7 +159,7 @@ class Settings(BaseSettings):
     # signed by internal_key (platform/security/callers.py), the same in every process.
     # "gateway" is the split deployment's public entry: it guards each request, then forwards it
     # to the service that owns it, at its base URL in upstreams ({"auth": "http://host:port"}).
-    service: Literal["all", "gateway", "auth", "wallet", "rates", "remit", "docs"] = "all"
+    service: Literal["all", "gateway", "auth", "wallet", "rates", "remit", "docs", "ws"] = "all"
     internal_key: SecretStr = SecretStr("")
     upstreams: dict[str, str] = Field(default_factory=dict)
 
@@ -171,7 +173,7 @@ class Settings(BaseSettings):
                 f"service {self.service!r} answers only what the gateway forwards: "
                 "set internal_key (CURRENCYEX_INTERNAL_KEY), the same in every process"
             )
-        missing = [name for name in SPLIT_SERVICES if name not in self.upstreams]
+        missing = [name for name in UPSTREAM_SERVICES if name not in self.upstreams]
         if self.service == "gateway" and missing:
             raise ValueError(
                 f"the gateway forwards to every service: set upstreams (CURRENCYEX_UPSTREAMS, "

@@ -1,11 +1,11 @@
 """`currencyex serve-split`: the split deployment on one machine, for trying it and for tests.
 
-The five services (`serve --service NAME`) on free loopback ports, a worker per service that has
-consumers, and the gateway on the given port in front of them, all on the PostgreSQL, Redis and
-NATS that the CURRENCYEX_* variables name (by default the loopback servers). The database is
-created when missing and migrated once, before anything starts. One internal key is made for
-the run unless CURRENCYEX_INTERNAL_KEY gives one. Every process writes to this one's output.
-Ctrl-C or SIGTERM stops them all; so does any of them ending.
+The five services and the WebSocket service (`serve --service NAME`) on free loopback ports, a
+worker per service that has consumers, and the gateway on the given port in front of them, all
+on the PostgreSQL, Redis and NATS that the CURRENCYEX_* variables name (by default the loopback
+servers). The database is created when missing and migrated once, before anything starts. One
+internal key is made for the run unless CURRENCYEX_INTERNAL_KEY gives one. Every process writes
+to this one's output. Ctrl-C or SIGTERM stops them all; so does any of them ending.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 
 from currencyex.bootstrap import WORKERS
-from currencyex.config import SPLIT_SERVICES
+from currencyex.config import UPSTREAM_SERVICES
 from currencyex.platform.db.database import driver_url
 
 CLI = [sys.executable, "-m", "currencyex.cli"]
@@ -55,7 +55,7 @@ def serve_split(port: int, environ: dict[str, str]) -> int:
         signal.signal(signum, stop)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        ports = {name: _free_port() for name in SPLIT_SERVICES}
+        ports = {name: _free_port() for name in UPSTREAM_SERVICES}
         for name, service_port in ports.items():
             processes.append(_run(["serve", "--service", name, "--port", str(service_port)], env))
         processes += [_run(["worker", "--service", name], env) for name in WORKERS]

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 
 from currencyex.app import SERVICES, create_app
 from currencyex.bootstrap import build
-from currencyex.config import SPLIT_SERVICES
+from currencyex.config import SPLIT_SERVICES, UPSTREAM_SERVICES
 
 KEY = "an internal key shared by the gateway and the services"
 
@@ -41,7 +41,7 @@ class Split:
 @pytest_asyncio.fixture
 async def split(backend: str, make_settings: Callable[..., Any]) -> AsyncIterator[Split]:
     services = ByHost()
-    upstreams = {name: f"http://{name}" for name in SPLIT_SERVICES}
+    upstreams = {name: f"http://{name}" for name in UPSTREAM_SERVICES}
     async with AsyncExitStack() as stack:
 
         async def started(service: str, **options: Any) -> ASGIApp:
@@ -50,7 +50,7 @@ async def split(backend: str, make_settings: Callable[..., Any]) -> AsyncIterato
             await stack.enter_async_context(app.router.lifespan_context(app))
             return app
 
-        for name in SPLIT_SERVICES:
+        for name in UPSTREAM_SERVICES:
             services.apps[name] = httpx.ASGITransport(app=await started(name))
         gateway = await started("gateway", upstreams=upstreams)
         transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
@@ -102,7 +102,7 @@ async def test_the_gateway_refuses_before_forwarding(split: Split) -> None:
 async def test_a_service_that_cannot_be_reached_is_a_503_at_the_gateway(split: Split) -> None:
     ready = await split.http.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert {f"service:{name}" for name in SPLIT_SERVICES} <= set(ready.json()["checks"])
+    assert {f"service:{name}" for name in UPSTREAM_SERVICES} <= set(ready.json()["checks"])
     split.services.apps.pop("rates")
     answer = await split.http.get("/v1/rates/currencies")
     assert (answer.status_code, answer.json()["code"]) == (503, 5001), answer.text

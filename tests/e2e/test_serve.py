@@ -13,6 +13,7 @@ signed URL and approves; on the embedded default (a local folder) and on the rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -20,15 +21,25 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from currencyex.auth.service import LOCAL_PRINCIPAL_SECONDS
 from currencyex.bootstrap import WORKERS
 from serve_support import Server, base_env, fresh_database, ip, login, real_services_env, submit_kyc
+from ws_support import next_update
 
 from conftest import S3_CREDENTIALS, embedded_workdir
+
+BENEFICIARY = {
+    "name": "Ada Lovelace",
+    "account_number": "GB29NWBK60161331926819",
+    "bank_code": "NWBKGB2L",
+    "country": "GB",
+}
 
 
 @pytest.fixture(
@@ -195,11 +206,9 @@ def test_documents_walk_over_real_http(server: Server) -> None:
     client.close()
 
 
-def test_money_walk_over_real_http(server: Server) -> None:
-    """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
-    and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
-    `currencyex ledger verify` passes."""
-    client = httpx.Client(base_url=server.base, timeout=10)
+def _funded_customer(server: Server, client: httpx.Client) -> dict[str, str]:
+    """An admin (create-admin) makes a teller; a customer registers, uploads the KYC documents
+    and is approved; the teller deposits 1,000.00 USD for them: the customer's headers."""
     admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     assert (
         server.run(
@@ -237,9 +246,18 @@ def test_money_walk_over_real_http(server: Server) -> None:
     deposit = client.post(
         "/v1/wallet/deposit",
         json={"user_id": user["id"], "amount": "1000.00", "currency": "USD", "reference": "B7"},
-        headers={**teller, "Idempotency-Key": "walk-deposit"},
+        headers={**teller, "Idempotency-Key": f"walk-deposit-{uuid.uuid4().hex[:8]}"},
     )
     assert deposit.status_code == 201, deposit.text
+    return customer
+
+
+def test_money_walk_over_real_http(server: Server) -> None:
+    """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
+    and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
+    `currencyex ledger verify` passes."""
+    client = httpx.Client(base_url=server.base, timeout=10)
+    customer = _funded_customer(server, client)
 
     quote = client.post(
         "/v1/remit/quote",
@@ -284,4 +302,46 @@ def test_money_walk_over_real_http(server: Server) -> None:
     verify = server.run("ledger", "verify")
     assert verify.returncode == 0, verify.stderr
     assert "ledger verify: ok" in verify.stdout
+    client.close()
+
+
+def test_send_walk_with_live_status_over_real_http(server: Server) -> None:
+    """An approved, funded customer watching /v1/ws sends 100.00 USD to a beneficiary: the
+    socket tells PROCESSING then COMPLETED, the transaction's history says the same, and its
+    receipt is a signed link to a PDF."""
+    client = httpx.Client(base_url=server.base, timeout=10)
+    customer = _funded_customer(server, client)
+    token = customer["Authorization"].removeprefix("Bearer ")
+    ws_url = f"ws://127.0.0.1:{server.port}/v1/ws?token={token}"
+
+    async def send_and_watch() -> tuple[dict[str, Any], list[str]]:
+        async with (
+            websockets.connect(ws_url, open_timeout=10) as ws,
+            httpx.AsyncClient(base_url=server.base, timeout=10, headers=customer) as http,
+        ):
+            body = {"source_currency": "USD", "target_currency": "EUR", "source_amount": "100.00"}
+            quote = (await http.post("/v1/remit/quote", json=body)).json()
+            sent = await http.post(
+                "/v1/remit/send",
+                json={"quote_id": quote["quote_id"], "beneficiary": BENEFICIARY},
+                headers={"Idempotency-Key": "walk-send"},
+            )
+            assert sent.status_code == 201, sent.text
+            statuses: list[str] = []
+            while "COMPLETED" not in statuses:
+                update = await next_update(ws, within=20)
+                statuses.append(update["data"]["status"])
+            return sent.json(), statuses
+
+    sent, statuses = asyncio.run(send_and_watch())
+    assert statuses == ["CREATED", "PROCESSING", "COMPLETED"]
+    reference = sent["reference_id"]
+    details = client.get(f"/v1/remit/transactions/{reference}", headers=customer).json()
+    assert details["status"] == "COMPLETED"
+    receipt = client.get(f"/v1/remit/transactions/{reference}/receipt", headers=customer)
+    assert receipt.status_code == 200, receipt.text
+    pdf = httpx.get(receipt.json()["url"], timeout=10)
+    assert pdf.content.startswith(b"%PDF"), pdf.status_code
+    verify = server.run("ledger", "verify")
+    assert verify.returncode == 0, verify.stderr
     client.close()

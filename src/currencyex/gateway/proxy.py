@@ -8,20 +8,32 @@ reached answers 503/5001 here; whatever a service answers, errors included, goes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
+import structlog
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import request_response
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.typing import Subprotocol
 
 from currencyex.gateway.edge import edge
+from currencyex.gateway.middleware import new_request_id
 from currencyex.gateway.routes import GuardedRoute, Handler, guarded
+from currencyex.gateway.upstreams import TIMEOUT
 from currencyex.kernel.errors import DependencyUnavailable
 from currencyex.platform.security.callers import HEADER, Caller
 
+log = structlog.get_logger(__name__)
+
+WS_TRY_AGAIN_LATER = 1013
 # Headers of one connection (RFC 9110, section 7.6.1), not passed on; and the caller header,
 # which only the gateway writes.
 _NOT_PASSED = frozenset(
@@ -101,3 +113,68 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         if chunk:
             yield chunk
+
+
+async def forward_websocket(websocket: WebSocket) -> None:
+    """/v1/ws, forwarded to the WebSocket service: the connection is opened there first (the
+    token goes as the client gave it, and the service checks it), then taken here with the
+    subprotocol the service chose; messages pass both ways until either side closes, and the
+    other is closed with the same code. A service that cannot be reached is 1013, try again
+    later."""
+    state = edge(websocket)
+    upstreams, callers = state.upstreams, state.callers
+    if upstreams is None or callers is None:
+        raise RuntimeError("the gateway needs the services' URLs and the internal key")
+    url = "ws" + upstreams.urls["ws"].removeprefix("http") + websocket.url.path
+    if websocket.url.query:
+        url += "?" + websocket.url.query
+    offered = websocket.headers.get("sec-websocket-protocol")
+    subprotocols = [Subprotocol(p.strip()) for p in offered.split(",")] if offered else None
+    credential = callers.sign(Caller(None, new_request_id()))
+    try:
+        upstream = await connect(
+            url,
+            additional_headers={HEADER: credential},
+            subprotocols=subprotocols,
+            open_timeout=TIMEOUT.connect,
+            max_size=None,
+        )
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        log.warning("gateway.ws_upstream_unreachable", error=repr(exc))
+        await websocket.close(WS_TRY_AGAIN_LATER, "live updates unavailable, try again later")
+        return
+    async with upstream:
+        await websocket.accept(subprotocol=upstream.subprotocol)
+        inbound = asyncio.create_task(_client_to_service(websocket, upstream))
+        outbound = asyncio.create_task(_service_to_client(upstream, websocket))
+        try:
+            await asyncio.wait((inbound, outbound), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (inbound, outbound):
+                task.cancel()
+            await asyncio.gather(inbound, outbound, return_exceptions=True)
+
+
+async def _client_to_service(websocket: WebSocket, upstream: ClientConnection) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            await upstream.close(message.get("code", 1000))
+            return
+        if message.get("text") is not None:
+            await upstream.send(message["text"])
+        elif message.get("bytes") is not None:
+            await upstream.send(message["bytes"])
+
+
+async def _service_to_client(upstream: ClientConnection, websocket: WebSocket) -> None:
+    try:
+        async for message in upstream:
+            if isinstance(message, str):
+                await websocket.send_text(message)
+            else:
+                await websocket.send_bytes(message)
+    except ConnectionClosed:
+        pass
+    with contextlib.suppress(RuntimeError):  # the client has gone already
+        await websocket.close(upstream.close_code or 1011, upstream.close_reason or "")

@@ -28,6 +28,7 @@ from currencyex.kernel.principal import (
     Principal,
 )
 from currencyex.platform.resilience.outages import dependency_down
+from currencyex.platform.security.callers import HEADER
 from currencyex.platform.security.tokens import unverified_expiry
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,8 @@ async def live_updates(websocket: WebSocket) -> None:
     token, subprotocol = _credentials(websocket)
     principal = None
     refusal = CloseCode.POLICY_VIOLATION, "invalid or missing token"
+    if not _through_the_gateway(services, websocket):
+        token, refusal = None, (CloseCode.POLICY_VIOLATION, "only through the gateway")
     if token is not None:
         try:
             principal = await _admitted(services, token)
@@ -92,6 +95,20 @@ async def live_updates(websocket: WebSocket) -> None:
         await _serve(websocket, subscription, _recheck(services, token, subscription))
     finally:
         await services.hub.unregister(subscription)
+
+
+def _through_the_gateway(services: Edge, websocket: WebSocket) -> bool:
+    """In the WebSocket service of a split deployment, whether the gateway forwarded the
+    connection (its credential); the one process takes connections itself."""
+    if services.settings.service != "ws":
+        return True
+    if services.callers is None:
+        return False
+    try:
+        services.callers.verify(websocket.headers.get(HEADER))
+    except InvalidToken:
+        return False
+    return True
 
 
 async def _recheck(services: Edge, token: str, subscription: Subscription) -> None:
