@@ -18,7 +18,9 @@ import pytest
 import websockets
 import websockets.protocol
 
+from currencyex.kernel.clock import SystemClock
 from currencyex.kernel.errors import DependencyUnavailable
+from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
 from currencyex.platform.security.tokens import unverified_expiry
 from ws_support import next_update, read_to_the_end, served
 
@@ -162,3 +164,25 @@ async def test_a_token_that_cannot_be_checked_is_told_to_try_again_later(
         async with websockets.connect(f"{ws_url}?token={token}") as ws:
             close = await close_frame(ws)
     assert (close.code, close.reason) == (1013, "authentication unavailable, try again later")
+
+
+async def test_the_websocket_service_takes_connections_only_from_the_gateway(
+    make_settings: Callable[..., Any],
+) -> None:
+    """`serve --service ws` closes (1008) a connection without the gateway's credential, or with
+    a forged one; with it, the token decides as in one process (the whole way through the gateway:
+    tests/e2e/test_serve.py, the send walk on the split deployment)."""
+    key = "an internal key shared by the gateway and the services"
+    settings = await make_settings("embedded", service="ws", internal_key=key)
+    async with served(settings) as (_, ws_url):
+        forged = {HEADER: "forged.credential"}
+        for headers in ({}, forged):
+            async with websockets.connect(ws_url, additional_headers=headers) as ws:
+                frame = await close_frame(ws)
+            assert (frame.code, frame.reason) == (1008, "only through the gateway")
+        vouched = {HEADER: CallerCredentials(key, SystemClock()).sign(Caller(None, "r-1"))}
+        async with websockets.connect(
+            ws_url + "?token=not.a.jwt", additional_headers=vouched
+        ) as ws:
+            frame = await close_frame(ws)
+        assert (frame.code, frame.reason) == (1008, "invalid or missing token")
