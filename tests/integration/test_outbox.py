@@ -478,6 +478,23 @@ async def test_the_relay_publishes_in_batches_oldest_first(
         await db.close()
 
 
+async def test_a_row_is_never_marked_published_before_it_was_created(
+    backend: str, make_settings: Callable[..., Any]
+) -> None:
+    # Stamped by a process whose clock runs ahead of the relay's (or committed between the
+    # relay reading its clock and its statement running: a CI run saw 0.4 ms of that).
+    settings = await make_settings(backend)
+    db = Database(settings.database_url)
+    try:
+        ahead = Event("full.test.ahead", {}, occurred_at=datetime.now(UTC) + timedelta(hours=1))
+        await write_events(db, [ahead])
+        assert await OutboxRelay(db, FlakyBus()).relay_once() == 1
+        (row,) = await outbox_rows(db)
+        assert row.published_at >= row.created_at
+    finally:
+        await db.close()
+
+
 async def test_the_running_relay_retries_until_the_bus_takes_every_event(
     backend: str, make_settings: Callable[..., Any]
 ) -> None:

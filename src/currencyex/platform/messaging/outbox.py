@@ -19,9 +19,12 @@ log = structlog.get_logger(__name__)
 
 
 # A batch of unpublished events, marked published as it is taken (rows locked, SKIP LOCKED:
-# two relays split the work); what the bus did not take is unmarked before the commit.
+# two relays split the work); what the bus did not take is unmarked before the commit. The
+# relay's clock is read before the statement runs, and a row committed in between (or stamped
+# by another process's clock) may carry a later created_at: a row is never published before it
+# was created.
 _TAKE = """
-UPDATE outbox SET published_at = $2
+UPDATE outbox SET published_at = GREATEST($2, created_at)
 WHERE id IN (
     SELECT id FROM outbox WHERE published_at IS NULL
     ORDER BY created_at, id
