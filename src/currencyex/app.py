@@ -16,7 +16,7 @@ from currencyex.documents import api as documents_api
 from currencyex.gateway import ops, ws
 from currencyex.gateway.errors import install_error_handlers
 from currencyex.gateway.middleware import RequestContextMiddleware
-from currencyex.gateway.proxy import ProxyRoute, forward_websocket
+from currencyex.gateway.proxy import forward_websocket, proxied
 from currencyex.gateway.routes import GuardedRoute
 from currencyex.kernel.errors import CATALOG
 from currencyex.rates import api as rates_api
@@ -125,7 +125,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         for router in ROUTERS:
             if id(router) in owner:
                 app.router.routes.extend(
-                    ProxyRoute(route, owner[id(router)])
+                    proxied(route, owner[id(router)])
                     for route in router.routes
                     if isinstance(route, APIRoute)
                 )

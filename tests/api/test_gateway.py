@@ -4,8 +4,10 @@ a service that cannot be reached is a 503/5001 at the gateway."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from currencyex.bootstrap import build
 from currencyex.config import SPLIT_SERVICES, UPSTREAM_SERVICES
 
 KEY = "an internal key shared by the gateway and the services"
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"  # the one process's
 
 
 class ByHost(httpx.AsyncBaseTransport):
@@ -115,3 +118,12 @@ async def test_a_service_that_cannot_be_reached_is_a_503_at_the_gateway(split: S
 
 def test_the_gateway_forwards_every_services_routes() -> None:
     assert set(SERVICES) == set(SPLIT_SERVICES)
+
+
+async def test_the_gateway_documents_the_api_as_the_one_process_does(split: Split) -> None:
+    gateway = (await split.http.get("/openapi.json")).json()
+    one_process = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs/openapi.json").read_text()
+    )
+    assert gateway["paths"] == one_process["paths"]
+    assert gateway["components"] == one_process["components"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 
 import httpx
@@ -51,23 +52,14 @@ _NOT_PASSED = frozenset(
 )
 
 
-class ProxyRoute(GuardedRoute):
-    """A route of the API answered by forwarding it to `service` once the guard let it by."""
-
-    def __init__(self, route: APIRoute, service: str) -> None:
-        self.service = service
-        super().__init__(
-            route.path,
-            route.endpoint,
-            methods=route.methods,
-            name=route.name,
-            response_model=None,
-            include_in_schema=False,
-        )
-        self.app = request_response(self.get_route_handler())
-
-    def get_route_handler(self) -> Handler:
-        return guarded(forwarder(self.service))
+def proxied(route: APIRoute, service: str) -> APIRoute:
+    """`route` as the gateway answers it: the same route (its path and methods, its limit, its
+    part of the OpenAPI document), forwarded to `service` once the guard let it by."""
+    if not isinstance(route, GuardedRoute):
+        raise TypeError(f"{route.path} is not a GuardedRoute")
+    proxy = copy.copy(route)
+    proxy.app = request_response(guarded(forwarder(service)))
+    return proxy
 
 
 def forwarder(service: str) -> Handler:
