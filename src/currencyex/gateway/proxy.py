@@ -17,7 +17,7 @@ import httpx
 import structlog
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import request_response
 from starlette.websockets import WebSocket
@@ -28,9 +28,9 @@ from websockets.typing import Subprotocol
 from currencyex.gateway.edge import edge
 from currencyex.gateway.middleware import new_request_id
 from currencyex.gateway.routes import GuardedRoute, Handler, guarded
-from currencyex.gateway.upstreams import TIMEOUT
+from currencyex.gateway.upstreams import TIMEOUT, Upstreams
 from currencyex.kernel.errors import DependencyUnavailable
-from currencyex.platform.security.callers import HEADER, Caller
+from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
 
 log = structlog.get_logger(__name__)
 
@@ -64,10 +64,7 @@ def proxied(route: APIRoute, service: str) -> APIRoute:
 
 def forwarder(service: str) -> Handler:
     async def forward(request: Request) -> Response:
-        state = edge(request)
-        upstreams, callers = state.upstreams, state.callers
-        if upstreams is None or callers is None:
-            raise RuntimeError("the gateway needs the services' URLs and the internal key")
+        upstreams, callers = _gateway(request)
         principal = getattr(request.state, "principal", None)
         request_id: str = request.scope["state"]["request_id"]
         headers = [
@@ -101,6 +98,14 @@ def forwarder(service: str) -> Handler:
     return forward
 
 
+def _gateway(connection: HTTPConnection) -> tuple[Upstreams, CallerCredentials]:
+    """The services' URLs and the credentials the gateway signs (settings make sure of both)."""
+    state = edge(connection)
+    if state.upstreams is None or state.callers is None:
+        raise RuntimeError("the gateway needs the services' URLs and the internal key")
+    return state.upstreams, state.callers
+
+
 async def _body(request: Request) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         if chunk:
@@ -113,10 +118,7 @@ async def forward_websocket(websocket: WebSocket) -> None:
     subprotocol the service chose; messages pass both ways until either side closes, and the
     other is closed with the same code. A service that cannot be reached is 1013, try again
     later."""
-    state = edge(websocket)
-    upstreams, callers = state.upstreams, state.callers
-    if upstreams is None or callers is None:
-        raise RuntimeError("the gateway needs the services' URLs and the internal key")
+    upstreams, callers = _gateway(websocket)
     url = "ws" + upstreams.urls["ws"].removeprefix("http") + websocket.url.path
     if websocket.url.query:
         url += "?" + websocket.url.query

@@ -160,22 +160,22 @@ def parse_rate(value: str | Decimal) -> Decimal:
 def convert_received(amount: Money, rate: Decimal, target: str) -> Money:
     """What a customer receives for `amount` at `rate`: rounded down to the target's minor unit."""
     numerator, denominator = rate.as_integer_ratio()
-    return Money.from_ratio(
-        amount.minor * numerator * currency(target).unit,
-        denominator * currency(amount.currency).unit,
-        target,
-        rounding=ROUND_FLOOR,
-    )
+    return _at_ratio(amount, numerator, denominator, target, ROUND_FLOOR)
 
 
 def source_needed(target: Money, rate: Decimal, source: str) -> Money:
     """The smallest source amount that buys at least `target` at `rate`: rounded up."""
     numerator, denominator = rate.as_integer_ratio()
+    return _at_ratio(target, denominator, numerator, source, ROUND_CEILING)
+
+
+def _at_ratio(amount: Money, numerator: int, denominator: int, code: str, rounding: str) -> Money:
+    """`amount` times `numerator / denominator`, in `code`, rounded to its minor unit; exact."""
     return Money.from_ratio(
-        target.minor * denominator * currency(source).unit,
-        numerator * currency(target.currency).unit,
-        source,
-        rounding=ROUND_CEILING,
+        amount.minor * numerator * currency(code).unit,
+        denominator * currency(amount.currency).unit,
+        code,
+        rounding=rounding,
     )
 
 
