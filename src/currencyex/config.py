@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from currencyex.platform.security.callers import MIN_KEY_LENGTH
+
 FailMode = Literal["open", "closed"]
 
 # Where the app serves the local folder store's signed links (the documents routes).
@@ -166,8 +168,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _split(self) -> Self:
         key = self.internal_key.get_secret_value()
-        if key and len(key) < 32:
-            raise ValueError("internal_key must be at least 32 characters")
+        if key and len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"internal_key must be at least {MIN_KEY_LENGTH} characters")
         if self.service != "all" and not key:
             raise ValueError(
                 f"service {self.service!r} answers only what the gateway forwards: "
