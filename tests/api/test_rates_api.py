@@ -20,7 +20,7 @@ from currencyex.config import Settings
 from currencyex.kernel.clock import FakeClock
 from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable
 from currencyex.rates.client import QuoteTakenUnderKey
-from currencyex.rates.service import SNAPSHOT_KEY, quote_key
+from currencyex.rates.service import ABANDONED_TAKE, SNAPSHOT_KEY, quote_key
 
 from conftest import Api, running_app
 
@@ -357,6 +357,26 @@ async def test_a_taken_quote_tells_a_repeat_of_its_taker_apart_from_anyone_else(
     with pytest.raises(QuoteUnavailable) as other:
         await client.take_quote(quote_id, owner, taker="remit.send owner key-2")
     assert type(other.value) is QuoteUnavailable
+
+
+async def test_a_take_never_recorded_is_abandoned_after_a_while(
+    backend: str, make_settings: Callable[..., Any], clock: FakeClock
+) -> None:
+    """A repeat finds its own take: 1009 (QuoteTakenUnderKey) while the first request may still
+    record its send, then the plain 1003 once that is past (its process died): the repeats in
+    between do not push the moment back."""
+    async with app_on_clock(await make_settings(backend, quote_ttl_seconds=300), clock) as api:
+        owner, quote_id = await new_quote(api)
+        client = api.container.rates_client
+        await client.take_quote(quote_id, owner, taker=TAKER)
+        for _ in range(3):
+            clock.advance(ABANDONED_TAKE.total_seconds() / 4)
+            with pytest.raises(QuoteTakenUnderKey):
+                await client.take_quote(quote_id, owner, taker=TAKER)
+        clock.advance(ABANDONED_TAKE.total_seconds() / 4)
+        with pytest.raises(QuoteUnavailable) as abandoned:
+            await client.take_quote(quote_id, owner, taker=TAKER)
+        assert type(abandoned.value) is QuoteUnavailable
 
 
 async def test_of_two_concurrent_takers_exactly_one_wins(api: Api) -> None:

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -50,9 +50,13 @@ from currencyex.rates.domain import (
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_KEY = "rates:live"
-# What a taken quote is swapped for in the store, followed by its taker (a JSON quote starts
+# What a taken quote is swapped for in the store, followed by when and by whom (a JSON quote starts
 # with "{"): kept as long as the quote would have been.
 _TAKEN = b"taken "
+# A take whose request has not recorded its send this long after is abandoned (its process
+# died between the two): longer than a living request can take from the one to the other (a
+# pooled connection waited for 10 s, a statement run for 30 s, the take's own answer 5 s).
+ABANDONED_TAKE = timedelta(seconds=60)
 # An expired quote stays readable this long, so taking it says "expired" rather than "unknown".
 QUOTE_RETENTION = timedelta(hours=1)
 # How long rates read from the cache are reused before reading them again: a refresh made by
@@ -65,6 +69,16 @@ LIVE_MEMO_LIMIT = 512
 RETRY_AFTER_FAILURE_SECONDS = 30.0
 # Names the rate.updated events, so replicas announcing the same change publish one event id.
 _EVENT_NAMESPACE = uuid.UUID("6f0d3c1e-2b7a-4e55-9c1d-8a4f5e6b7c20")
+
+
+def _read_mark(raw: bytes) -> tuple[datetime, str]:
+    """When a taken quote was taken (to the millisecond below), and by whom (a mark of an
+    older format: long ago, by nobody)."""
+    try:
+        millis, taker = raw.removeprefix(_TAKEN).decode().split(" ", 1)
+        return datetime.fromtimestamp(int(millis) / 1000, UTC), taker
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC), ""
 
 
 def quote_key(quote_id: str) -> str:
@@ -216,19 +230,31 @@ class RateService:
         two concurrent takers exactly one gets the quote) that costs what removing it would;
         the mark lets a repeat of the request tell its own quote from another's. A quote taken
         but not usable by this caller is put back.
+
+        A repeat finding its own mark older than ABANDONED_TAKE gets the plain 1003: the request
+        that took the quote died before recording its send, nothing was sent, and the customer
+        asks for a new quote (rather than waiting on a 1009 until the mark expires).
         """
         canonical = _canonical_id(quote_id)
         if canonical is None:
             raise QuoteUnavailable()
-        mark = _TAKEN + taker.encode()
+        now = self._clock.now()
+        key = quote_key(canonical)
         with _cache_unavailable_is_503():
-            raw = await self._cache.swap(quote_key(canonical), mark)
+            raw = await self._cache.swap(
+                key, b"%s%d %s" % (_TAKEN, now.timestamp() * 1000, taker.encode())
+            )
         if raw is None:
             raise QuoteUnavailable()
         if raw.startswith(_TAKEN):
             # Taken before. A third taker's mark replaces the first's: a repeat of the first
             # then gets the plain 1003 (or its saved response), never someone else's.
-            if raw == mark:
+            taken_at, taken_by = _read_mark(raw)
+            if taken_by != taker:
+                raise QuoteUnavailable()
+            with _cache_unavailable_is_503():
+                await self._cache.swap(key, raw)  # the first take's mark, and its time, stay
+            if now - taken_at < ABANDONED_TAKE:
                 raise QuoteTakenUnderKey()
             raise QuoteUnavailable()
         quote = _decode_quote(raw)
