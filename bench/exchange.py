@@ -7,6 +7,12 @@ data directory (removed). See bench/README.md for how to read the output.
 
     .venv/bin/python bench/exchange.py [--scenario exchange|send] [--clients 32] [--duration 20]
                                        [--users 32] [--workers 1] [--split]
+                                       [--topology all|split]
+
+`--topology split` serves through `currencyex serve-split`: the gateway, the five services and
+the WebSocket service each their own process, calling one another over HTTP, and a worker per
+service, on NATS; the server CPU is summed over all of them. Compare it with `--split` (one
+`serve` process and one worker, on NATS too).
 """
 
 from __future__ import annotations
@@ -106,6 +112,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (serve-split's services and workers)."""
+    found, waiting = [], [pid]
+    while waiting:
+        current = waiting.pop()
+        found.append(current)
+        try:
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            for task in tasks:
+                waiting += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs, from /proc/stat."""
     try:
@@ -120,12 +141,19 @@ class Server:
     """`currencyex serve` processes, one per worker, each on its own loopback port."""
 
     def __init__(
-        self, env: dict[str, str], workdir: Path, workers: int, *, split: bool = False
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        workers: int,
+        *,
+        split: bool = False,
+        topology: str = "all",
     ) -> None:
         self.env = env
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(workers)]
+        self.ports = [free_port() for _ in range(workers if topology == "all" else 1)]
         self.split = split  # plus one `currencyex worker` for payouts and consumers (NATS)
+        self.topology = topology  # "split": `serve-split`, the gateway on the one port
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
@@ -134,6 +162,21 @@ class Server:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
 
     def start(self) -> None:
+        if self.topology == "split":
+            log = self.workdir / "serve-split.log"
+            with log.open("wb") as sink:
+                self.processes.append(
+                    subprocess.Popen(
+                        [*CLI, "serve-split", "--port", str(self.ports[0])],
+                        env=self.env,
+                        cwd=self.workdir,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            self.logs.append(log)
+            self.wait_healthy(self.bases[0], timeout=120.0, path="/readyz")
+            return
         for index, port in enumerate(self.ports):
             log = self.workdir / f"serve-{index}.log"
             env = dict(self.env, CURRENCYEX_PORT=str(port))
@@ -165,13 +208,13 @@ class Server:
                 )
             self.logs.append(log)
 
-    def wait_healthy(self, base: str, timeout: float = 60.0) -> None:
+    def wait_healthy(self, base: str, timeout: float = 60.0, path: str = "/healthz") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.processes):
                 break
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{path}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -190,7 +233,7 @@ class Server:
         )
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.processes)
+        return sum(cpu_seconds(pid) for p in self.processes for pid in process_tree(p.pid))
 
     def wait_idle(self, timeout: float = 180.0, busy: float = 0.05) -> float:
         """Wait until the server processes use less than `busy` CPU-seconds per second (their
@@ -594,16 +637,23 @@ def bench(args: argparse.Namespace) -> int:
         database(f"cx_pgbench_{run}") as pgbench_db,
     ):
         workdir = Path(tmp)
+        split = args.topology == "split"
         server = Server(
-            server_env(db, workdir / "var", split=args.split),
+            server_env(db, workdir / "var", split=args.split or split),
             workdir,
             args.workers,
-            split=args.split,
+            split=args.split and not split,
+            topology=args.topology,
         )
         try:
             print(
-                f"databases {db} and {pgbench_db}; starting {args.workers} server process(es)"
-                + (" and one worker process (NATS)" if args.split else "")
+                f"databases {db} and {pgbench_db}; "
+                + (
+                    "starting serve-split: the gateway, six services, four workers (NATS)"
+                    if split
+                    else f"starting {args.workers} server process(es)"
+                    + (" and one worker process (NATS)" if args.split else "")
+                )
             )
             server.start()
             started = time.perf_counter()
@@ -693,8 +743,13 @@ def bench(args: argparse.Namespace) -> int:
     print(
         f"{noun} counted: {stats.ok} in {args.duration:g} s "
         f"(+{stats.warmup_exchanges} in {args.warmup:g} s warm-up), "
-        f"{args.clients} clients, {args.users} users, {args.workers} server process(es)"
-        + (" + 1 worker process (NATS)" if args.split else "")
+        f"{args.clients} clients, {args.users} users, "
+        + (
+            "split topology (serve-split: gateway, services, workers; NATS)"
+            if args.topology == "split"
+            else f"{args.workers} server process(es)"
+            + (" + 1 worker process (NATS)" if args.split else "")
+        )
     )
     print(
         f"pgbench TPC-B tps: {tps:.1f} "
@@ -776,6 +831,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="production split: events over NATS JetStream (127.0.0.1:4222) to one "
         "`currencyex worker`, which runs the payouts and the consumers",
+    )
+    parser.add_argument(
+        "--topology",
+        choices=("all", "split"),
+        default="all",
+        help="all: `currencyex serve` processes (--workers); split: `currencyex serve-split`, "
+        "each service its own process behind the gateway, on NATS",
     )
     args = parser.parse_args(argv)
     for name in ("clients", "users", "workers", "max_requests"):

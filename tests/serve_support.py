@@ -57,7 +57,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
         # How long a change to a user made by one process (a KYC decision) may take to be seen
-        # by another (the principal's memory, auth.service.LOCAL_PRINCIPAL_SECONDS): 0 when one
+        # by another (the principal's memory, kernel.principal.LOCAL_PRINCIPAL_SECONDS): 0 when one
         # process answers everything.
         self.sees_changes_within = 0.0
 
@@ -251,3 +251,51 @@ def server_alive(postgres_dir: Path) -> bool:
         except BlockingIOError:
             return True
     return False
+
+
+def funded_customer(
+    server: Server, client: httpx.Client, amount: str = "1000.00"
+) -> dict[str, str]:
+    """An admin (create-admin) makes a teller; a customer registers, uploads the KYC documents
+    and is approved; the teller deposits `amount` USD for them: the customer's headers."""
+    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    assert (
+        server.run(
+            "create-admin", "--email", admin_email, "--password", "admin-pass-4242"
+        ).returncode
+        == 0
+    )
+    admin = login(client, admin_email, "admin-pass-4242")
+    teller_email = f"teller-{uuid.uuid4().hex[:8]}@example.com"
+    staff = {
+        "email": teller_email,
+        "password": "teller-pass-42",
+        "full_name": "T",
+        "role": "TELLER",
+    }
+    assert client.post("/v1/admin/staff", json=staff, headers=admin).status_code == 201
+    teller = login(client, teller_email, "teller-pass-42")
+
+    email = f"money-{uuid.uuid4().hex[:8]}@example.com"
+    user = client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": "correct-horse-42", "full_name": "Money"},
+        headers={"X-Forwarded-For": ip()},
+    ).json()
+    customer = login(client, email, "correct-horse-42")
+    submit_kyc(client, customer)
+    approved = client.post(
+        f"/v1/admin/kyc/{user['id']}/decision",
+        json={"decision": "APPROVED", "reason": "documents match"},
+        headers=admin,
+    )
+    assert approved.status_code == 200
+    time.sleep(server.sees_changes_within)
+
+    deposit = client.post(
+        "/v1/wallet/deposit",
+        json={"user_id": user["id"], "amount": amount, "currency": "USD", "reference": "B7"},
+        headers={**teller, "Idempotency-Key": f"walk-deposit-{uuid.uuid4().hex[:8]}"},
+    )
+    assert deposit.status_code == 201, deposit.text
+    return customer

@@ -11,6 +11,7 @@ from starlette.routing import WebSocketRoute
 
 from currencyex import __version__
 from currencyex.auth import api as auth_api
+from currencyex.auth import internal as auth_internal
 from currencyex.bootstrap import Container
 from currencyex.documents import api as documents_api
 from currencyex.gateway import ops, ws
@@ -20,8 +21,10 @@ from currencyex.gateway.proxy import forward_websocket, proxied
 from currencyex.gateway.routes import GuardedRoute
 from currencyex.kernel.errors import CATALOG
 from currencyex.rates import api as rates_api
+from currencyex.rates import internal as rates_internal
 from currencyex.remit import api as remit_api
 from currencyex.wallet import api as wallet_api
+from currencyex.wallet import internal as wallet_internal
 
 DESCRIPTION = "CurrencyEx HTTP API v1.\n\nError codes:\n\n" + "\n".join(
     f"- `{error.code}` ({error.status}): {error.default_message}" for error in CATALOG
@@ -55,6 +58,15 @@ SERVICES: dict[str, tuple[APIRouter, ...]] = {
     "rates": (rates_api.router, rates_api.quotes),
     "remit": (remit_api.router, remit_api.admin),
     "docs": (documents_api.router, documents_api.admin),
+}
+
+
+# What the services of a split deployment ask of one another (gateway/internal.py): served by
+# the owning service's processes only, to the other services only, never forwarded.
+INTERNAL: dict[str, APIRouter] = {
+    "auth": auth_internal.router,
+    "wallet": wallet_internal.router,
+    "rates": rates_internal.router,
 }
 
 
@@ -116,6 +128,8 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
             if isinstance(route, APIRoute) and not isinstance(route, GuardedRoute):
                 raise TypeError(f"{route.path} is not a GuardedRoute: make its router api_router")
             app.router.routes.append(route)
+    if service in INTERNAL:
+        app.router.routes.extend(INTERNAL[service].routes)
     ops.add_docs_page(app)
     # A plain Starlette route: the HTTP guard (run by every GuardedRoute) reads
     # headers a browser cannot set on a WebSocket, so the socket authenticates itself.

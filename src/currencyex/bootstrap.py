@@ -13,16 +13,15 @@ import casbin
 import httpx
 import structlog
 
-from currencyex.auth.client import AuthClient, InProcessAuthClient
+from currencyex.auth.client import AuthClient, HttpAuthClient, InProcessAuthClient
 from currencyex.auth.repository import AuthUnitOfWork
 from currencyex.auth.service import AuthService
-from currencyex.config import SIGNED_FILES_PATH, Settings
+from currencyex.config import CALLS, SIGNED_FILES_PATH, Settings
 from currencyex.documents.client import DocumentsClient, InProcessDocumentsClient
 from currencyex.documents.repository import DocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
 from currencyex.gateway.guard import load_enforcer
 from currencyex.gateway.limits import RateLimiter
-from currencyex.gateway.upstreams import Upstreams
 from currencyex.gateway.ws_hub import Hub, HubSettings
 from currencyex.kernel.clock import Clock, SystemClock
 from currencyex.kernel.ports import (
@@ -38,6 +37,8 @@ from currencyex.platform.cache.redis_url import redis_from_url
 from currencyex.platform.cache.store import MemoryCache, RedisCache
 from currencyex.platform.db.database import Database
 from currencyex.platform.db.uow import UnitOfWork as DatabaseUnitOfWork
+from currencyex.platform.http.calls import ServiceCalls
+from currencyex.platform.http.upstreams import Upstreams
 from currencyex.platform.messaging.bus import (
     PUBLISH_TIMEOUT_SECONDS,
     InProcessBus,
@@ -52,7 +53,7 @@ from currencyex.platform.security.passwords import PasswordHasher
 from currencyex.platform.security.tokens import TokenIssuer, load_keys
 from currencyex.platform.storage.local import LocalFolderStorage, load_signing_key
 from currencyex.platform.storage.s3 import S3Storage
-from currencyex.rates.client import InProcessRatesClient, RatesClient
+from currencyex.rates.client import HttpRatesClient, InProcessRatesClient, RatesClient
 from currencyex.rates.domain import CorridorOverride, Peg, PricingPolicy, PricingTerms, RateProvider
 from currencyex.rates.providers import EcbBundledProvider, EcbHttpProvider, bundled_ecb_rates
 from currencyex.rates.service import RateService
@@ -68,7 +69,7 @@ from currencyex.remit.reconciliation import Reconciliation
 from currencyex.remit.repository import RemitUnitOfWork
 from currencyex.remit.service import RemitService
 from currencyex.remit.steps import SendSteps
-from currencyex.wallet.client import InProcessWalletClient, WalletClient
+from currencyex.wallet.client import HttpWalletClient, InProcessWalletClient, WalletClient
 from currencyex.wallet.domain import WalletLimits
 from currencyex.wallet.repository import AccountDirectory, WalletUnitOfWork
 from currencyex.wallet.service import WalletService
@@ -122,7 +123,8 @@ class Container:
     hub: Hub
     # Reads (and signs) the gateway's credential of a request's caller: with internal_key set.
     callers: CallerCredentials | None = None
-    # The services the gateway forwards to: in the gateway of a split deployment.
+    # The other services of a split deployment, which this process forwards to (the gateway)
+    # or calls (the services); None in one process.
     upstreams: Upstreams | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -137,17 +139,22 @@ class Container:
             "bus": self.bus.ping,
             "storage": self.storage.ping,
         }
-        return checks if self.upstreams is None else checks | self.upstreams.checks()
+        if self.upstreams is None or self.settings.service != "gateway":
+            return checks  # a service is ready when its own parts are: no cascade of 503s
+        return checks | self.upstreams.checks()
 
-    async def start(self, *, run_workers: bool | None = None, workers_of: str = "all") -> None:
-        """Connect the bus, subscribe the consumers (if this process runs them: all of them, or
-        the service's `workers_of` names, WORKERS), start the relay.
+    async def start(
+        self, *, run_workers: bool | None = None, workers_of: str | None = None
+    ) -> None:
+        """Connect the bus, subscribe the consumers (if this process runs them: those of the
+        service `workers_of` names, WORKERS, by default the one this process serves, or all of
+        them in one process), start the relay.
 
         A bus that is down at start-up does not stop the API: events wait in the outbox and the
         connection is retried in the background.
         """
         workers = self.settings.workers_in_process if run_workers is None else run_workers
-        connect = self._connect(workers, workers_of)
+        connect = self._connect(workers, workers_of or self.settings.service)
         self._background.append(asyncio.create_task(connect, name="bus-connect"))
         if isinstance(self.storage, S3Storage):
             # Usually done in a moment; a store that is down is retried in the background
@@ -263,7 +270,7 @@ async def subscribe_consumers(container: Container, service: str = "all") -> Non
         "reconciliation": _started(container.reconciliation_worker),
     }
     names = [name for names in WORKERS.values() for name in names]
-    for name in names if service == "all" else WORKERS[service]:
+    for name in names if service == "all" else WORKERS.get(service, ()):
         await jobs[name]()
     container.housekeeping.start()
 
@@ -341,11 +348,37 @@ def build(
         refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
         principal_cache_seconds=settings.principal_cache_seconds,
     )
-    auth_client = InProcessAuthClient(auth)
     metrics = Metrics()
     breaker_metrics = BreakerMetrics(metrics.registry)
+    callers = _callers(settings, clock)
+    upstreams = (
+        Upstreams(settings.upstreams, transport=upstream_transport)
+        if settings.service != "all"
+        else None
+    )
+
+    def remote(service: str) -> ServiceCalls | None:
+        """How this process calls `service` over HTTP, if it is another process's."""
+        if service not in CALLS[settings.service] or upstreams is None or callers is None:
+            return None
+        return _service_calls(settings, service, upstreams, callers, clock, breaker_metrics)
+
+    auth_calls = remote("auth")
+    auth_client: AuthClient = (
+        InProcessAuthClient(auth)
+        if auth_calls is None
+        else HttpAuthClient(
+            auth_calls,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            monotonic=clock.monotonic,
+        )
+    )
     rates = _build_rates(settings, cache=cache, bus=bus, clock=clock, breakers=breaker_metrics)
-    rates_client = InProcessRatesClient(rates)
+    rates_calls = remote("rates")
+    rates_client: RatesClient = (
+        InProcessRatesClient(rates) if rates_calls is None else HttpRatesClient(rates_calls)
+    )
     supported = frozenset(c.code for c in rates.currencies())
     known_accounts = AccountDirectory()
     wallet = WalletService(
@@ -372,7 +405,10 @@ def build(
         clock=clock,
         link_seconds=settings.docs_link_seconds,
     )
-    wallet_client = InProcessWalletClient(wallet)
+    wallet_calls = remote("wallet")
+    wallet_client: WalletClient = (
+        InProcessWalletClient(wallet) if wallet_calls is None else HttpWalletClient(wallet_calls)
+    )
     payout_partner = partner or _build_partner(settings)
     resume_after = settings.remit_resume_after_seconds
 
@@ -479,12 +515,8 @@ def build(
             housekeeper.prune_once,
             every_seconds=settings.idempotency_prune_seconds,
         ),
-        callers=_callers(settings, clock),
-        upstreams=(
-            Upstreams(settings.upstreams, transport=upstream_transport)
-            if settings.service == "gateway"
-            else None
-        ),
+        callers=callers,
+        upstreams=upstreams,
         hub=Hub(
             HubSettings(
                 max_connections_per_user=settings.ws_max_connections_per_user,
@@ -499,6 +531,32 @@ def build(
 def _callers(settings: Settings, clock: Clock) -> CallerCredentials | None:
     key = settings.internal_key.get_secret_value()
     return CallerCredentials(key, clock) if key else None
+
+
+def _service_calls(
+    settings: Settings,
+    service: str,
+    upstreams: Upstreams,
+    callers: CallerCredentials,
+    clock: Clock,
+    breakers: BreakerMetrics,
+) -> ServiceCalls:
+    """Calls to `service`, behind a breaker of its own with the seed's settings."""
+    breaker_settings = BreakerSettings(
+        name=f"{service}-service", timeout=settings.service_breaker_open_seconds
+    )
+    breakers.declare(breaker_settings.name)
+    breaker = CircuitBreaker(
+        breaker_settings, clock=clock, is_failure=ServiceCalls.is_failure, on_state_change=breakers
+    )
+    return ServiceCalls(
+        service,
+        upstreams.urls[service],
+        http=upstreams.client,
+        credentials=callers,
+        caller=settings.service,
+        breaker=breaker,
+    )
 
 
 def _build_partner(settings: Settings) -> PayoutPartner:

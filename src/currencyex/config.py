@@ -90,6 +90,21 @@ class WalletLimitTerms(WalletLimitOverride):
 # WebSocket service ("ws": /v1/ws); the gateway forwards to all of them.
 SPLIT_SERVICES = ("auth", "wallet", "rates", "remit", "docs")
 UPSTREAM_SERVICES = (*SPLIT_SERVICES, "ws")
+# Whom each process of a split deployment calls over HTTP (platform/http/calls.py): the gateway
+# forwards to every service and checks tokens with auth's keys; remit holds and captures money
+# in the wallet service at quotes the rate service locked; wallet exchanges at quotes too, for
+# customers the auth service knows; documents move KYC forward in auth; the WebSocket service
+# checks tokens. What a process does for its own service it does in-process.
+CALLS: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "gateway": UPSTREAM_SERVICES,
+    "auth": (),
+    "rates": (),
+    "wallet": ("auth", "rates"),
+    "remit": ("wallet", "rates"),
+    "docs": ("auth",),
+    "ws": ("auth",),
+}
 
 
 class Settings(BaseSettings):
@@ -164,6 +179,9 @@ class Settings(BaseSettings):
     service: Literal["all", "gateway", "auth", "wallet", "rates", "remit", "docs", "ws"] = "all"
     internal_key: SecretStr = SecretStr("")
     upstreams: dict[str, str] = Field(default_factory=dict)
+    # How long a breaker in front of another service stays open before trial calls (the seed's
+    # 30 s; its other settings are fixed: 10 requests, 60 % failed, 5 trials).
+    service_breaker_open_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _split(self) -> Self:
@@ -175,11 +193,12 @@ class Settings(BaseSettings):
                 f"service {self.service!r} answers only what the gateway forwards: "
                 "set internal_key (CURRENCYEX_INTERNAL_KEY), the same in every process"
             )
-        missing = [name for name in UPSTREAM_SERVICES if name not in self.upstreams]
-        if self.service == "gateway" and missing:
+        missing = [name for name in CALLS[self.service] if name not in self.upstreams]
+        if missing:
             raise ValueError(
-                f"the gateway forwards to every service: set upstreams (CURRENCYEX_UPSTREAMS, "
-                f'JSON like {{"auth": "http://127.0.0.1:8101"}}) for {", ".join(missing)}'
+                f"service {self.service!r} calls {', '.join(CALLS[self.service])}: set upstreams "
+                f'(CURRENCYEX_UPSTREAMS, JSON like {{"auth": "http://127.0.0.1:8101"}}) for '
+                f"{', '.join(missing)}"
             )
         return self
 

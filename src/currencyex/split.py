@@ -5,7 +5,9 @@ worker per service that has consumers, and the gateway on the given port in fron
 on the PostgreSQL, Redis and NATS that the CURRENCYEX_* variables name (by default the loopback
 servers). The database is created when missing and migrated once, before anything starts. One
 internal key is made for the run unless CURRENCYEX_INTERNAL_KEY gives one. Every process writes
-to this one's output. Ctrl-C or SIGTERM stops them all; so does any of them ending.
+to this one's output. A process that ends by itself is started again on the same port, as an
+orchestrator would restart a container (one that keeps failing at start stops the whole run).
+Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -35,6 +37,38 @@ DEFAULTS = {
 }
 START_SECONDS = 60.0
 STOP_SECONDS = 15.0
+# A process that ends this soon after starting, this many times in a row, is not going to run.
+CRASH_SECONDS = 10.0
+CRASHES = 5
+
+
+class Child:
+    """One process of the deployment, started again with the same command when it ends."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.env = env
+        self.crashes = 0
+        self.process = _run(args, env)
+        self.started = time.monotonic()
+
+    def restarted(self) -> bool:
+        """If the process ended, start it again; False once it keeps failing at start."""
+        if self.process.poll() is None:
+            return True
+        quick = time.monotonic() - self.started < CRASH_SECONDS
+        self.crashes = self.crashes + 1 if quick else 0
+        if self.crashes >= CRASHES:
+            return False
+        print(
+            f"currencyex serve-split: {' '.join(self.args)} ended "
+            f"({self.process.returncode}); starting it again",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.process = _run(self.args, self.env)
+        self.started = time.monotonic()
+        return True
 
 
 def serve_split(port: int, environ: dict[str, str]) -> int:
@@ -53,24 +87,32 @@ def serve_split(port: int, environ: dict[str, str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
-    processes: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
     try:
         ports = {name: _free_port() for name in UPSTREAM_SERVICES}
-        for name, service_port in ports.items():
-            processes.append(_run(["serve", "--service", name, "--port", str(service_port)], env))
-        processes += [_run(["worker", "--service", name], env) for name in WORKERS]
         urls = {name: f"http://127.0.0.1:{service_port}" for name, service_port in ports.items()}
-        if not _all_healthy(list(urls.values()), processes):
+        # Every process knows where the others are: services call one another over HTTP.
+        env["CURRENCYEX_UPSTREAMS"] = json.dumps(urls)
+        for name, service_port in ports.items():
+            children.append(Child(["serve", "--service", name, "--port", str(service_port)], env))
+        # A worker does its service's work as that service: the rest over HTTP too.
+        children += [
+            Child(["worker", "--service", name], {**env, "CURRENCYEX_SERVICE": name})
+            for name in WORKERS
+        ]
+        if not _all_healthy(list(urls.values()), [child.process for child in children]):
             print("currencyex serve-split: a service did not start", file=sys.stderr)
             return 1
-        gateway = {**env, "CURRENCYEX_UPSTREAMS": json.dumps(urls)}
-        processes.append(_run(["serve", "--service", "gateway", "--port", str(port)], gateway))
+        children.append(Child(["serve", "--service", "gateway", "--port", str(port)], env))
         print(f"CurrencyEx split deployment: gateway at http://127.0.0.1:{port}", flush=True)
-        while not stopping and all(process.poll() is None for process in processes):
+        while not stopping:
+            if not all(child.restarted() for child in children):
+                print("currencyex serve-split: a process keeps failing", file=sys.stderr)
+                return 1
             time.sleep(0.2)
-        return 0 if stopping else 1
+        return 0
     finally:
-        _stop(processes)
+        _stop([child.process for child in children])
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -6,60 +6,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest_asyncio
-from starlette.types import ASGIApp
 
-from currencyex.app import SERVICES, create_app
-from currencyex.bootstrap import build
+from currencyex.app import SERVICES
 from currencyex.config import SPLIT_SERVICES, UPSTREAM_SERVICES
+from split_support import Split, split_deployment
 
-KEY = "an internal key shared by the gateway and the services"
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"  # the one process's
-
-
-class ByHost(httpx.AsyncBaseTransport):
-    """Each service's app at http://<service>; a host with no app refuses the connection."""
-
-    def __init__(self) -> None:
-        self.apps: dict[str, httpx.ASGITransport] = {}
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        app = self.apps.get(request.url.host)
-        if app is None:
-            raise httpx.ConnectError("connection refused", request=request)
-        return await app.handle_async_request(request)
-
-
-class Split:
-    def __init__(self, gateway: httpx.AsyncClient, services: ByHost) -> None:
-        self.http = gateway
-        self.services = services
 
 
 @pytest_asyncio.fixture
 async def split(backend: str, make_settings: Callable[..., Any]) -> AsyncIterator[Split]:
-    services = ByHost()
-    upstreams = {name: f"http://{name}" for name in UPSTREAM_SERVICES}
-    async with AsyncExitStack() as stack:
-
-        async def started(service: str, **options: Any) -> ASGIApp:
-            settings = await make_settings(backend, service=service, internal_key=KEY, **options)
-            app = create_app(build(settings, upstream_transport=services))
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            return app
-
-        for name in UPSTREAM_SERVICES:
-            services.apps[name] = httpx.ASGITransport(app=await started(name))
-        gateway = await started("gateway", upstreams=upstreams)
-        transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
-        client = httpx.AsyncClient(transport=transport, base_url="http://gateway")
-        await stack.enter_async_context(client)
-        yield Split(client, services)
+    async with split_deployment(backend, make_settings) as started:
+        yield started
 
 
 async def test_a_customer_goes_through_the_gateway_to_each_service(split: Split) -> None:
@@ -91,7 +53,7 @@ async def test_a_customer_goes_through_the_gateway_to_each_service(split: Split)
 
 
 async def test_the_gateway_refuses_before_forwarding(split: Split) -> None:
-    down = split.services.apps.pop("rates")  # anything forwarded would fail loudly
+    split.services.down.add("rates")  # anything forwarded would fail loudly
     try:
         answer = await split.http.get("/v1/rates/live", params={"base": "USD"})
         assert (answer.status_code, answer.json()["code"]) == (401, 2002)
@@ -99,14 +61,14 @@ async def test_the_gateway_refuses_before_forwarding(split: Split) -> None:
         answer = await split.http.get("/v1/rates/live", params={"base": "USD"}, headers=forged)
         assert (answer.status_code, answer.json()["code"]) == (401, 2002)
     finally:
-        split.services.apps["rates"] = down
+        split.services.down.discard("rates")
 
 
 async def test_a_service_that_cannot_be_reached_is_a_503_at_the_gateway(split: Split) -> None:
     ready = await split.http.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert {f"service:{name}" for name in UPSTREAM_SERVICES} <= set(ready.json()["checks"])
-    split.services.apps.pop("rates")
+    split.services.down.add("rates")
     answer = await split.http.get("/v1/rates/currencies")
     assert (answer.status_code, answer.json()["code"]) == (503, 5001), answer.text
     assert "rates" in answer.json()["message"]

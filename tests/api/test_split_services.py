@@ -93,7 +93,8 @@ async def test_a_split_service_answers_the_api_only_through_the_gateway(
 async def test_a_staff_route_is_refused_to_a_customer_the_gateway_vouched_for(
     backend: str, make_settings: Callable[..., Any]
 ) -> None:
-    settings = await make_settings(backend, service="remit", internal_key=KEY)
+    upstreams = {"wallet": "http://wallet", "rates": "http://rates"}  # not called here
+    settings = await make_settings(backend, service="remit", internal_key=KEY, upstreams=upstreams)
     async with running_app(settings) as remit:
         answer = await remit.http.get("/v1/admin/reconciliation", headers=_forwarded(CUSTOMER))
         assert (answer.status_code, answer.json()["code"]) == (403, 2003), answer.text

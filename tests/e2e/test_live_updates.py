@@ -173,7 +173,9 @@ async def test_the_websocket_service_takes_connections_only_from_the_gateway(
     a forged one; with it, the token decides as in one process (the whole way through the gateway:
     tests/e2e/test_serve.py, the send walk on the split deployment)."""
     key = "an internal key shared by the gateway and the services"
-    settings = await make_settings("embedded", service="ws", internal_key=key)
+    # The auth service is not there: a token that is no JWT is refused without asking it.
+    nowhere = {"auth": "http://127.0.0.1:9"}
+    settings = await make_settings("embedded", service="ws", internal_key=key, upstreams=nowhere)
     async with served(settings) as (_, ws_url):
         forged = {HEADER: "forged.credential"}
         for headers in ({}, forged):

@@ -27,9 +27,18 @@ import httpx
 import pytest
 import websockets
 
-from currencyex.auth.service import LOCAL_PRINCIPAL_SECONDS
 from currencyex.bootstrap import WORKERS
-from serve_support import Server, base_env, fresh_database, ip, login, real_services_env, submit_kyc
+from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS
+from serve_support import (
+    Server,
+    base_env,
+    fresh_database,
+    funded_customer,
+    ip,
+    login,
+    real_services_env,
+    submit_kyc,
+)
 from ws_support import next_update
 
 from conftest import S3_CREDENTIALS, embedded_workdir
@@ -206,58 +215,12 @@ def test_documents_walk_over_real_http(server: Server) -> None:
     client.close()
 
 
-def _funded_customer(server: Server, client: httpx.Client) -> dict[str, str]:
-    """An admin (create-admin) makes a teller; a customer registers, uploads the KYC documents
-    and is approved; the teller deposits 1,000.00 USD for them: the customer's headers."""
-    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
-    assert (
-        server.run(
-            "create-admin", "--email", admin_email, "--password", "admin-pass-4242"
-        ).returncode
-        == 0
-    )
-    admin = login(client, admin_email, "admin-pass-4242")
-    teller_email = f"teller-{uuid.uuid4().hex[:8]}@example.com"
-    staff = {
-        "email": teller_email,
-        "password": "teller-pass-42",
-        "full_name": "T",
-        "role": "TELLER",
-    }
-    assert client.post("/v1/admin/staff", json=staff, headers=admin).status_code == 201
-    teller = login(client, teller_email, "teller-pass-42")
-
-    email = f"money-{uuid.uuid4().hex[:8]}@example.com"
-    user = client.post(
-        "/v1/auth/register",
-        json={"email": email, "password": "correct-horse-42", "full_name": "Money"},
-        headers={"X-Forwarded-For": ip()},
-    ).json()
-    customer = login(client, email, "correct-horse-42")
-    submit_kyc(client, customer)
-    approved = client.post(
-        f"/v1/admin/kyc/{user['id']}/decision",
-        json={"decision": "APPROVED", "reason": "documents match"},
-        headers=admin,
-    )
-    assert approved.status_code == 200
-    time.sleep(server.sees_changes_within)
-
-    deposit = client.post(
-        "/v1/wallet/deposit",
-        json={"user_id": user["id"], "amount": "1000.00", "currency": "USD", "reference": "B7"},
-        headers={**teller, "Idempotency-Key": f"walk-deposit-{uuid.uuid4().hex[:8]}"},
-    )
-    assert deposit.status_code == 201, deposit.text
-    return customer
-
-
 def test_money_walk_over_real_http(server: Server) -> None:
     """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
     and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
     `currencyex ledger verify` passes."""
     client = httpx.Client(base_url=server.base, timeout=10)
-    customer = _funded_customer(server, client)
+    customer = funded_customer(server, client)
 
     quote = client.post(
         "/v1/remit/quote",
@@ -310,7 +273,7 @@ def test_send_walk_with_live_status_over_real_http(server: Server) -> None:
     socket tells PROCESSING then COMPLETED, the transaction's history says the same, and its
     receipt is a signed link to a PDF."""
     client = httpx.Client(base_url=server.base, timeout=10)
-    customer = _funded_customer(server, client)
+    customer = funded_customer(server, client)
     token = customer["Authorization"].removeprefix("Bearer ")
     ws_url = f"ws://127.0.0.1:{server.port}/v1/ws?token={token}"
 

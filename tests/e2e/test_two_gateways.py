@@ -21,7 +21,7 @@ import httpx
 import pytest
 import websockets
 
-from currencyex.auth.service import LOCAL_PRINCIPAL_SECONDS
+from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS
 from serve_support import (
     Server,
     base_env,

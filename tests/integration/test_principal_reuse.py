@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from currencyex.auth.service import LOCAL_PRINCIPAL_SECONDS, UserChanges
+from currencyex.auth.service import UserChanges
 from currencyex.bootstrap import build
 from currencyex.kernel.clock import FakeClock
+from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from currencyex.kernel.errors import InvalidToken
 from currencyex.platform.security.tokens import (
+    UNKNOWN_KID_SECONDS,
+    JwksVerifier,
     TokenIssuer,
     generate_key,
     load_keys,
@@ -274,3 +276,88 @@ def test_a_folder_left_with_only_unreadable_files_gets_a_key_and_refuses_the_old
     with pytest.raises(InvalidToken):
         tokens.verify(old_token)
     assert tokens.verify(tokens.issue(subject="u", role="CUSTOMER", now=NOW)).sub == "u"
+
+
+class Jwks:
+    """The auth service's JWKS as another process fetches it; counts the fetches."""
+
+    def __init__(self, source: TokenIssuer) -> None:
+        self.source = source
+        self.fetches = 0
+        self.down = False
+
+    async def __call__(self) -> dict:
+        self.fetches += 1
+        if self.down:
+            raise ConnectionError("auth service unreachable")
+        return self.source.jwks()
+
+
+def jwks_verifier(jwks: Jwks, clock: list[float], **kwargs) -> JwksVerifier:
+    options = {"issuer": "currencyex", "audience": "currencyex-api", **kwargs}
+    return JwksVerifier(jwks, monotonic=lambda: clock[0], **options)
+
+
+async def test_another_process_verifies_tokens_with_the_published_keys(tmp_path):
+    auth = issuer(tmp_path)
+    jwks, clock = Jwks(auth), [0.0]
+    verifier = jwks_verifier(jwks, clock)
+    token = auth.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert (await verifier.verify(token)).sub == "u"
+    assert (await verifier.verify(token)).sub == "u"
+    assert jwks.fetches == 1  # fetched once, then kept
+    forged = issuer(tmp_path / "forger").issue(subject="u", role="ADMIN", now=NOW)
+    with pytest.raises(InvalidToken):
+        await verifier.verify(forged)
+    other_audience = issuer(tmp_path, audience="someone-else").issue(
+        subject="u", role="CUSTOMER", now=NOW
+    )
+    with pytest.raises(InvalidToken):
+        await verifier.verify(other_audience)
+
+
+async def test_a_new_key_is_fetched_when_a_token_names_it_but_not_on_every_request(tmp_path):
+    auth = following(tmp_path, Ticks())
+    jwks, clock = Jwks(auth), [0.0]
+    verifier = jwks_verifier(jwks, clock)
+    await verifier.verify(auth.issue(subject="u", role="CUSTOMER", now=NOW))
+    generate_key(tmp_path)
+    auth.reload_keys()
+    rotated = auth.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert (await verifier.verify(rotated)).sub == "u"  # unknown kid: fetched again at once
+    assert jwks.fetches == 2
+    # Made-up kids fetch at most once per UNKNOWN_KID_SECONDS.
+    forged = issuer(tmp_path / "forger").issue(subject="u", role="ADMIN", now=NOW)
+    for second in range(3):
+        for _ in range(5):
+            with pytest.raises(InvalidToken):
+                await verifier.verify(forged)
+        assert jwks.fetches == 2 + second
+        clock[0] += UNKNOWN_KID_SECONDS
+
+
+async def test_a_removed_key_stops_verifying_and_an_outage_keeps_the_known_keys(tmp_path):
+    auth = following(tmp_path, Ticks())
+    old_kid = auth.jwks()["keys"][0]["kid"]
+    jwks, clock = Jwks(auth), [0.0]
+    verifier = jwks_verifier(jwks, clock, reload_seconds=30.0)
+    old_token = auth.issue(subject="u", role="CUSTOMER", now=NOW)
+    assert (await verifier.verify(old_token)).sub == "u"
+    generate_key(tmp_path)
+    (tmp_path / f"{old_kid}.pem").unlink()
+    auth.reload_keys()
+    clock[0] += 30.0
+    with pytest.raises(InvalidToken):
+        await verifier.verify(old_token)  # the periodic fetch dropped the key
+    new_token = auth.issue(subject="u", role="CUSTOMER", now=NOW)
+    jwks.down = True
+    clock[0] += 30.0
+    assert (await verifier.verify(new_token)).sub == "u"  # known keys verify meanwhile
+
+    fresh = jwks_verifier(Jwks(auth), [0.0])
+    with pytest.raises(InvalidToken):
+        await fresh.verify("not.a.jwt")  # refused without a fetch
+    assert fresh._fetch.fetches == 0
+    fresh._fetch.down = True
+    with pytest.raises(ConnectionError):
+        await fresh.verify(new_token)  # no key known yet: the outage is the answer

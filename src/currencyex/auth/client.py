@@ -1,20 +1,40 @@
 """How other services and the edge reach the auth service: who is behind a token, and the KYC
-status the documents service moves forward."""
+status the documents service moves forward. In one process the calls are the service's own
+methods (InProcessAuthClient); in a split deployment they go over HTTP (HttpAuthClient: tokens
+checked here with auth's JWKS, the rest through auth/internal.py)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter
 
 from currencyex.auth.domain import (
     KycApplicant,
     KycQueuePosition,
 )
-from currencyex.auth.service import AuthService
-from currencyex.kernel.principal import Authenticator, Principal
+from currencyex.auth.service import AuthService, token_holder
+from currencyex.kernel.errors import NotFound
+from currencyex.kernel.principal import Authenticator, Principal, PrincipalMemory
+from currencyex.platform.http.calls import ServiceCalls
+from currencyex.platform.security.tokens import JwksVerifier
 
-__all__ = ["AuthClient", "InProcessAuthClient", "KycApplicant", "KycQueuePosition"]
+__all__ = [
+    "AuthClient",
+    "HttpAuthClient",
+    "InProcessAuthClient",
+    "KycApplicant",
+    "KycQueuePosition",
+]
+
+# The wire form of what the internal routes answer, for both ends.
+PRINCIPAL = TypeAdapter(Principal)
+APPLICANTS = TypeAdapter(list[KycApplicant])
+POSITION = TypeAdapter(KycQueuePosition)
+JWKS_PATH = "/v1/auth/jwks"
 
 
 class AuthClient(Authenticator, Protocol):
@@ -47,3 +67,55 @@ class InProcessAuthClient:
 
     async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
         return await self._service.kyc_queue(after=after, limit=limit)
+
+
+class HttpAuthClient:
+    """The auth service over HTTP (a split deployment). A token is checked here with the keys
+    of auth's JWKS (issued by `issuer` for `audience`); who its holder is comes from the auth
+    service, remembered for LOCAL_PRINCIPAL_SECONDS as in the auth service itself."""
+
+    def __init__(
+        self,
+        calls: ServiceCalls,
+        *,
+        issuer: str,
+        audience: str,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._calls = calls
+        self._tokens = JwksVerifier(
+            self._jwks, issuer=issuer, audience=audience, monotonic=monotonic
+        )
+        self._principals = PrincipalMemory(self._principal, monotonic)
+
+    async def _jwks(self) -> Any:
+        return await self._calls.call("GET", JWKS_PATH, idempotent=True)
+
+    async def authenticate(self, access_token: str) -> Principal:
+        return await token_holder(await self._tokens.verify(access_token), self.principal)
+
+    async def principal(self, user_id: uuid.UUID) -> Principal | None:
+        return await self._principals.get(user_id)
+
+    async def _principal(self, user_id: uuid.UUID) -> Principal | None:
+        path = f"/internal/auth/principals/{user_id}"
+        try:
+            return PRINCIPAL.validate_python(await self._calls.call("GET", path, idempotent=True))
+        except NotFound:
+            return None
+
+    async def start_kyc_review(self, user_id: uuid.UUID, *, submitted_at: datetime) -> bool:
+        path = f"/internal/auth/users/{user_id}/kyc-review"
+        body = {"submitted_at": submitted_at.isoformat()}
+        answer = await self._calls.call("POST", path, body=body, idempotent=True)
+        return bool(answer["changed"])
+
+    async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
+        body = {
+            "after": None if after is None else POSITION.dump_python(after, mode="json"),
+            "limit": limit,
+        }
+        answer = await self._calls.call(
+            "POST", "/internal/auth/kyc-queue", body=body, idempotent=True
+        )
+        return APPLICANTS.validate_python(answer)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,18 +33,18 @@ from currencyex.kernel.errors import (
     ValidationFailed,
 )
 from currencyex.kernel.events import KYC_DECIDED, USER_REGISTERED, Event
-from currencyex.kernel.flight import SingleFlight
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.ports import AuditEntry, Cache
 from currencyex.kernel.principal import (
     STAFF_ROLES,
     KycStatus,
     Principal,
+    PrincipalMemory,
     Role,
     Tier,
 )
 from currencyex.platform.security.passwords import PasswordHasher
-from currencyex.platform.security.tokens import TokenIssuer
+from currencyex.platform.security.tokens import AccessClaims, TokenIssuer
 
 
 def normalise_email(email: str) -> str:
@@ -65,17 +65,28 @@ class UserChanges:
     disabled: bool | None = None
 
 
-# Principals are reused from this process's memory this long: every authenticated request
-# needs one, and the shared cache is a network round trip away.
-LOCAL_PRINCIPAL_SECONDS = 1.0
-LOCAL_PRINCIPALS_MAX = 100_000
-
-
 @functools.lru_cache(maxsize=4096)
 def _user_id(subject: str) -> uuid.UUID:
     """A token's subject as a user id, parsed once per subject (it came on every request); a
     subject that is no UUID raises ValueError each time."""
     return uuid.UUID(subject)
+
+
+async def token_holder(
+    claims: AccessClaims, principal: Callable[[uuid.UUID], Awaitable[Principal | None]]
+) -> Principal:
+    """Who holds a verified token (`principal` says who a user is now): 2002 when its subject
+    is no user, 2005 when the user is disabled."""
+    try:
+        user_id = _user_id(claims.sub)
+    except ValueError as exc:
+        raise InvalidToken() from exc
+    holder = await principal(user_id)
+    if holder is None:
+        raise InvalidToken()
+    if holder.disabled:
+        raise AccountDisabled()
+    return holder
 
 
 class AuthService:
@@ -97,10 +108,7 @@ class AuthService:
         self._clock = clock
         self._refresh_ttl = timedelta(seconds=refresh_ttl_seconds)
         self._principal_ttl = principal_cache_seconds
-        # user id -> (monotonic expiry, principal): see `principal`
-        self._local: dict[uuid.UUID, tuple[float, Principal]] = {}
-        # The lookup under way for a user: the requests that miss together share one.
-        self._lookups: SingleFlight[uuid.UUID, Principal | None] = SingleFlight()
+        self._principals = PrincipalMemory(self._shared_principal, clock.monotonic)
 
     # Customers and sessions
 
@@ -158,38 +166,16 @@ class AuthService:
 
     async def authenticate(self, access_token: str) -> Principal:
         """The principal behind a bearer token: 2002 if the token is bad, 2005 if disabled."""
-        claims = self._tokens.verify(access_token)
-        try:
-            user_id = _user_id(claims.sub)
-        except ValueError as exc:
-            raise InvalidToken() from exc
-        principal = await self.principal(user_id)
-        if principal is None:
-            raise InvalidToken()
-        if principal.disabled:
-            raise AccountDisabled()
-        return principal
+        return await token_holder(self._tokens.verify(access_token), self.principal)
 
     async def principal(self, user_id: uuid.UUID) -> Principal | None:
         """Who `user_id` is now: role, tier, KYC status, disabled.
 
-        Read through two caches: this process's memory for LOCAL_PRINCIPAL_SECONDS, then the
-        shared cache, then the database. A change made by this process is seen at once; one
-        made by another process within LOCAL_PRINCIPAL_SECONDS. When the memory's entry runs
-        out under load, every request of that user misses at the same moment: they wait for one
-        lookup rather than each reading the shared cache (or, once that too ran out, the
-        database) on its own.
+        Read through two caches: this process's memory for LOCAL_PRINCIPAL_SECONDS
+        (PrincipalMemory), then the shared cache, then the database. A change made by this
+        process is seen at once; one made by another process within LOCAL_PRINCIPAL_SECONDS.
         """
-        now = self._clock.monotonic()
-        known = self._local.get(user_id)
-        if known is not None and known[0] > now:
-            return known[1]
-        principal = await self._lookups.run(user_id, lambda: self._shared_principal(user_id))
-        if principal is not None:
-            if len(self._local) >= LOCAL_PRINCIPALS_MAX:
-                self._local.clear()
-            self._local[user_id] = (now + LOCAL_PRINCIPAL_SECONDS, principal)
-        return principal
+        return await self._principals.get(user_id)
 
     async def _shared_principal(self, user_id: uuid.UUID) -> Principal | None:
         key = f"principal:{user_id}"
@@ -408,6 +394,5 @@ class AuthService:
         return TokenPair(access, refresh, self._tokens.ttl_seconds)
 
     async def _forget(self, user_id: uuid.UUID) -> None:
-        self._local.pop(user_id, None)
-        self._lookups.forget(user_id)  # what a running lookup finds may predate the change
+        self._principals.forget(user_id)
         await self._cache.delete(f"principal:{user_id}")

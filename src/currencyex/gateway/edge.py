@@ -13,9 +13,9 @@ from starlette.requests import HTTPConnection
 
 from currencyex.config import Settings
 from currencyex.gateway.limits import RateLimiter
-from currencyex.gateway.upstreams import Upstreams
 from currencyex.gateway.ws_hub import Hub
 from currencyex.kernel.principal import Authenticator
+from currencyex.platform.http.upstreams import Upstreams
 from currencyex.platform.observability.metrics import Metrics
 from currencyex.platform.security.callers import CallerCredentials
 

@@ -28,8 +28,8 @@ from websockets.typing import Subprotocol
 from currencyex.gateway.edge import edge
 from currencyex.gateway.middleware import new_request_id
 from currencyex.gateway.routes import GuardedRoute, Handler, guarded
-from currencyex.gateway.upstreams import TIMEOUT, Upstreams
 from currencyex.kernel.errors import DependencyUnavailable
+from currencyex.platform.http.upstreams import TIMEOUT, Upstreams
 from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
 
 log = structlog.get_logger(__name__)

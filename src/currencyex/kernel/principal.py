@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from currencyex.kernel.flight import SingleFlight
+
+# How long a process trusts what it learnt of a user (role, tier, KYC, disabled) before asking
+# again: a change made elsewhere reaches every process within this.
+LOCAL_PRINCIPAL_SECONDS = 1.0
+LOCAL_PRINCIPALS_MAX = 100_000
 
 
 class Role(enum.StrEnum):
@@ -57,3 +65,40 @@ class Authenticator(Protocol):
     async def authenticate(self, access_token: str) -> Principal:
         """The caller; 2002 for a bad token, 2005 for a disabled account."""
         ...
+
+
+class PrincipalMemory:
+    """Who each user is, as this process learnt it in the last LOCAL_PRINCIPAL_SECONDS, in front
+    of a slower `lookup` (the shared cache and the database, or the auth service over HTTP).
+
+    When a user's entry runs out under load, every request of that user misses at the same
+    moment: they wait for one lookup rather than each making its own.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[uuid.UUID], Awaitable[Principal | None]],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._lookup = lookup
+        self._monotonic = monotonic
+        # user id -> (monotonic expiry, principal)
+        self._known: dict[uuid.UUID, tuple[float, Principal]] = {}
+        self._lookups: SingleFlight[uuid.UUID, Principal | None] = SingleFlight()
+
+    async def get(self, user_id: uuid.UUID) -> Principal | None:
+        now = self._monotonic()
+        known = self._known.get(user_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        principal = await self._lookups.run(user_id, lambda: self._lookup(user_id))
+        if principal is not None:
+            if len(self._known) >= LOCAL_PRINCIPALS_MAX:
+                self._known.clear()
+            self._known[user_id] = (now + LOCAL_PRINCIPAL_SECONDS, principal)
+        return principal
+
+    def forget(self, user_id: uuid.UUID) -> None:
+        """Ask again next time: the user changed here."""
+        self._known.pop(user_id, None)
+        self._lookups.forget(user_id)  # what a running lookup finds may predate the change

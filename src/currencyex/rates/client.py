@@ -1,24 +1,36 @@
-"""How other services reach the rate service: take a locked quote, or give it back."""
+"""How other services reach the rate service: take a locked quote, or give it back. In one
+process the calls are the service's own methods (InProcessRatesClient); in a split deployment
+they go over HTTP to its internal routes (HttpRatesClient, rates/internal.py)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter
 
 from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable, RequestInProgress
 from currencyex.kernel.ports import SavedResponse
+from currencyex.platform.http.calls import ServiceCalls
 from currencyex.rates.domain import RATE_UPDATED, Quote, QuoteTakenUnderKey
 from currencyex.rates.service import RateService
 
 __all__ = [
     "RATE_UPDATED",
+    "HttpRatesClient",
     "InProcessRatesClient",
     "Quote",
     "QuoteTakenUnderKey",
     "RatesClient",
     "take_quote_or_replay",
 ]
+
+
+# The wire form of a quote, for both ends of the internal routes; and the detail of a 1003
+# that tells the taker the quote was taken under its own key (QuoteTakenUnderKey).
+QUOTE = TypeAdapter(Quote)
+TAKEN_UNDER_KEY: dict[str, Any] = {"taken_under_key": True}
 
 
 class RatesClient(Protocol):
@@ -45,6 +57,33 @@ class InProcessRatesClient:
 
     async def release_quote(self, quote: Quote) -> None:
         await self._service.release_quote(quote)
+
+
+class HttpRatesClient:
+    """The rate service over HTTP (a split deployment). Neither call is tried twice: a second
+    take would find the quote taken by the first, and a second give-back could put back a
+    quote the customer has taken again since."""
+
+    def __init__(self, calls: ServiceCalls) -> None:
+        self._calls = calls
+
+    async def take_quote(self, quote_id: str, owner: uuid.UUID, *, taker: str) -> Quote:
+        body = {"quote_id": quote_id, "owner": str(owner), "taker": taker}
+        try:
+            answer = await self._calls.call(
+                "POST", "/internal/rates/quotes/take", body=body, idempotent=False
+            )
+        except QuoteUnavailable as refusal:
+            if refusal.details == [TAKEN_UNDER_KEY]:
+                raise QuoteTakenUnderKey() from None
+            raise
+        return QUOTE.validate_python(answer)
+
+    async def release_quote(self, quote: Quote) -> None:
+        body = QUOTE.dump_python(quote, mode="json")
+        await self._calls.call(
+            "POST", "/internal/rates/quotes/release", body=body, idempotent=False
+        )
 
 
 async def take_quote_or_replay(

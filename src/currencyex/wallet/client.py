@@ -1,5 +1,7 @@
 """How other services reach the wallet service: holds for sends, their corrections, and
-wallet opening."""
+wallet opening. In one process the calls are the service's own methods (InProcessWalletClient);
+in a split deployment they go over HTTP to the wallet service's internal routes
+(HttpWalletClient, wallet/internal.py), each idempotent by the id it carries."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Protocol
 
+from pydantic import TypeAdapter
+
+from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
+from currencyex.platform.http.calls import ServiceCalls
 from currencyex.wallet.domain import CorrectionKind, Hold, HoldStatus, PayoutCorrection
 from currencyex.wallet.service import Movement, WalletService
 
@@ -15,11 +21,19 @@ __all__ = [
     "CorrectionKind",
     "Hold",
     "HoldStatus",
+    "HttpWalletClient",
     "InProcessWalletClient",
     "Movement",
     "PayoutCorrection",
     "WalletClient",
 ]
+
+
+# The wire form of what the internal routes take and answer, for both ends.
+HOLD = TypeAdapter(Hold)
+HOLDS = TypeAdapter(list[Hold])
+MONEY = TypeAdapter(Money)
+CORRECTION = TypeAdapter(PayoutCorrection)
 
 
 class WalletClient(Protocol):
@@ -82,3 +96,55 @@ class InProcessWalletClient:
 
     async def correct_payout(self, correction: PayoutCorrection) -> Movement:
         return await self._service.correct_payout(correction)
+
+
+class HttpWalletClient:
+    """The wallet service over HTTP (a split deployment). Every call is idempotent by the id it
+    carries, so each is tried again when the wallet service did not answer."""
+
+    def __init__(self, calls: ServiceCalls) -> None:
+        self._calls = calls
+
+    async def open_default_wallet(self, user_id: uuid.UUID, role: str) -> None:
+        path = f"/internal/wallet/users/{user_id}/default-wallet"
+        await self._calls.call("PUT", path, body={"role": role}, idempotent=True)
+
+    async def hold(
+        self,
+        user_id: uuid.UUID,
+        amount: Money,
+        reference: str,
+        *,
+        hold_id: uuid.UUID | None = None,
+    ) -> Hold:
+        body = {
+            "user_id": str(user_id),
+            "amount": MONEY.dump_python(amount, mode="json"),
+            "reference": reference,
+        }
+        # The id is made here, not by the wallet service, so that a retry is the same hold.
+        path = f"/internal/wallet/holds/{hold_id or new_id()}"
+        return HOLD.validate_python(await self._calls.call("PUT", path, body=body, idempotent=True))
+
+    async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
+        body = {"fee": None if fee is None else MONEY.dump_python(fee, mode="json")}
+        path = f"/internal/wallet/holds/{hold_id}/capture"
+        return HOLD.validate_python(
+            await self._calls.call("POST", path, body=body, idempotent=True)
+        )
+
+    async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
+        body = {"fees": {str(k): MONEY.dump_python(v, mode="json") for k, v in fees.items()}}
+        answer = await self._calls.call(
+            "POST", "/internal/wallet/captures", body=body, idempotent=True
+        )
+        return HOLDS.validate_python(answer)
+
+    async def release(self, hold_id: uuid.UUID) -> Hold:
+        path = f"/internal/wallet/holds/{hold_id}/release"
+        return HOLD.validate_python(await self._calls.call("POST", path, idempotent=True))
+
+    async def correct_payout(self, correction: PayoutCorrection) -> Movement:
+        path = f"/internal/wallet/corrections/{correction.id}"
+        body = CORRECTION.dump_python(correction, mode="json")
+        return Movement.from_json(await self._calls.call("PUT", path, body=body, idempotent=True))

@@ -32,10 +32,13 @@ _ALGORITHM = "HS256"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who a request is from, as the gateway vouched: `principal` None for nobody logged in."""
+    """Who a request is from, as the gateway vouched: `principal` None for nobody logged in.
+    `service` names the service of a split deployment making a call of its own to another
+    (platform/http/calls.py), the only callers of a service's internal routes."""
 
     principal: Principal | None
     request_id: str
+    service: str | None = None
 
 
 class CallerCredentials:
@@ -55,6 +58,8 @@ class CallerCredentials:
             "rid": caller.request_id,
             "exp": self._clock.now().timestamp() + self._lifetime,
         }
+        if caller.service is not None:
+            claims["svc"] = caller.service
         principal = caller.principal
         if principal is not None:
             claims |= {
@@ -81,6 +86,7 @@ class CallerCredentials:
             )
             expires = float(claims["exp"])
             request_id = str(claims["rid"])
+            service = claims.get("svc")
             principal = None
             if "sub" in claims:
                 kyc = claims["kyc"]
@@ -95,4 +101,4 @@ class CallerCredentials:
             raise InvalidToken("The gateway's credential is not valid") from exc
         if expires <= self._clock.now().timestamp():
             raise InvalidToken("The gateway's credential has expired")
-        return Caller(principal, request_id)
+        return Caller(principal, request_id, None if service is None else str(service))

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from currencyex.kernel.errors import InvalidToken
+from currencyex.kernel.flight import SingleFlight
 from currencyex.kernel.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -112,60 +114,38 @@ def _read_key(path: Path) -> SigningKey:
     return SigningKey(path.stem, private)
 
 
-class TokenIssuer:
+class TokenVerifier:
+    """Checks access tokens against a ring of public keys (kid -> key), and remembers the
+    claims of the tokens that passed until their `exp` or until their key leaves the ring."""
+
     def __init__(
         self,
-        keys: list[SigningKey],
         *,
         issuer: str,
         audience: str,
-        ttl_seconds: int,
         cache_size: int = VERIFIED_CACHE_SIZE,
         wall_clock: Callable[[], float] = time.time,
-        folder: Path | None = None,
-        reload_seconds: float = KEYS_RELOAD_SECONDS,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`keys` is the ring to start with; with `folder`, the ring follows that folder's key
-        files, looked at again once `reload_seconds` (on `monotonic`) have passed."""
-        if not keys:
-            raise ValueError("at least one signing key is needed")
-        if not reload_seconds > 0:
-            raise ValueError(f"reload_seconds must be positive, got {reload_seconds}")
-        self._keys = {key.kid: key for key in keys}
-        self._signing = keys[-1]
         self.issuer = issuer
         self.audience = audience
-        self.ttl_seconds = ttl_seconds
+        self._public: dict[str, Ed25519PublicKey] = {}
         # token -> (exp as a Unix time, its claims); only tokens that passed every check get in.
         # Oldest first, so eviction drops the entries nearest to expiring. Emptied when a key
-        # leaves the ring (`_reload`): a key's removal must end its tokens here too.
+        # leaves the ring: a key's removal must end its tokens here too.
         self._verified: OrderedDict[str, tuple[float, AccessClaims]] = OrderedDict()
         self._cache_size = cache_size
         self._wall_clock = wall_clock
-        self._folder = folder
-        self._reload_seconds = reload_seconds
-        self._monotonic = monotonic
-        self._next_reload = monotonic() + reload_seconds
 
-    def issue(self, *, subject: str, role: str, now: datetime) -> str:
-        self._reload_when_due()
-        claims = {
-            "iss": self.issuer,
-            "aud": self.audience,
-            "sub": subject,
-            "role": role,
-            "iat": int(now.timestamp()),
-            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
-            "jti": new_id().hex,
-        }
-        return jwt.encode(
-            claims, self._signing.private, algorithm=ALGORITHM, headers={"kid": self._signing.kid}
-        )
+    def set_keys(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        if self._public.keys() - keys.keys():
+            self._verified.clear()
+        self._public = dict(keys)
+
+    def knows(self, kid: str) -> bool:
+        return kid in self._public
 
     def verify(self, token: str) -> AccessClaims:
         """The token's claims, or InvalidToken (2002) for anything but a valid, current token."""
-        self._reload_when_due()
         hit = self._verified.get(token)
         if hit is not None:
             exp, claims = hit
@@ -187,12 +167,12 @@ class TokenIssuer:
     def _verify_signed(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
-            key = self._keys.get(str(header.get("kid")))
+            key = self._public.get(str(header.get("kid")))
             if key is None or header.get("alg") != ALGORITHM:
                 raise InvalidToken()
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key.public,
+                key,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -206,6 +186,64 @@ class TokenIssuer:
             jti=str(claims["jti"]),
             exp=datetime.fromtimestamp(int(claims["exp"]), UTC),
         )
+
+
+class TokenIssuer:
+    def __init__(
+        self,
+        keys: list[SigningKey],
+        *,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+        wall_clock: Callable[[], float] = time.time,
+        folder: Path | None = None,
+        reload_seconds: float = KEYS_RELOAD_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`keys` is the ring to start with; with `folder`, the ring follows that folder's key
+        files, looked at again once `reload_seconds` (on `monotonic`) have passed."""
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        if not reload_seconds > 0:
+            raise ValueError(f"reload_seconds must be positive, got {reload_seconds}")
+        self._verifier = TokenVerifier(
+            issuer=issuer, audience=audience, cache_size=cache_size, wall_clock=wall_clock
+        )
+        self._use(keys)
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_seconds = ttl_seconds
+        self._folder = folder
+        self._reload_seconds = reload_seconds
+        self._monotonic = monotonic
+        self._next_reload = monotonic() + reload_seconds
+
+    def _use(self, keys: list[SigningKey]) -> None:
+        self._keys = {key.kid: key for key in keys}
+        self._signing = keys[-1]
+        self._verifier.set_keys({key.kid: key.public for key in keys})
+
+    def issue(self, *, subject: str, role: str, now: datetime) -> str:
+        self._reload_when_due()
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "role": role,
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+            "jti": new_id().hex,
+        }
+        return jwt.encode(
+            claims, self._signing.private, algorithm=ALGORITHM, headers={"kid": self._signing.kid}
+        )
+
+    def verify(self, token: str) -> AccessClaims:
+        """The token's claims, or InvalidToken (2002) for anything but a valid, current token."""
+        self._reload_when_due()
+        return self._verifier.verify(token)
 
     def reload_keys(self) -> None:
         """Make the ring the folder's key files now: a removed file's key stops verifying (and
@@ -233,10 +271,7 @@ class TokenIssuer:
         if ring.keys() == self._keys.keys():
             return
         removed = self._keys.keys() - ring.keys()
-        self._keys = ring
-        self._signing = keys[-1]
-        if removed:
-            self._verified.clear()
+        self._use(keys)
         log.info("tokens.keys_reloaded", kids=sorted(ring), removed=sorted(removed))
 
     def _reload_when_due(self) -> None:
@@ -265,6 +300,73 @@ class TokenIssuer:
                 for key in self._keys.values()
             ]
         }
+
+
+# A token naming a key this process has not seen makes it fetch the JWKS again, at most this
+# often: tokens with made-up kids must not turn every request into a fetch.
+UNKNOWN_KID_SECONDS = 1.0
+
+
+class JwksVerifier:
+    """Checks access tokens with the keys another process publishes (the auth service's JWKS,
+    read by `fetch`): fetched at the first token, again when a token names a kid not among them
+    (at most once per UNKNOWN_KID_SECONDS) and every `reload_seconds`, so a key added there
+    verifies here at once and a key removed there stops verifying here within that bound.
+    While the keys cannot be fetched the ones known keep verifying; with none known, the
+    fetch's error (503/5001) is the answer."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        issuer: str,
+        audience: str,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        reload_seconds: float = KEYS_RELOAD_SECONDS,
+    ) -> None:
+        self._fetch = fetch
+        self._verifier = TokenVerifier(issuer=issuer, audience=audience, wall_clock=wall_clock)
+        self._monotonic = monotonic
+        self._reload_seconds = reload_seconds
+        self._next_reload = -math.inf
+        self._next_unknown = -math.inf
+        self._fetching: SingleFlight[str, None] = SingleFlight()
+        self._fetched = False
+
+    async def verify(self, token: str) -> AccessClaims:
+        """The token's claims, or InvalidToken (2002); what is not a JWT at all is refused
+        without a fetch."""
+        try:
+            kid = str(jwt.get_unverified_header(token).get("kid"))
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        now = self._monotonic()
+        if now >= self._next_reload:
+            await self._fetching.run("jwks", self._reload)
+        elif now >= self._next_unknown and not self._verifier.knows(kid):
+            self._next_unknown = now + UNKNOWN_KID_SECONDS
+            await self._fetching.run("jwks", self._reload)
+        return self._verifier.verify(token)
+
+    async def _reload(self) -> None:
+        now = self._monotonic()
+        try:
+            doc = await self._fetch()
+            keys = {
+                str(jwk.key_id): jwk.key
+                for jwk in jwt.PyJWKSet.from_dict(dict(doc)).keys
+                if isinstance(jwk.key, Ed25519PublicKey)
+            }
+        except Exception as exc:
+            if not self._fetched:
+                raise
+            log.warning("tokens.jwks_unavailable", error=repr(exc))
+            self._next_reload = now + UNKNOWN_KID_SECONDS
+            return
+        self._verifier.set_keys(keys)
+        self._fetched = True
+        self._next_reload = now + self._reload_seconds
 
 
 def unverified_expiry(token: str) -> float | None:
