@@ -233,7 +233,21 @@ class Server:
         )
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for p in self.processes for pid in process_tree(p.pid))
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds of each process of the server, by its command line past the CLI's."""
+        found: dict[str, float] = {}
+        for process in self.processes:
+            for pid in process_tree(process.pid):
+                try:
+                    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                except OSError:
+                    continue
+                name = " ".join(arg for arg in args[3:] if arg and not arg.isdigit())
+                name = name.replace(" --port", "").replace(" --host 127.0.0.1", "")
+                found[f"{name} ({pid})"] = cpu_seconds(pid)
+        return found
 
     def wait_idle(self, timeout: float = 180.0, busy: float = 0.05) -> float:
         """Wait until the server processes use less than `busy` CPU-seconds per second (their
@@ -677,6 +691,9 @@ def bench(args: argparse.Namespace) -> int:
                 f"load: {args.clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s "
                 f"measured, against {', '.join(server.bases)}"
             )
+            if split:
+                time.sleep(1.0)  # the approvals reach the gateway's memory of the customers
+            by_process = server.cpu_by_process()
             server_cpu, client_usage = server.cpu(), resource.getrusage(resource.RUSAGE_SELF)
             busy, total = machine_ticks()
             stats = run_loop(
@@ -692,6 +709,10 @@ def bench(args: argparse.Namespace) -> int:
             )
             server_cpu_after = server.cpu()
             server_cpu = server_cpu_after - server_cpu
+            by_process = {
+                name: seconds - by_process.get(name, 0.0)
+                for name, seconds in server.cpu_by_process().items()
+            }
             after = resource.getrusage(resource.RUSAGE_SELF)
             client_cpu = (after.ru_utime + after.ru_stime) - (
                 client_usage.ru_utime + client_usage.ru_stime
@@ -780,6 +801,11 @@ def bench(args: argparse.Namespace) -> int:
         f"{(server_cpu + drain_cpu) * 1000 / max(1, stats.all_exchanges):.2f} ms with the queued "
         "work"
     )
+    if args.topology == "split":
+        print(
+            "cpu by process during the load: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in by_process.items())
+        )
     print(f"outbox rows unpublished before pgbench: {pending}")
     if args.scenario == "send":
         print(f"transactions not COMPLETED or FAILED after the load: {unsettled}")
