@@ -12,7 +12,7 @@ from starlette.routing import WebSocketRoute
 from currencyex import __version__
 from currencyex.auth import api as auth_api
 from currencyex.auth import internal as auth_internal
-from currencyex.bootstrap import Container
+from currencyex.bootstrap import LIVE_UPDATES, Container
 from currencyex.documents import api as documents_api
 from currencyex.gateway import ops, ws
 from currencyex.gateway.errors import install_error_handlers
@@ -144,6 +144,6 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
                     if isinstance(route, APIRoute)
                 )
         app.router.routes.append(WebSocketRoute(ws.PATH, forward_websocket))
-    if service in ("all", "ws"):
+    if service in LIVE_UPDATES:
         app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
     return app

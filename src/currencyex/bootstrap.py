@@ -190,7 +190,8 @@ class Container:
                     delay = min(delay * 2, 10.0)
         if workers:
             await subscribe_consumers(self, workers_of)
-        await live_updates.subscribe(self.bus, self.hub)
+        if self.settings.service in LIVE_UPDATES:
+            await live_updates.subscribe(self.bus, self.hub)
         self.relay.start()
 
     async def stop(self) -> None:
@@ -246,6 +247,10 @@ def duplicate_window(settings: Settings) -> float:
         )
     return max(settings.nats_duplicate_window_seconds, horizon)
 
+
+# The processes that serve /v1/ws, and so take every status change and rate update off the bus
+# for their connections: one process, or the WebSocket service of a split deployment.
+LIVE_UPDATES = frozenset({"all", "ws"})
 
 # The consumers and periodic jobs each service's worker runs (`currencyex worker --service`);
 # one process ("all") runs them all. Housekeeping (pruning old Idempotency-Keys) runs in every
@@ -372,6 +377,7 @@ def build(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             monotonic=clock.monotonic,
+            keys_reload_seconds=settings.jwt_keys_reload_seconds,
         )
     )
     rates = _build_rates(settings, cache=cache, bus=bus, clock=clock, breakers=breaker_metrics)

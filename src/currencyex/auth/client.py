@@ -81,10 +81,15 @@ class HttpAuthClient:
         issuer: str,
         audience: str,
         monotonic: Callable[[], float],
+        keys_reload_seconds: float,
     ) -> None:
         self._calls = calls
         self._tokens = JwksVerifier(
-            self._jwks, issuer=issuer, audience=audience, monotonic=monotonic
+            self._jwks,
+            issuer=issuer,
+            audience=audience,
+            monotonic=monotonic,
+            reload_seconds=keys_reload_seconds,
         )
         self._principals = PrincipalMemory(self._principal, monotonic)
 
