@@ -25,7 +25,7 @@ import structlog
 
 from currencyex.kernel.errors import CATALOG, AppError, DependencyUnavailable, RateLimited
 from currencyex.kernel.ids import new_id
-from currencyex.platform.resilience.breaker import CircuitBreaker, CircuitOpen
+from currencyex.platform.resilience.breaker import CircuitBreaker
 from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
 
 log = structlog.get_logger(__name__)
@@ -46,10 +46,6 @@ class _Failed(Exception):
     def __init__(self, error: AppError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-def _is_failure(exc: BaseException) -> bool:
-    return isinstance(exc, _Failed | httpx.TransportError)
 
 
 class ServiceCalls:
@@ -79,17 +75,15 @@ class ServiceCalls:
     @staticmethod
     def is_failure(exc: BaseException) -> bool:
         """What counts against the breaker: give it to the breaker's `is_failure`."""
-        return _is_failure(exc)
+        return isinstance(exc, _Failed | httpx.TransportError)
 
     async def call(self, method: str, path: str, *, body: Any = None, idempotent: bool) -> Any:
         """The JSON answer of `method path` (None when there is none), or the error the service
         answered; DependencyUnavailable when it cannot be reached or its breaker is open."""
         delays = self._retry_delays if idempotent else ()
         for attempt in range(len(delays) + 1):
-            try:
+            try:  # an open breaker's CircuitOpen goes straight up: no retry
                 return await self.breaker.call(lambda: self._once(method, path, body))
-            except CircuitOpen:
-                raise
             except (_Failed, httpx.TransportError) as exc:
                 if attempt == len(delays):
                     raise self._error(exc) from exc

@@ -144,6 +144,10 @@ class TokenVerifier:
     def knows(self, kid: str) -> bool:
         return kid in self._public
 
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._public)
+
     def verify(self, token: str) -> AccessClaims:
         """The token's claims, or InvalidToken (2002) for anything but a valid, current token."""
         hit = self._verified.get(token)
@@ -332,7 +336,6 @@ class JwksVerifier:
         self._next_reload = -math.inf
         self._next_unknown = -math.inf
         self._fetching: SingleFlight[str, None] = SingleFlight()
-        self._fetched = False
 
     async def verify(self, token: str) -> AccessClaims:
         """The token's claims, or InvalidToken (2002); what is not a JWT at all is refused
@@ -367,13 +370,12 @@ class JwksVerifier:
                 if isinstance(jwk.key, Ed25519PublicKey)
             }
         except Exception as exc:
-            if not self._fetched:
+            if not self._verifier.has_keys:
                 raise
             log.warning("tokens.jwks_unavailable", error=repr(exc))
             self._next_reload = now + UNKNOWN_KID_SECONDS
             return
         self._verifier.set_keys(keys)
-        self._fetched = True
         self._next_reload = now + self._reload_seconds
 
 
