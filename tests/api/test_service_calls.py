@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,9 +17,12 @@ import pytest
 import pytest_asyncio
 
 from currencyex.kernel.clock import SystemClock
+from currencyex.kernel.errors import InsufficientFunds
+from currencyex.kernel.money import Money
 from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS
 from currencyex.platform.resilience.breaker import BreakerState
 from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
+from currencyex.wallet.client import CorrectionKind, HoldStatus, PayoutCorrection
 from split_support import KEY, Split, split_deployment
 
 from conftest import Api
@@ -204,3 +208,37 @@ async def test_internal_routes_answer_only_another_service(split: Split, service
         assert answer.json()["code"] == {"auth": 4004, "wallet": 4004, "rates": 1000}[service]
     through_gateway = await split.http.request(method, path, json=body)
     assert through_gateway.status_code == 404
+
+
+async def test_each_wallet_and_auth_call_makes_the_round_trip_over_http(split: Split) -> None:
+    """Every method of the HTTP adapters remit and docs use, through the internal routes: what
+    comes back is what the service did, a repeat changes nothing, a refusal is its error."""
+    api = split.api()
+    user_id, headers = await _customer(api)
+    owner = uuid.UUID(user_id)
+    wallet = split.containers["remit"].wallet_client
+    ten = Money(1000, "USD")
+    first, second = uuid.uuid4(), uuid.uuid4()
+    held = await wallet.hold(owner, ten, "rt-1", hold_id=first)
+    assert (held.id, held.amount, held.status) == (first, ten, HoldStatus.HELD)
+    assert await wallet.hold(owner, ten, "rt-1", hold_id=first) == held  # the same hold again
+    await wallet.hold(owner, ten, "rt-2", hold_id=second)
+    with pytest.raises(InsufficientFunds):
+        await wallet.hold(owner, Money(10**9, "USD"), "rt-3")
+    [captured] = await wallet.capture_many({first: Money(100, "USD")})
+    assert captured.status is HoldStatus.CAPTURED
+    assert (await wallet.capture(first, fee=Money(100, "USD"))).status is HoldStatus.CAPTURED
+    assert (await wallet.release(second)).status is HoldStatus.RELEASED
+    refund = PayoutCorrection(
+        uuid.uuid4(), CorrectionKind.REFUND, owner, ten, Money(100, "USD"), "rt-1"
+    )
+    moved = await wallet.correct_payout(refund)
+    assert await wallet.correct_payout(refund) == moved  # posted once
+    assert (await usd(api, headers))["available"] == "1000.00"  # charged 10.00, refunded 10.00
+    await wallet.open_default_wallet(owner, "CUSTOMER")  # already open: nothing changes
+
+    auth = split.containers["docs"].auth_client
+    assert await auth.start_kyc_review(owner, submitted_at=datetime.now(UTC)) is False
+    assert await auth.kyc_queue(after=None, limit=10) == []  # approved: nobody waits
+    assert (await auth.principal(owner)) is not None
+    assert await auth.principal(uuid.uuid4()) is None

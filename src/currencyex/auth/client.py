@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from currencyex.auth.domain import (
     KycApplicant,
@@ -33,8 +33,16 @@ __all__ = [
 # The wire form of what the internal routes answer, for both ends.
 PRINCIPAL = TypeAdapter(Principal)
 APPLICANTS = TypeAdapter(list[KycApplicant])
-POSITION = TypeAdapter(KycQueuePosition)
 JWKS_PATH = "/v1/auth/jwks"
+
+
+class ReviewRequest(BaseModel):
+    submitted_at: datetime
+
+
+class QueueRequest(BaseModel):
+    after: KycQueuePosition | None = None
+    limit: int
 
 
 class AuthClient(Authenticator, Protocol):
@@ -111,15 +119,12 @@ class HttpAuthClient:
 
     async def start_kyc_review(self, user_id: uuid.UUID, *, submitted_at: datetime) -> bool:
         path = f"/internal/auth/users/{user_id}/kyc-review"
-        body = {"submitted_at": submitted_at.isoformat()}
+        body = ReviewRequest(submitted_at=submitted_at).model_dump(mode="json")
         answer = await self._calls.call("POST", path, body=body, idempotent=True)
         return bool(answer["changed"])
 
     async def kyc_queue(self, *, after: KycQueuePosition | None, limit: int) -> list[KycApplicant]:
-        body = {
-            "after": None if after is None else POSITION.dump_python(after, mode="json"),
-            "limit": limit,
-        }
+        body = QueueRequest(after=after, limit=limit).model_dump(mode="json")
         answer = await self._calls.call(
             "POST", "/internal/auth/kyc-queue", body=body, idempotent=True
         )

@@ -5,26 +5,14 @@ the documents service moves forward. The gateway checks tokens itself, with auth
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
-
 from currencyex.auth.api import Auth
-from currencyex.auth.client import APPLICANTS, PRINCIPAL, KycQueuePosition
+from currencyex.auth.client import APPLICANTS, PRINCIPAL, QueueRequest, ReviewRequest
 from currencyex.gateway.internal import internal_router
 from currencyex.kernel.errors import NotFound
 
 router = internal_router("auth")
-
-
-class ReviewIn(BaseModel):
-    submitted_at: datetime
-
-
-class QueueIn(BaseModel):
-    after: KycQueuePosition | None = None
-    limit: int
 
 
 @router.get("/principals/{user_id}")
@@ -36,11 +24,11 @@ async def principal(user_id: uuid.UUID, auth: Auth) -> Any:
 
 
 @router.post("/users/{user_id}/kyc-review")
-async def start_kyc_review(user_id: uuid.UUID, body: ReviewIn, auth: Auth) -> Any:
+async def start_kyc_review(user_id: uuid.UUID, body: ReviewRequest, auth: Auth) -> Any:
     return {"changed": await auth.start_kyc_review(user_id, submitted_at=body.submitted_at)}
 
 
 @router.post("/kyc-queue")
-async def kyc_queue(body: QueueIn, auth: Auth) -> Any:
+async def kyc_queue(body: QueueRequest, auth: Auth) -> Any:
     applicants = await auth.kyc_queue(after=body.after, limit=body.limit)
     return APPLICANTS.dump_python(applicants, mode="json")

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from currencyex.kernel.errors import QuoteExpired, QuoteUnavailable, RequestInProgress
 from currencyex.kernel.ports import SavedResponse
@@ -31,6 +31,12 @@ __all__ = [
 # that tells the taker the quote was taken under its own key (QuoteTakenUnderKey).
 QUOTE = TypeAdapter(Quote)
 TAKEN_UNDER_KEY: dict[str, Any] = {"taken_under_key": True}
+
+
+class TakeRequest(BaseModel):
+    quote_id: str  # as the client sent it: in the body, where any text is safe
+    owner: uuid.UUID
+    taker: str
 
 
 class RatesClient(Protocol):
@@ -68,7 +74,7 @@ class HttpRatesClient:
         self._calls = calls
 
     async def take_quote(self, quote_id: str, owner: uuid.UUID, *, taker: str) -> Quote:
-        body = {"quote_id": quote_id, "owner": str(owner), "taker": taker}
+        body = TakeRequest(quote_id=quote_id, owner=owner, taker=taker).model_dump(mode="json")
         try:
             answer = await self._calls.call(
                 "POST", "/internal/rates/quotes/take", body=body, idempotent=False

@@ -4,27 +4,24 @@ back."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
-
-from pydantic import BaseModel
 
 from currencyex.gateway.internal import internal_router
 from currencyex.kernel.errors import QuoteUnavailable
 from currencyex.rates.api import Rates
-from currencyex.rates.client import QUOTE, TAKEN_UNDER_KEY, Quote, QuoteTakenUnderKey
+from currencyex.rates.client import (
+    QUOTE,
+    TAKEN_UNDER_KEY,
+    Quote,
+    QuoteTakenUnderKey,
+    TakeRequest,
+)
 
 router = internal_router("rates")
 
 
-class TakeIn(BaseModel):
-    quote_id: str  # as the client sent it: in the body, where any text is safe
-    owner: uuid.UUID
-    taker: str
-
-
 @router.post("/quotes/take")
-async def take_quote(body: TakeIn, rates: Rates) -> Any:
+async def take_quote(body: TakeRequest, rates: Rates) -> Any:
     try:
         quote = await rates.take_quote(body.quote_id, body.owner, taker=body.taker)
     except QuoteTakenUnderKey:

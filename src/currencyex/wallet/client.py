@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Protocol
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from currencyex.kernel.ids import new_id
 from currencyex.kernel.money import Money
@@ -32,8 +32,25 @@ __all__ = [
 # The wire form of what the internal routes take and answer, for both ends.
 HOLD = TypeAdapter(Hold)
 HOLDS = TypeAdapter(list[Hold])
-MONEY = TypeAdapter(Money)
 CORRECTION = TypeAdapter(PayoutCorrection)
+
+
+class DefaultWalletRequest(BaseModel):
+    role: str
+
+
+class HoldRequest(BaseModel):
+    user_id: uuid.UUID
+    amount: Money
+    reference: str
+
+
+class CaptureRequest(BaseModel):
+    fee: Money | None = None
+
+
+class CapturesRequest(BaseModel):
+    fees: dict[uuid.UUID, Money]
 
 
 class WalletClient(Protocol):
@@ -107,7 +124,8 @@ class HttpWalletClient:
 
     async def open_default_wallet(self, user_id: uuid.UUID, role: str) -> None:
         path = f"/internal/wallet/users/{user_id}/default-wallet"
-        await self._calls.call("PUT", path, body={"role": role}, idempotent=True)
+        body = DefaultWalletRequest(role=role).model_dump(mode="json")
+        await self._calls.call("PUT", path, body=body, idempotent=True)
 
     async def hold(
         self,
@@ -117,24 +135,22 @@ class HttpWalletClient:
         *,
         hold_id: uuid.UUID | None = None,
     ) -> Hold:
-        body = {
-            "user_id": str(user_id),
-            "amount": MONEY.dump_python(amount, mode="json"),
-            "reference": reference,
-        }
+        body = HoldRequest(user_id=user_id, amount=amount, reference=reference).model_dump(
+            mode="json"
+        )
         # The id is made here, not by the wallet service, so that a retry is the same hold.
         path = f"/internal/wallet/holds/{hold_id or new_id()}"
         return HOLD.validate_python(await self._calls.call("PUT", path, body=body, idempotent=True))
 
     async def capture(self, hold_id: uuid.UUID, *, fee: Money | None = None) -> Hold:
-        body = {"fee": None if fee is None else MONEY.dump_python(fee, mode="json")}
+        body = CaptureRequest(fee=fee).model_dump(mode="json")
         path = f"/internal/wallet/holds/{hold_id}/capture"
         return HOLD.validate_python(
             await self._calls.call("POST", path, body=body, idempotent=True)
         )
 
     async def capture_many(self, fees: Mapping[uuid.UUID, Money]) -> list[Hold]:
-        body = {"fees": {str(k): MONEY.dump_python(v, mode="json") for k, v in fees.items()}}
+        body = CapturesRequest(fees=dict(fees)).model_dump(mode="json")
         answer = await self._calls.call(
             "POST", "/internal/wallet/captures", body=body, idempotent=True
         )
