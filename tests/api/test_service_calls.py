@@ -16,10 +16,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from currencyex.auth.service import UserChanges
 from currencyex.kernel.clock import SystemClock
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
-from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS
+from currencyex.kernel.principal import LOCAL_PRINCIPAL_SECONDS, Tier
 from currencyex.platform.resilience.breaker import BreakerState
 from currencyex.platform.security.callers import HEADER, Caller, CallerCredentials
 from currencyex.wallet.client import CorrectionKind, HoldStatus, PayoutCorrection
@@ -242,3 +243,20 @@ async def test_each_wallet_and_auth_call_makes_the_round_trip_over_http(split: S
     assert await auth.kyc_queue(after=None, limit=10) == []  # approved: nobody waits
     assert (await auth.principal(owner)) is not None
     assert await auth.principal(uuid.uuid4()) is None
+
+
+async def test_the_auth_service_answers_who_a_user_is_past_its_own_memory(split: Split) -> None:
+    """Another process keeps its own memory of a user (LOCAL_PRINCIPAL_SECONDS): the auth
+    service answers it from the shared cache and the database, so a change made by another
+    auth process is not held back by this one's memory on top."""
+    api = split.api()
+    user_id, _ = await api.user_token()
+    owner = uuid.UUID(user_id)
+    auth_service = split.containers["auth"].auth
+    assert (await auth_service.principal(owner)).tier is Tier.BASIC  # remembered there now
+    # Another auth process (any process's container builds one on the same stores) changes it.
+    await split.containers["remit"].auth.update_user(owner, UserChanges(tier=Tier.PRO))
+    assert (await auth_service.principal(owner)).tier is Tier.BASIC  # its memory, for now
+    asked = await split.containers["docs"].auth_client.principal(owner)
+    assert asked is not None
+    assert asked.tier is Tier.PRO

@@ -17,7 +17,7 @@ router = internal_router("auth")
 
 @router.get("/principals/{user_id}")
 async def principal(user_id: uuid.UUID, auth: Auth) -> Any:
-    found = await auth.principal(user_id)
+    found = await auth.shared_principal(user_id)
     if found is None:
         raise NotFound("No such user")
     return PRINCIPAL.dump_python(found, mode="json")

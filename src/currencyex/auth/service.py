@@ -108,7 +108,7 @@ class AuthService:
         self._clock = clock
         self._refresh_ttl = timedelta(seconds=refresh_ttl_seconds)
         self._principal_ttl = principal_cache_seconds
-        self._principals = PrincipalMemory(self._shared_principal, clock.monotonic)
+        self._principals = PrincipalMemory(self.shared_principal, clock.monotonic)
 
     # Customers and sessions
 
@@ -177,7 +177,10 @@ class AuthService:
         """
         return await self._principals.get(user_id)
 
-    async def _shared_principal(self, user_id: uuid.UUID) -> Principal | None:
+    async def shared_principal(self, user_id: uuid.UUID) -> Principal | None:
+        """Who `user_id` is now, past this process's memory: the shared cache, then the
+        database. For another process that keeps a memory of its own (HttpAuthClient): two
+        memories in a row would let a change take two of their spans to arrive."""
         key = f"principal:{user_id}"
         cached = await self._cache.get(key)
         if cached is not None:
