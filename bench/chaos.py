@@ -47,6 +47,7 @@ from exchange import (
     BENEFICIARY,
     CLI,
     CUSTOMER_PASSWORD,
+    EVERY_SCHEMA,
     free_port,
     login,
     server_env,
@@ -984,7 +985,7 @@ async def chaos_run(args: argparse.Namespace, root: Path, children: list[Child])
                 await chaos.revive()
                 break
 
-        db = await asyncpg.connect(services.pg_dsn)
+        db = await asyncpg.connect(services.pg_dsn, server_settings={"search_path": EVERY_SCHEMA})
         try:
             settle_started = time.monotonic()
             while True:

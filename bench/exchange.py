@@ -39,12 +39,16 @@ from typing import Any
 import httpx
 from rawhttp import Connection, HttpError, Response
 
+from currencyex.platform.db.schemas import SCHEMAS, search_path
+
 PG_HOST = "127.0.0.1"
 PG_PORT = "5432"
 PG_USER = "postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
 CLI = [sys.executable, "-m", "currencyex.cli"]
+# What the checks' own connections see: every schema, as a one-process deployment does.
+EVERY_SCHEMA = search_path(SCHEMAS)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ TPS_LINE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 def psql(sql: str, database: str = "postgres") -> str:
     done = subprocess.run(
         ["psql", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-d", database, "-Atc", sql],
+        env={**os.environ, "PGOPTIONS": "-c search_path=" + EVERY_SCHEMA.replace(" ", "")},
         capture_output=True,
         text=True,
         timeout=60,

@@ -33,9 +33,10 @@ import pytest_asyncio
 from currencyex.app import create_app
 from currencyex.bootstrap import Container, build
 from currencyex.config import Settings
-from currencyex.platform.db.database import driver_url
+from currencyex.platform.db.database import Database, driver_url
 from currencyex.platform.db.embedded import EmbeddedPostgres
 from currencyex.platform.db.migrate import upgrade
+from currencyex.platform.db.schemas import SCHEMAS, search_path
 from currencyex.platform.observability.logging import configure_logging
 
 pytest_plugins = ["redis_cluster"]  # the `redis_cluster` fixture: three masters on loopback
@@ -129,6 +130,7 @@ def embedded_pg_url() -> Iterator[str]:
         yield server.url
 
 
+EVERY_SCHEMA = search_path(SCHEMAS)
 USER_TABLES = (
     "auth_refresh_tokens",
     "auth_users",
@@ -147,8 +149,14 @@ USER_TABLES = (
 )
 
 
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection of its own to the database at `url`, seeing every schema, as the one-process
+    deployment's connections do."""
+    return await asyncpg.connect(driver_url(url), server_settings={"search_path": EVERY_SCHEMA})
+
+
 async def _truncate(url: str) -> None:
-    conn = await asyncpg.connect(driver_url(url))
+    conn = await connect(url)
     try:
         await conn.execute(f"TRUNCATE {', '.join(USER_TABLES)} CASCADE")
     finally:
@@ -157,7 +165,7 @@ async def _truncate(url: str) -> None:
 
 async def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     """The rows of one statement on the database at `url`, on a connection of its own."""
-    conn = await asyncpg.connect(driver_url(url))
+    conn = await connect(url)
     try:
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
@@ -292,9 +300,14 @@ KYC_SET = (
 class Api:
     """An app on a started container, and an HTTP client speaking to it in-process."""
 
-    def __init__(self, container: Container, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, container: Container, client: httpx.AsyncClient, *, db: Database | None = None
+    ) -> None:
         self.container = container
         self.http = client
+        # What `rows` reads with: the app's own database, unless its process sees only its
+        # service's schema (a split service), then one that sees every schema.
+        self._db = db or container.db
 
     async def register(
         self, email: str | None = None, password: str = "correct-horse-42", **extra: Any
@@ -330,7 +343,7 @@ class Api:
 
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """The rows of one statement on the app's database."""
-        async with self.container.db.connection() as conn:
+        async with self._db.connection() as conn:
             found: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return found
 

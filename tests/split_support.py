@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from currencyex.app import create_app
 from currencyex.bootstrap import Container, build
 from currencyex.config import UPSTREAM_SERVICES
+from currencyex.platform.db.database import Database
 
 from conftest import Api
 
@@ -42,15 +43,20 @@ class ByHost(httpx.AsyncBaseTransport):
 
 class Split:
     def __init__(
-        self, gateway: httpx.AsyncClient, services: ByHost, containers: dict[str, Container]
+        self,
+        gateway: httpx.AsyncClient,
+        services: ByHost,
+        containers: dict[str, Container],
+        db: Database,
     ) -> None:
         self.http = gateway
         self.services = services
         self.containers = containers
+        self.db = db  # the deployment's database, every schema seen (each service sees its own)
 
     def api(self) -> Api:
         """The gateway as the tests' Api helper sees an app (staff made in the auth service)."""
-        return Api(self.containers["auth"], self.http)
+        return Api(self.containers["auth"], self.http, db=self.db)
 
 
 @asynccontextmanager
@@ -78,4 +84,6 @@ async def split_deployment(
         transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
         client = httpx.AsyncClient(transport=transport, base_url="http://gateway")
         await stack.enter_async_context(client)
-        yield Split(client, services, containers)
+        db = Database(containers["gateway"].settings.database_url)
+        stack.push_async_callback(db.close)
+        yield Split(client, services, containers, db)

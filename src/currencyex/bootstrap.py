@@ -16,7 +16,7 @@ import structlog
 from currencyex.auth.client import AuthClient, HttpAuthClient, InProcessAuthClient
 from currencyex.auth.repository import AuthUnitOfWork
 from currencyex.auth.service import AuthService
-from currencyex.config import CALLS, SIGNED_FILES_PATH, Settings
+from currencyex.config import CALLS, SCHEMAS_OF, SIGNED_FILES_PATH, Settings
 from currencyex.documents.client import DocumentsClient, InProcessDocumentsClient
 from currencyex.documents.repository import DocumentsUnitOfWork
 from currencyex.documents.service import DocumentService
@@ -297,7 +297,7 @@ def build(
     """The container for `settings`; `partner` replaces the payout partner they name, and
     `upstream_transport` the gateway's way to the services (tests)."""
     clock = clock or SystemClock()
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, schemas=SCHEMAS_OF[settings.service])
     cache: Cache
     rate_store: RateLimitStore
     if settings.redis_url:

@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from currencyex.platform.db.schemas import SCHEMAS
 from currencyex.platform.security.callers import MIN_KEY_LENGTH
 
 FailMode = Literal["open", "closed"]
@@ -104,6 +105,18 @@ CALLS: dict[str, tuple[str, ...]] = {
     "remit": ("wallet", "rates"),
     "docs": ("auth",),
     "ws": ("auth",),
+}
+# The database schemas each process sees (platform/db/schemas.py; the platform's always): its
+# service's own, or every one in one process. Rates, the gateway and WebSockets keep no tables.
+SCHEMAS_OF: dict[str, tuple[str, ...]] = {
+    "all": SCHEMAS,
+    "gateway": (),
+    "auth": ("auth",),
+    "rates": (),
+    "wallet": ("wallet",),
+    "remit": ("remit",),
+    "docs": ("docs",),
+    "ws": (),
 }
 
 

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from currencyex.auth.service import UserChanges
+from currencyex.bootstrap import build
 from currencyex.kernel.clock import SystemClock
 from currencyex.kernel.errors import InsufficientFunds
 from currencyex.kernel.money import Money
@@ -254,8 +255,12 @@ async def test_the_auth_service_answers_who_a_user_is_past_its_own_memory(split:
     owner = uuid.UUID(user_id)
     auth_service = split.containers["auth"].auth
     assert (await auth_service.principal(owner)).tier is Tier.BASIC  # remembered there now
-    # Another auth process (any process's container builds one on the same stores) changes it.
-    await split.containers["remit"].auth.update_user(owner, UserChanges(tier=Tier.PRO))
+    # Another auth process changes it.
+    other = build(split.containers["auth"].settings)
+    try:
+        await other.auth.update_user(owner, UserChanges(tier=Tier.PRO))
+    finally:
+        await other.stop()
     assert (await auth_service.principal(owner)).tier is Tier.BASIC  # its memory, for now
     asked = await split.containers["docs"].auth_client.principal(owner)
     assert asked is not None

@@ -1,5 +1,5 @@
-"""The migrations on PostgreSQL: the documents migration (0003) gives users who existed before it
-a KYC timestamp, and the whole chain downgrades and upgrades again cleanly."""
+"""The migrations on PostgreSQL: a database of the single history before the per-service
+schemas is taken over as it is, and every history downgrades and upgrades again cleanly."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from currencyex.platform.db.migrate import downgrade, upgrade
+from currencyex.platform.db.database import driver_url
+from currencyex.platform.db.migrate import LegacyDatabaseError, downgrade, upgrade
+from currencyex.platform.db.schemas import SCHEMAS
 
-from conftest import PG_ADMIN_URL, _admin, query
+from conftest import PG_ADMIN_URL, _admin, _database, query
 
 pytestmark = pytest.mark.integration
 
@@ -29,88 +32,124 @@ def empty_database() -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def migrated() -> Iterator[str]:
+    yield from _database("cx_fresh")
+
+
 def run(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(query(url, sql, *args))
 
 
-def test_documents_migration_keeps_existing_users_and_round_trips(empty_database: str) -> None:
+LEGACY = Path(__file__).with_name("legacy_0011.sql")
+
+
+# What a schema is made of, one statement per kind, each row one object: columns (with types,
+# nullability and defaults), constraints, indexes, triggers, functions (bodies with spacing made
+# one: the old history indented them differently), and where each history stands.
+CATALOG = (
+    "SELECT table_schema, table_name, column_name, data_type, character_maximum_length,"
+    " is_nullable, column_default FROM information_schema.columns WHERE table_schema = ANY($1)",
+    "SELECT n.nspname, c.relname, k.conname, k.contype, k.condeferrable FROM pg_constraint AS k"
+    " JOIN pg_class AS c ON c.oid = k.conrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = ANY($1)",
+    "SELECT schemaname, indexname, indexdef FROM pg_indexes WHERE schemaname = ANY($1)",
+    "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
+    " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = ANY($1) AND NOT t.tgisinternal",
+    "SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid),"
+    " pg_get_function_result(p.oid), regexp_replace(p.prosrc, '\\s+', ' ', 'g')"
+    " FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = ANY($1)",
+)
+
+
+def _catalog(url: str) -> list[set[tuple[object, ...]]]:
+    objects = [{tuple(row) for row in run(url, sql, list(SCHEMAS))} for sql in CATALOG]
+    versions = "SELECT version_num FROM {}.alembic_version"
+    return [*objects, {(name, *run(url, versions.format(name))[0]) for name in SCHEMAS}]
+
+
+def _legacy(url: str) -> None:
+    """The database as the single history before the schemas left it at its last revision,
+    with a customer, their wallet and a deposit journal in it."""
+
+    async def load() -> None:
+        conn = await asyncpg.connect(driver_url(url))
+        try:
+            await conn.execute(LEGACY.read_text())
+            await conn.execute(
+                "INSERT INTO public.auth_users (id, email, password_hash, full_name, role,"
+                " kyc_status, tier, disabled, created_at, updated_at, version, kyc_updated_at)"
+                " VALUES ($1, 'old@example.com', 'h', 'Old', 'CUSTOMER', 'APPROVED', 'BASIC',"
+                " false, $2, $2, 1, $2)",
+                USER,
+                WHEN,
+            )
+            await conn.execute(
+                "INSERT INTO public.wallet_accounts (id, key, kind, user_id, currency, created_at)"
+                " VALUES ($1, 'wallet:old:USD', 'WALLET', $2, 'USD', $3)",
+                uuid.uuid4(),
+                USER,
+                WHEN,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(load())
+
+
+USER = uuid.uuid4()
+WHEN = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def test_a_database_of_the_history_before_the_schemas_is_taken_over_as_it_is(
+    empty_database: str, migrated: str
+) -> None:
+    """Moved into the schemas, the database is the one the histories build from empty."""
     url = empty_database
-    upgrade(url, "0002")
-    created = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-    user_id = uuid.uuid4()
-    run(
-        url,
-        "INSERT INTO auth_users (id, email, password_hash, full_name, role, kyc_status, tier, "
-        "disabled, created_at, updated_at, version) VALUES ($1, 'old@example.com', 'h', 'Old', "
-        "'CUSTOMER', 'PENDING', 'BASIC', false, $2, $2, 1)",
-        user_id,
-        created,
+    _legacy(url)
+
+    upgrade(url)
+    assert [tuple(row) for row in run(url, "SELECT id, email FROM auth.auth_users")] == [
+        (USER, "old@example.com")
+    ]
+    assert run(url, "SELECT user_id FROM wallet.wallet_accounts") == [(USER,)]
+    assert (
+        run(url, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")[0][0]
+        == 0
     )
-
-    upgrade(url)
-    [row] = run(url, "SELECT kyc_updated_at FROM auth_users")
-    assert row[0] == created
-    with pytest.raises(asyncpg.NotNullViolationError):
-        run(url, "UPDATE auth_users SET kyc_updated_at = NULL")
-    for table in ("docs_documents", "audit_log"):
-        assert run(url, f"SELECT count(*) FROM {table}")[0][0] == 0  # noqa: S608 (fixed names)
-
-    downgrade(url, "0002")
-    assert run(url, "SELECT count(*) FROM auth_users")[0][0] == 1
-    upgrade(url)
-    assert run(url, "SELECT count(*) FROM auth_users")[0][0] == 1
+    assert _catalog(url) == _catalog(migrated)
+    upgrade(url)  # at every head already: nothing to do
+    assert run(url, "SELECT count(*) FROM auth.auth_users") == [(1,)]
 
 
-BEFORE_STAFF_KYC = "0010"  # the revision 0011 builds on
-
-
-def test_staff_kyc_migration_clears_staff_status_and_round_trips(empty_database: str) -> None:
+def test_a_database_short_of_the_last_revision_before_the_schemas_is_refused(
+    empty_database: str,
+) -> None:
     url = empty_database
-    upgrade(url, BEFORE_STAFF_KYC)
-    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    people = {"CUSTOMER": uuid.uuid4(), "TELLER": uuid.uuid4(), "ADMIN": uuid.uuid4()}
-    for role, user_id in people.items():
-        run(
-            url,
-            "INSERT INTO auth_users (id, email, password_hash, full_name, role, kyc_status,"
-            " kyc_reason, tier, disabled, created_at, updated_at, version, kyc_updated_at)"
-            " VALUES ($1, $2, 'h', 'Someone', $3, 'REJECTED', 'blurred', 'BASIC', false,"
-            " $4, $4, 1, $4)",
-            user_id,
-            f"{role.lower()}@example.com",
-            role,
-            now,
-        )
+    _legacy(url)
+    run(url, "UPDATE public.alembic_version SET version_num = '0010'")
 
-    upgrade(url)
-    kyc = "SELECT role, kyc_status, kyc_reason FROM auth_users ORDER BY role"
-    assert [tuple(row) for row in run(url, kyc)] == [
-        ("ADMIN", None, None),
-        ("CUSTOMER", "REJECTED", "blurred"),
-        ("TELLER", None, None),
-    ]
-    for sql in (
-        "UPDATE auth_users SET kyc_status = 'PENDING' WHERE role = 'TELLER'",
-        "UPDATE auth_users SET kyc_status = NULL WHERE role = 'CUSTOMER'",
-    ):
-        with pytest.raises(asyncpg.CheckViolationError):
-            run(url, sql)
-
-    downgrade(url, BEFORE_STAFF_KYC)
-    assert [tuple(row)[:2] for row in run(url, kyc)] == [
-        ("ADMIN", "PENDING"),
-        ("CUSTOMER", "REJECTED"),
-        ("TELLER", "PENDING"),
-    ]
-    upgrade(url)
+    with pytest.raises(LegacyDatabaseError, match="0011"):
+        upgrade(url)
+    assert run(url, "SELECT count(*) FROM public.auth_users") == [(1,)]
+    assert run(url, "SELECT count(*) FROM pg_namespace WHERE nspname = 'auth'") == [(0,)]
 
 
-def test_every_migration_downgrades_and_upgrades_again(empty_database: str) -> None:
+def test_every_history_downgrades_and_upgrades_again(empty_database: str) -> None:
     upgrade(empty_database)
-    downgrade(empty_database, "base")
-    assert run(empty_database, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'ledger_%'") == [
-        (0,)
-    ]
+    downgrade(empty_database)
+    left = (
+        "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY($1) UNION ALL SELECT p.proname FROM pg_proc AS p"
+        " JOIN pg_namespace AS n ON n.oid = p.pronamespace WHERE n.nspname = ANY($1)"
+    )
+    # Only each history's version table (and its key's index) is left.
+    assert {row[0] for row in run(empty_database, left, list(SCHEMAS))} == {
+        "alembic_version",
+        "alembic_version_pkc",
+    }
     upgrade(empty_database)
     assert run(empty_database, "SELECT count(*) FROM pg_proc WHERE proname = 'remit_move'") == [
         (1,)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import currencyex
 from currencyex.platform.db.database import migrations_url
+from currencyex.platform.db.schemas import SCHEMAS
 from currencyex.platform.db.tables import metadata
 
 from conftest import _database, query
@@ -47,7 +48,13 @@ async def _differences(url: str) -> list[Any]:
 
             def compare(sync: sa.Connection) -> list[Any]:
                 context = MigrationContext.configure(
-                    sync, opts={"compare_type": True, "compare_server_default": True}
+                    sync,
+                    opts={
+                        "compare_type": True,
+                        "compare_server_default": True,
+                        "include_schemas": True,
+                        "include_name": _ours,
+                    },
                 )
                 return list(compare_metadata(context, metadata))
 
@@ -56,11 +63,20 @@ async def _differences(url: str) -> list[Any]:
         await engine.dispose()
 
 
+def _ours(name: str | None, kind: str, parent: dict[str, str | None]) -> bool:
+    """Our schemas, and in them everything but each history's version table."""
+    if kind == "schema":
+        return name in SCHEMAS
+    return not (kind == "table" and name == "alembic_version")
+
+
 async def _check_constraints(url: str) -> set[tuple[str, str]]:
     rows = await query(
         url,
-        "SELECT conrelid::regclass::text, conname FROM pg_constraint"
-        " WHERE contype = 'c' AND connamespace = 'public'::regnamespace",
+        "SELECT n.nspname || '.' || c.relname, k.conname FROM pg_constraint AS k"
+        " JOIN pg_class AS c ON c.oid = k.conrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE k.contype = 'c' AND n.nspname = ANY($1)",
+        list(SCHEMAS),
     )
     return {(row[0], row[1]) for row in rows}
 
@@ -68,8 +84,9 @@ async def _check_constraints(url: str) -> set[tuple[str, str]]:
 async def _column_order(url: str) -> dict[str, list[str]]:
     rows = await query(
         url,
-        "SELECT table_name, column_name FROM information_schema.columns"
-        " WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+        "SELECT table_schema || '.' || table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = ANY($1) ORDER BY table_schema, table_name, ordinal_position",
+        list(SCHEMAS),
     )
     order: dict[str, list[str]] = {}
     for table, column in rows:
@@ -85,7 +102,7 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(migrated: str
 def test_every_check_constraint_is_declared_and_every_declared_one_exists(migrated: str) -> None:
     _declare_every_table()
     declared = {
-        (table.name, constraint.name)
+        (table.fullname, constraint.name)
         for table in metadata.tables.values()
         for constraint in table.constraints
         if isinstance(constraint, sa.CheckConstraint)
@@ -97,7 +114,7 @@ def test_columns_are_declared_in_the_tables_order(migrated: str) -> None:
     _declare_every_table()
     actual = asyncio.run(_column_order(migrated))
     for table in metadata.tables.values():
-        assert actual[table.name] == [column.name for column in table.columns], table.name
+        assert actual[table.fullname] == [column.name for column in table.columns], table.name
 
 
 def test_a_schema_that_drifted_from_the_declarations_is_caught(migrated: str) -> None:

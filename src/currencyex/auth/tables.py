@@ -1,4 +1,5 @@
-"""The auth service's tables: users and refresh tokens (migrations 0001, 0003 and 0011)."""
+"""The auth service's tables, in its schema `auth` (history: auth/migrations): users and
+refresh tokens."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("full_name", sa.String(200), nullable=False),
     sa.Column("role", sa.String(20), nullable=False),
-    sa.Column("kyc_status", sa.String(20)),  # NULL for staff, who carry no KYC (0011)
+    sa.Column("kyc_status", sa.String(20)),  # NULL for staff, who carry no KYC
     sa.Column("kyc_reason", sa.String(500)),
     sa.Column("tier", sa.String(20), nullable=False),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -36,6 +37,7 @@ users = sa.Table(
     sa.Index("ix_auth_users_role", "role"),
     sa.Index("ix_auth_users_kyc_status", "kyc_status"),
     sa.Index("ix_auth_users_kyc_queue", "kyc_status", "kyc_updated_at"),
+    schema="auth",
 )
 
 refresh_tokens = sa.Table(
@@ -43,7 +45,7 @@ refresh_tokens = sa.Table(
     metadata,
     sa.Column("id", sa.Uuid, primary_key=True),
     sa.Column(
-        "user_id", sa.Uuid, sa.ForeignKey("auth_users.id", ondelete="CASCADE"), nullable=False
+        "user_id", sa.Uuid, sa.ForeignKey("auth.auth_users.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("family_id", sa.Uuid, nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
@@ -53,4 +55,5 @@ refresh_tokens = sa.Table(
     sa.Column("revoked_at", TIMESTAMP),
     sa.Index("ix_auth_refresh_tokens_family", "family_id"),
     sa.Index("ix_auth_refresh_tokens_user", "user_id"),
+    schema="auth",
 )

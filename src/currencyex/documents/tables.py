@@ -1,4 +1,5 @@
-"""The documents service's table: KYC document metadata (migration 0003)."""
+"""The documents service's table, in its schema `docs` (history: documents/migrations): KYC
+document metadata."""
 
 from __future__ import annotations
 
@@ -29,4 +30,5 @@ documents = sa.Table(
     ),
     sa.CheckConstraint("size_bytes > 0 AND size_bytes <= 10485760", name="ck_docs_documents_size"),
     sa.Index("ix_docs_documents_user", "user_id", "id"),
+    schema="docs",
 )

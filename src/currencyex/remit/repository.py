@@ -1,7 +1,7 @@
 """The remittances' SQL: transactions (with the beneficiary snapshot), their status history,
 and the mismatches the reconciliation records.
 
-A new transaction and each status move are one call of a SQL function (migration 0008) that
+A new transaction and each status move are one call of a SQL function (remit/migrations) that
 writes the history row and the event with it. A move is conditional on the status read (`WHERE
 status = <the one read>`): of two workers or requests moving one transaction, one wins and the
 other sees it already moved.

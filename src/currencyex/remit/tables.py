@@ -1,5 +1,6 @@
-"""The remittance service's tables: transactions with their beneficiary snapshot, their
-status history (migration 0005), and the mismatches the reconciliation found (migration 0009).
+"""The remittance service's tables, in its schema `remit` (history: remit/migrations):
+transactions with their beneficiary snapshot, their status history, and the mismatches the
+reconciliation found.
 The column order is the table's: a new transaction travels to `remit_add_once` as a row of this
 type."""
 
@@ -49,18 +50,20 @@ transactions = sa.Table(
     sa.Index("ix_remit_transactions_user", "user_id", "id"),
     # The payout workers' queue: unfinished transactions by when they are due.
     sa.Index("ix_remit_transactions_due", "status", "next_attempt_at"),
+    schema="remit",
 )
 
 status_history = sa.Table(
     "remit_status_history",
     metadata,
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-    sa.Column("txn_id", sa.Uuid, sa.ForeignKey("remit_transactions.id"), nullable=False),
+    sa.Column("txn_id", sa.Uuid, sa.ForeignKey("remit.remit_transactions.id"), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reason", sa.String(500)),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.CheckConstraint(STATUSES, name="ck_remit_status_history_status"),
     sa.Index("ix_remit_status_history_txn", "txn_id", "id"),
+    schema="remit",
 )
 
 MISMATCH_STATES = "state IN ('OPEN', 'CORRECTING', 'CORRECTED', 'DISMISSED')"
@@ -72,7 +75,7 @@ mismatches = sa.Table(
     "remit_mismatches",
     metadata,
     sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("txn_id", sa.Uuid, sa.ForeignKey("remit_transactions.id"), nullable=False),
+    sa.Column("txn_id", sa.Uuid, sa.ForeignKey("remit.remit_transactions.id"), nullable=False),
     sa.Column("our_status", sa.String(20), nullable=False),
     sa.Column("partner_status", sa.String(20), nullable=False),
     sa.Column("partner_reason", sa.String(500)),
@@ -88,4 +91,5 @@ mismatches = sa.Table(
     ),
     sa.CheckConstraint(MISMATCH_STATES, name="ck_remit_mismatches_state"),
     sa.Index("ix_remit_mismatches_state", "state", "id"),
+    schema="remit",
 )

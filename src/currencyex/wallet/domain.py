@@ -126,7 +126,7 @@ class Capture:
     """A hold to capture as paid out, by the journal `journal_id` made at `created_at`: `fee` of
     it goes to fee revenue and the rest to payout suspense (the house's accounts in the fee's
     currency). The journal itself, and the check that the fee fits in the hold, are the SQL
-    function `ledger_capture`'s (migration 0008)."""
+    function `ledger_capture`'s (wallet/migrations)."""
 
     hold_id: uuid.UUID
     fee: Money
@@ -240,7 +240,7 @@ def _capped(units: Decimal, code: str) -> Money:
 
 class PostingLedger(Protocol):
     """The part of the ledger that moves money. Each movement is one call of a SQL function
-    (migration 0008) that is whole on its own: run as a unit's only write, it needs no BEGIN."""
+    (wallet/migrations) that is whole on its own: run as a unit's only write, it needs no BEGIN."""
 
     async def account(
         self, kind: AccountKind, currency: str, user_id: uuid.UUID | None = None

@@ -1,4 +1,4 @@
-"""The ledger's SQL: accounts by natural key, the money functions of migration 0008, and reads.
+"""The ledger's SQL: accounts by natural key, the money functions (wallet/migrations), and reads.
 
 Money moves only through the SQL functions (`ledger_post`, `ledger_post_once`, `ledger_hold`,
 `ledger_release`, `ledger_capture`), which hold each rule once: conditional updates taken in

@@ -1,4 +1,5 @@
-"""The wallet service's tables: accounts, journals, entries and holds (migrations 0002, 0008)."""
+"""The wallet service's tables, in its schema `wallet` (history: wallet/migrations): accounts,
+journals, entries and holds."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ accounts = sa.Table(
         "kind <> 'WALLET' OR balance >= locked_balance", name="ck_wallet_accounts_available"
     ),
     sa.Index("ix_wallet_accounts_user", "user_id"),
+    schema="wallet",
 )
 
 journals = sa.Table(
@@ -38,27 +40,29 @@ journals = sa.Table(
     sa.Column("reference", sa.String(200)),
     sa.Column("details", sa.Text),
     sa.Column("created_at", TIMESTAMP, nullable=False),
+    schema="wallet",
 )
 
 entries = sa.Table(
     "wallet_entries",
     metadata,
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-    sa.Column("journal_id", sa.Uuid, sa.ForeignKey("wallet_journals.id"), nullable=False),
-    sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet_accounts.id"), nullable=False),
+    sa.Column("journal_id", sa.Uuid, sa.ForeignKey("wallet.wallet_journals.id"), nullable=False),
+    sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet.wallet_accounts.id"), nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.CheckConstraint("amount <> 0", name="ck_wallet_entries_nonzero"),
     sa.Index("ix_wallet_entries_account", "account_id", "id"),
     sa.Index("ix_wallet_entries_journal", "journal_id"),
+    schema="wallet",
 )
 
 holds = sa.Table(
     "wallet_holds",
     metadata,
     sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet_accounts.id"), nullable=False),
+    sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet.wallet_accounts.id"), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reference", sa.String(200)),
@@ -68,4 +72,5 @@ holds = sa.Table(
     sa.CheckConstraint("amount > 0", name="ck_wallet_holds_positive"),
     sa.CheckConstraint("status IN ('HELD', 'CAPTURED', 'RELEASED')", name="ck_wallet_holds_status"),
     sa.Index("ix_wallet_holds_account", "account_id", "status"),
+    schema="wallet",
 )

@@ -1,7 +1,7 @@
 """The audit log: who did what to which subject and when, one row per staff action.
 
 Written through the unit of work, in the transaction of the action it records, so an action
-and its audit row commit or roll back together. The table is append-only (migration 0003).
+and its audit row commit or roll back together. The table is append-only.
 """
 
 from __future__ import annotations

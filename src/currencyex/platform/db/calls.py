@@ -1,4 +1,4 @@
-"""The SQL functions of the money path (migration 0008), called by name: one rule, one place.
+"""The SQL functions of the money path, called by name: one rule, one place.
 
 `call("ledger_hold", hold_id=..., account_id=...)` gives the statement
 `SELECT * FROM ledger_hold(p_hold_id => $1, p_account_id => $2)` and its arguments, so that an

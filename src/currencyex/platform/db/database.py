@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from currencyex.platform.db.batches import StatementBatches
+from currencyex.platform.db.schemas import SCHEMAS, search_path
 
 POOL_SIZE = 20
 # How long a caller waits for a pooled connection before its request fails with 5001.
@@ -81,8 +82,11 @@ class Database:
     the edge answers 503/5001).
     """
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = POOL_SIZE, schemas: tuple[str, ...] = SCHEMAS
+    ) -> None:
         self.url = url  # checked when the pool opens: a container may never use its database
+        self._search_path = search_path(schemas)  # what its SQL sees, by plain table names
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
@@ -139,6 +143,7 @@ class Database:
                     init=_prepare,
                     reset=_keep_session,
                     command_timeout=STATEMENT_TIMEOUT_SECONDS,
+                    server_settings={"search_path": self._search_path},
                 )
             return self._pool
 

@@ -1,6 +1,6 @@
 """Idempotency records: the first response to an Idempotency-Key, kept with the work it did.
 
-A key is claimed (SQL function `idempotency_claim`, migrations 0008 and 0010) in the same
+A key is claimed (SQL function `idempotency_claim`, platform/db/migrations) in the same
 statement or transaction as the money it moves. While that request runs, another with the key
 is refused at once with 1009: its claim finds the key's lock taken (SQLSTATE CX009), or the
 key's record still PENDING (a send between its steps). Nobody waits on another request. A

@@ -1,4 +1,4 @@
-"""The outbox's rows: what the SQL function `outbox_add` (migration 0008), the one INSERT INTO
+"""The outbox's rows: what the SQL function `outbox_add`, the one INSERT INTO
 outbox, takes for an event. The relay that publishes them is platform/messaging/outbox.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from currencyex.kernel.events import Event
 
 
 def event_arguments(event: Event) -> dict[str, Any]:
-    """The arguments of SQL function `outbox_add` (migration 0008) that carry `event`, by name:
+    """The arguments of SQL function `outbox_add` that carry `event`, by name:
     what a money function that adds an event takes as its `event_...` arguments."""
     return {
         "event_id": event.id,

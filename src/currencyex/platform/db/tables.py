@@ -1,9 +1,10 @@
 """The tables, declared once for the code: every service's tables module adds its own to
-`metadata`. Alembic's migrations build the schema; tests/contract/test_schema.py proves that a
-database migrated from empty agrees with these declarations, so the two cannot drift.
+`metadata`, each in its service's schema. Alembic's migrations (one history per schema, see
+`migrate`) build them; tests/contract/test_schema.py proves that a database migrated from empty
+agrees with these declarations, so the two cannot drift.
 
-This module holds the platform's own tables: the outbox, consumers' marks, Idempotency-Keys
-and the audit log.
+This module holds the platform's own tables, in the schema `platform`: the outbox, consumers'
+marks, Idempotency-Keys and the audit log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ outbox = sa.Table(
     sa.Index(
         "ix_outbox_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")
     ),
+    schema="platform",
 )
 
 processed_events = sa.Table(
@@ -32,6 +34,7 @@ processed_events = sa.Table(
     sa.Column("consumer", sa.String(100), primary_key=True),
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("processed_at", TIMESTAMP, nullable=False),
+    schema="platform",
 )
 
 idempotency_keys = sa.Table(
@@ -46,6 +49,7 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", TIMESTAMP, nullable=False),
     # Keys older than the settings' idempotency_key_ttl_seconds are pruned by this.
     sa.Index("ix_idempotency_keys_created_at", "created_at"),
+    schema="platform",
 )
 
 audit_log = sa.Table(
@@ -60,4 +64,5 @@ audit_log = sa.Table(
     sa.Column("at", TIMESTAMP, nullable=False),
     sa.Index("ix_audit_log_subject", "subject_type", "subject_id", "at"),
     sa.Index("ix_audit_log_actor", "actor_id", "at"),
+    schema="platform",
 )

@@ -1,29 +1,14 @@
-"""Alembic environment: runs the migrations on the async engine for the configured URL."""
-
-import asyncio
+"""Alembic environment: runs one schema's history on the connection `migrate` lends it, in that
+connection's transaction, with the schema's own version table and search path."""
 
 import sqlalchemy as sa
 from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
 
-# Held while migrating: of two processes migrating one database at once (two first starts of
-# the embedded server), the second waits, then finds the schema at head.
-MIGRATION_LOCK = 7_281_938
+from currencyex.platform.db.schemas import search_path
 
-
-def _run(connection: sa.Connection) -> None:
-    context.configure(connection=connection, compare_type=True)
-    with context.begin_transaction():
-        connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
-        context.run_migrations()
-
-
-async def _main() -> None:
-    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url") or "")
-    async with engine.connect() as conn:
-        await conn.run_sync(_run)
-        await conn.commit()
-    await engine.dispose()
-
-
-asyncio.run(_main())
+connection: sa.Connection = context.config.attributes["connection"]
+schema: str = context.config.attributes["schema"]
+connection.execute(sa.text(f"SET LOCAL search_path TO {search_path([schema])}"))
+context.configure(connection=connection, version_table_schema=schema, compare_type=True)
+with context.begin_transaction():
+    context.run_migrations()

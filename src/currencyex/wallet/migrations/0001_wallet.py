@@ -1,86 +1,59 @@
-"""Each money rule in one place: SQL functions that every statement on the money path calls.
+"""The wallet service's tables: accounts, journals, entries and holds, and the ledger's rules.
 
-- `outbox_add`: the one INSERT INTO outbox.
-- `idempotency_claim`, `idempotency_save`: claiming an Idempotency-Key (with its response when
-  the caller knows it already) and saving the response later.
-- `ledger_post`: a journal, its entries and its wallets' cached balances; now with each
-  credited wallet's balance limit (SQLSTATE CX010 above it) and written so that no sum can
-  overflow BIGINT.
+The first revision of the `wallet` history: what the single history before the schemas had
+built of these by its revision 0011.
+
+The database itself refuses broken books: a deferred constraint trigger checks that every
+journal sums to zero per currency, entries are append-only, and a check constraint keeps every
+wallet's available balance (balance - locked) from going negative. Each money rule is one SQL
+function that every statement on the money path calls:
+
+- `ledger_post`: a journal, its entries and its wallets' cached balances, with each credited
+  wallet's balance limit (SQLSTATE CX010 above it), written so that no sum can overflow BIGINT.
 - `ledger_post_once`: a deposit or an exchange, its key claimed with its response and its event
   added: all of it or none.
 - `ledger_hold`, `ledger_release`, `ledger_capture`: a hold placed, released or captured (the
   capture journal and the fee's fit are built here and nowhere else).
-- `remit_add_once`, `remit_move`: a new remittance with its history row, its key and its event;
-  a status move with its history row, its event and, for a send's first answer, its response.
 
 Errors are SQLSTATEs the code maps without reading messages: CX001 a wallet would go below its
-locked balance (1001), CX002 a fee that does not fit in its hold, CX003 a remittance reference
-taken already (the caller draws another), CX010 a wallet would pass its balance limit (1010).
-Callers name every argument (`f(p_x => $1, ...)`).
+locked balance (1001), CX002 a fee that does not fit in its hold, CX010 a wallet would pass its
+balance limit (1010). Callers name every argument (`f(p_x => $1, ...)`).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: wallet_0001
+Revises:
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "wallet_0001"
+down_revision: str | None = None
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
-OUTBOX_ADD = """
-CREATE FUNCTION outbox_add(
-    p_id varchar, p_subject varchar, p_payload text, p_created_at timestamptz
-) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO outbox (id, subject, payload, created_at)
-    VALUES (p_id, p_subject, p_payload, p_created_at)
-$$
-"""
+TS = sa.DateTime(timezone=True)
 
-# No row: the key was free and is now this request's (PENDING, -1, unless the caller gave the
-# response). A row: the key's record as it stands; a claim made by a transaction still open is
-# waited for (the INSERT waits on its row), so the row is never the holder's unfinished state.
-IDEMPOTENCY_CLAIM = """
-CREATE FUNCTION idempotency_claim(
-    p_scope varchar,
-    p_owner varchar,
-    p_key varchar,
-    p_request_hash varchar,
-    p_created_at timestamptz,
-    p_status integer DEFAULT -1,
-    p_response text DEFAULT ''
-)
-RETURNS TABLE (request_hash varchar, status_code integer, response text)
-LANGUAGE plpgsql AS $$
+WALLET_JOURNAL_MUST_BALANCE = """
+CREATE FUNCTION wallet_journal_must_balance() RETURNS trigger AS $$
 BEGIN
-    INSERT INTO idempotency_keys AS k
-        (scope, owner, key, request_hash, status_code, response, created_at)
-    VALUES (p_scope, p_owner, p_key, p_request_hash, p_status, p_response, p_created_at)
-    ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    SELECT k.request_hash, k.status_code, k.response FROM idempotency_keys AS k
-    WHERE k.scope = p_scope AND k.owner = p_owner AND k.key = p_key;
-END
-$$
+  IF EXISTS (
+    SELECT 1 FROM wallet_entries WHERE journal_id = NEW.journal_id
+    GROUP BY currency HAVING SUM(amount) <> 0
+  ) THEN
+    RAISE EXCEPTION 'journal % does not sum to zero per currency', NEW.journal_id
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END $$ LANGUAGE plpgsql
 """
 
-IDEMPOTENCY_SAVE = """
-CREATE FUNCTION idempotency_save(
-    p_scope varchar, p_owner varchar, p_key varchar, p_status integer, p_response text
-) RETURNS void
-LANGUAGE sql AS $$
-    UPDATE idempotency_keys SET status_code = p_status, response = p_response
-    WHERE scope = p_scope AND owner = p_owner AND key = p_key
-$$
+WALLET_ENTRIES_ARE_APPEND_ONLY = """
+CREATE FUNCTION wallet_entries_are_append_only() RETURNS trigger AS $$
+BEGIN
+  RAISE EXCEPTION 'ledger entries are append-only' USING ERRCODE = 'check_violation';
+END $$ LANGUAGE plpgsql
 """
 
 # Wallets move in the order given (the caller sorts them by id: two postings over the same
@@ -337,126 +310,16 @@ END
 $$
 """
 
-# A new remittance (the whole row, as the table's row type), its first history row, its
-# Idempotency-Key claimed with its response, and its event. No row: added. A row: the key was
-# taken before (see idempotency_claim) and nothing was written. CX003: the reference is taken.
-REMIT_ADD_ONCE = """
-CREATE FUNCTION remit_add_once(
-    p_txn remit_transactions,
-    p_scope varchar,
-    p_status integer,
-    p_response text,
-    p_event_id varchar,
-    p_event_subject varchar,
-    p_event_payload text,
-    p_event_at timestamptz
+FUNCTIONS = (
+    WALLET_JOURNAL_MUST_BALANCE,
+    WALLET_ENTRIES_ARE_APPEND_ONLY,
+    LEDGER_POST,
+    LEDGER_POST_ONCE,
+    LEDGER_HOLD,
+    LEDGER_RELEASE,
+    LEDGER_CAPTURE,
 )
-RETURNS TABLE (request_hash varchar, status_code integer, response text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN QUERY SELECT * FROM idempotency_claim(
-        p_scope => p_scope,
-        p_owner => p_txn.user_id::varchar,
-        p_key => p_txn.idempotency_key,
-        p_request_hash => p_txn.request_hash,
-        p_created_at => p_txn.created_at,
-        p_status => p_status,
-        p_response => p_response
-    );
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    INSERT INTO remit_transactions SELECT (p_txn).*
-    ON CONFLICT (reference_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'reference % is taken', p_txn.reference_id USING ERRCODE = 'CX003';
-    END IF;
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    VALUES (p_txn.id, p_txn.status, NULL, p_txn.created_at);
-    PERFORM outbox_add(
-        p_id => p_event_id,
-        p_subject => p_event_subject,
-        p_payload => p_event_payload,
-        p_created_at => p_event_at
-    );
-END
-$$
-"""
-
-# True: moved from p_from to p_to, with its history row, its event and (given a scope) the
-# send's response saved under its key. False: its status is no longer p_from; nothing written.
-REMIT_MOVE = """
-CREATE FUNCTION remit_move(
-    p_txn_id uuid,
-    p_from varchar,
-    p_to varchar,
-    p_at timestamptz,
-    p_failure_code integer,
-    p_failure_reason varchar,
-    p_partner_reference varchar,
-    p_next_attempt_at timestamptz,
-    p_lease_until timestamptz,
-    p_reason varchar,
-    p_event_id varchar,
-    p_event_subject varchar,
-    p_event_payload text,
-    p_event_at timestamptz,
-    p_scope varchar DEFAULT NULL,
-    p_owner varchar DEFAULT NULL,
-    p_key varchar DEFAULT NULL,
-    p_status integer DEFAULT NULL,
-    p_response text DEFAULT NULL
-) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE remit_transactions SET
-        status = p_to,
-        updated_at = p_at,
-        failure_code = p_failure_code,
-        failure_reason = p_failure_reason,
-        partner_reference = p_partner_reference,
-        next_attempt_at = p_next_attempt_at,
-        lease_until = p_lease_until
-    WHERE id = p_txn_id AND status = p_from;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    INSERT INTO remit_status_history (txn_id, status, reason, created_at)
-    VALUES (p_txn_id, p_to, p_reason, p_at);
-    IF p_scope IS NOT NULL THEN
-        PERFORM idempotency_save(
-            p_scope => p_scope,
-            p_owner => p_owner,
-            p_key => p_key,
-            p_status => p_status,
-            p_response => p_response
-        );
-    END IF;
-    PERFORM outbox_add(
-        p_id => p_event_id,
-        p_subject => p_event_subject,
-        p_payload => p_event_payload,
-        p_created_at => p_event_at
-    );
-    RETURN true;
-END
-$$
-"""
-
-_OLD = (
-    "ledger_capture(uuid, bigint, varchar, uuid, uuid, uuid, timestamptz, timestamptz)",
-    "ledger_post_once(varchar, varchar, varchar, varchar, integer, text, varchar, varchar,"
-    " text, timestamptz, uuid, varchar, uuid, varchar, varchar, text, timestamptz, uuid[],"
-    " varchar[], bigint[], uuid[], bigint[])",
-    "ledger_post(uuid, varchar, uuid, varchar, varchar, text, timestamptz, uuid[], varchar[],"
-    " bigint[], uuid[], bigint[])",
-)
-_NEW = (
-    "remit_move(uuid, varchar, varchar, timestamptz, integer, varchar, varchar, timestamptz,"
-    " timestamptz, varchar, varchar, varchar, text, timestamptz, varchar, varchar, varchar,"
-    " integer, text)",
-    "remit_add_once(remit_transactions, varchar, integer, text, varchar, varchar, text,"
-    " timestamptz)",
+SIGNATURES = (
     "ledger_capture(uuid, bigint, varchar, uuid, uuid, uuid, timestamptz, timestamptz)",
     "ledger_release(uuid, timestamptz)",
     "ledger_hold(uuid, uuid, bigint, varchar, timestamptz)",
@@ -465,42 +328,89 @@ _NEW = (
     " varchar[], bigint[], uuid[], bigint[], bigint[])",
     "ledger_post(uuid, varchar, uuid, varchar, varchar, text, timestamptz, uuid[], varchar[],"
     " bigint[], uuid[], bigint[], bigint[])",
-    "idempotency_save(varchar, varchar, varchar, integer, text)",
-    "idempotency_claim(varchar, varchar, varchar, varchar, timestamptz, integer, text)",
-    "outbox_add(varchar, varchar, text, timestamptz)",
+    "wallet_entries_are_append_only()",
+    "wallet_journal_must_balance()",
 )
 
 
 def upgrade() -> None:
-    for signature in _OLD:
-        op.execute(f"DROP FUNCTION {signature}")
-    for definition in (
-        OUTBOX_ADD,
-        IDEMPOTENCY_CLAIM,
-        IDEMPOTENCY_SAVE,
-        LEDGER_POST,
-        LEDGER_POST_ONCE,
-        LEDGER_HOLD,
-        LEDGER_RELEASE,
-        LEDGER_CAPTURE,
-        REMIT_ADD_ONCE,
-        REMIT_MOVE,
-    ):
+    op.create_table(
+        "wallet_accounts",
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("key", sa.String(80), nullable=False, unique=True),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("user_id", sa.Uuid, nullable=True),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("locked_balance", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("created_at", TS, nullable=False),
+        sa.CheckConstraint(
+            "kind IN ('WALLET', 'CASH_IN', 'FX_POSITION', 'FEE_REVENUE', 'PAYOUT_SUSPENSE')",
+            name="ck_wallet_accounts_kind",
+        ),
+        sa.CheckConstraint("locked_balance >= 0", name="ck_wallet_accounts_locked"),
+        sa.CheckConstraint(
+            "kind <> 'WALLET' OR balance >= locked_balance", name="ck_wallet_accounts_available"
+        ),
+    )
+    op.create_index("ix_wallet_accounts_user", "wallet_accounts", ["user_id"])
+
+    op.create_table(
+        "wallet_journals",
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("user_id", sa.Uuid, nullable=True),
+        sa.Column("quote_id", sa.String(64), nullable=True, unique=True),
+        sa.Column("reference", sa.String(200), nullable=True),
+        sa.Column("details", sa.Text, nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+    )
+
+    op.create_table(
+        "wallet_entries",
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("journal_id", sa.Uuid, sa.ForeignKey("wallet_journals.id"), nullable=False),
+        sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet_accounts.id"), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.CheckConstraint("amount <> 0", name="ck_wallet_entries_nonzero"),
+    )
+    op.create_index("ix_wallet_entries_account", "wallet_entries", ["account_id", "id"])
+    op.create_index("ix_wallet_entries_journal", "wallet_entries", ["journal_id"])
+
+    op.create_table(
+        "wallet_holds",
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("account_id", sa.Uuid, sa.ForeignKey("wallet_accounts.id"), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("reference", sa.String(200), nullable=True),
+        sa.Column("journal_id", sa.Uuid, nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("settled_at", TS, nullable=True),
+        sa.CheckConstraint("amount > 0", name="ck_wallet_holds_positive"),
+        sa.CheckConstraint(
+            "status IN ('HELD', 'CAPTURED', 'RELEASED')", name="ck_wallet_holds_status"
+        ),
+    )
+    op.create_index("ix_wallet_holds_account", "wallet_holds", ["account_id", "status"])
+
+    for definition in FUNCTIONS:
         op.execute(definition)
+    op.execute(
+        "CREATE CONSTRAINT TRIGGER wallet_entries_balanced"
+        " AFTER INSERT ON wallet_entries DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION wallet_journal_must_balance()"
+    )
+    op.execute(
+        "CREATE TRIGGER wallet_entries_append_only BEFORE UPDATE OR DELETE ON wallet_entries"
+        " FOR EACH ROW EXECUTE FUNCTION wallet_entries_are_append_only()"
+    )
 
 
 def downgrade() -> None:
-    for signature in _NEW:
+    for table in ("wallet_holds", "wallet_entries", "wallet_journals", "wallet_accounts"):
+        op.drop_table(table)
+    for signature in SIGNATURES:
         op.execute(f"DROP FUNCTION {signature}")
-    # The functions as migrations 0004, 0006 and 0007 made them, read from those files.
-    for revision_file, name in (
-        ("0004_ledger_post.py", "LEDGER_POST"),
-        ("0006_ledger_post_once.py", "LEDGER_POST_ONCE"),
-        ("0007_ledger_capture.py", "LEDGER_CAPTURE"),
-    ):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(revision_file))
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        op.execute(getattr(module, name))

@@ -1,6 +1,12 @@
-"""Foundation: users, refresh tokens, the outbox and processed-event marks.
+"""The auth service's tables: users and their refresh tokens.
 
-Revision ID: 0001
+The first revision of the `auth` history: what the single history before the schemas had built
+of these by its revision 0011. `kyc_updated_at` orders the compliance queue (oldest submission
+first) and tells a re-upload after a rejection from an old upload event delivered again. Staff
+carry no KYC status: `kyc_status` is NULL exactly for staff accounts (a check keeps the two
+together).
+
+Revision ID: auth_0001
 Revises:
 """
 
@@ -9,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0001"
+revision: str = "auth_0001"
 down_revision: str | None = None
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
@@ -25,13 +31,14 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(255), nullable=False),
         sa.Column("full_name", sa.String(200), nullable=False),
         sa.Column("role", sa.String(20), nullable=False),
-        sa.Column("kyc_status", sa.String(20), nullable=False),
+        sa.Column("kyc_status", sa.String(20), nullable=True),
         sa.Column("kyc_reason", sa.String(500), nullable=True),
         sa.Column("tier", sa.String(20), nullable=False),
         sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("kyc_updated_at", TS, nullable=False),
         sa.CheckConstraint(
             "role IN ('CUSTOMER', 'TELLER', 'COMPLIANCE', 'ADMIN')", name="ck_auth_users_role"
         ),
@@ -39,10 +46,15 @@ def upgrade() -> None:
             "kyc_status IN ('PENDING', 'IN_REVIEW', 'APPROVED', 'REJECTED')",
             name="ck_auth_users_kyc_status",
         ),
+        sa.CheckConstraint(
+            "(role = 'CUSTOMER') = (kyc_status IS NOT NULL)",
+            name="ck_auth_users_kyc_customers_only",
+        ),
         sa.CheckConstraint("tier IN ('BASIC', 'PRO')", name="ck_auth_users_tier"),
     )
     op.create_index("ix_auth_users_role", "auth_users", ["role"])
     op.create_index("ix_auth_users_kyc_status", "auth_users", ["kyc_status"])
+    op.create_index("ix_auth_users_kyc_queue", "auth_users", ["kyc_status", "kyc_updated_at"])
 
     op.create_table(
         "auth_refresh_tokens",
@@ -60,32 +72,7 @@ def upgrade() -> None:
     op.create_index("ix_auth_refresh_tokens_family", "auth_refresh_tokens", ["family_id"])
     op.create_index("ix_auth_refresh_tokens_user", "auth_refresh_tokens", ["user_id"])
 
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("subject", sa.String(200), nullable=False),
-        sa.Column("payload", sa.Text, nullable=False),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("published_at", TS, nullable=True),
-    )
-    op.create_index(
-        "ix_outbox_unpublished",
-        "outbox",
-        ["created_at"],
-        postgresql_where=sa.text("published_at IS NULL"),
-        sqlite_where=sa.text("published_at IS NULL"),
-    )
-
-    op.create_table(
-        "processed_events",
-        sa.Column("consumer", sa.String(100), primary_key=True),
-        sa.Column("event_id", sa.String(36), primary_key=True),
-        sa.Column("processed_at", TS, nullable=False),
-    )
-
 
 def downgrade() -> None:
-    op.drop_table("processed_events")
-    op.drop_table("outbox")
     op.drop_table("auth_refresh_tokens")
     op.drop_table("auth_users")
