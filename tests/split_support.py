@@ -25,16 +25,20 @@ KEY = "an internal key shared by the gateway and the services"
 
 class ByHost(httpx.AsyncBaseTransport):
     """Each service's app at http://<service>; a host with no app refuses the connection.
-    `calls` counts the requests that reached each service (or were refused there)."""
+    `calls` counts the requests that reached each service (or were refused there), `streamed`
+    tells how each one's body came."""
 
     def __init__(self) -> None:
         self.apps: dict[str, httpx.ASGITransport] = {}
         self.down: set[str] = set()
         self.calls: Counter[str] = Counter()
+        # Each request's path, and whether its body came as a stream rather than whole.
+        self.streamed: list[tuple[str, bool]] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
         self.calls[host] += 1
+        self.streamed.append((request.url.path, not isinstance(request.stream, httpx.ByteStream)))
         app = None if host in self.down else self.apps.get(host)
         if app is None:
             raise httpx.ConnectError("connection refused", request=request)

@@ -13,8 +13,12 @@ import pytest_asyncio
 
 from currencyex.app import SERVICES
 from currencyex.config import SPLIT_SERVICES, UPSTREAM_SERVICES
+from currencyex.gateway.proxy import WHOLE_BODY_BYTES
 from split_support import Split, split_deployment
 
+from conftest import SAMPLE_PDF
+
+MiB = 1024 * 1024
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"  # the one process's
 
 
@@ -50,6 +54,28 @@ async def test_a_customer_goes_through_the_gateway_to_each_service(split: Split)
     # The service's own refusals come back as they are.
     bad = await http.get("/v1/rates/live", params={"base": "XXX"}, headers=bearer)
     assert (bad.status_code, bad.json()["code"]) == (422, 1004), bad.text
+
+
+async def test_a_large_body_streams_through_the_gateway_and_a_small_one_passes_whole(
+    split: Split,
+) -> None:
+    api = split.api()
+    _, token = await api.user_token()
+    document = SAMPLE_PDF + b"\0" * (2 * MiB)  # under the 10 MiB limit
+    assert len(document) > WHOLE_BODY_BYTES
+    answer = await api.upload(token, "utility_bill", document, content_type="application/pdf")
+    assert answer.status_code == 201, answer.text
+    assert ("/v1/docs/upload", True) in split.services.streamed
+    assert answer.json()["size_bytes"] == len(document)  # all of it, through the stream
+
+    split.services.streamed.clear()
+    quote = await split.http.post(
+        "/v1/remit/quote",
+        json={"source_currency": "USD", "target_currency": "EUR", "source_amount": "100.00"},
+        headers=api.bearer(token),
+    )
+    assert quote.status_code == 201, quote.text
+    assert ("/v1/remit/quote", False) in split.services.streamed
 
 
 async def test_the_gateway_refuses_before_forwarding(split: Split) -> None:

@@ -1,9 +1,11 @@
 """The gateway of a split deployment: each API route, guarded here (limits, token, policy), is
 forwarded to the service that owns it, with the caller vouched for (platform/security/callers.py).
 
-Bodies stream both ways: the request's as the client sends it, the answer's as the service
-writes it, so an upload is never held whole in the gateway's memory. A service that cannot be
-reached answers 503/5001 here; whatever a service answers, errors included, goes back as is.
+A body of a known length up to WHOLE_BODY_BYTES (nearly every request and answer of the API)
+passes whole: one read, one write. A larger one, or one of unknown length, streams: the
+request's as the client sends it, the answer's as the service writes it, so an upload is never
+held whole in the gateway's memory. A service that cannot be reached answers 503/5001 here;
+whatever a service answers, errors included, goes back as is.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 import structlog
@@ -35,6 +37,9 @@ from currencyex.platform.security.callers import HEADER, Caller, CallerCredentia
 log = structlog.get_logger(__name__)
 
 WS_TRY_AGAIN_LATER = 1013
+# Streaming costs the gateway a task per body and, for an answer, a task group listening for the
+# client's going away: more CPU than the rest of forwarding a small request (bench/README.md).
+WHOLE_BODY_BYTES = 64 * 1024
 # Headers of one connection (RFC 9110, section 7.6.1), not passed on; and the caller header,
 # which only the gateway writes.
 _NOT_PASSED = frozenset(
@@ -72,22 +77,34 @@ def forwarder(service: str) -> Handler:
         ]
         headers.append((b"x-request-id", request_id.encode()))  # one id for the request, all along
         headers.append((HEADER.encode(), callers.sign(Caller(principal, request_id)).encode()))
-        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        content: bytes | AsyncIterator[bytes] | None = None
+        if _small(request.headers):
+            content = await request.body()
+        elif "content-length" in request.headers or "transfer-encoding" in request.headers:
+            content = _body(request)
         outgoing = upstreams.client.build_request(
             request.method,
             httpx.URL(upstreams.urls[service] + request.url.path, query=request.url.query.encode()),
             headers=headers,
-            content=_body(request) if has_body else None,
+            content=content,
         )
+        response: Response
         try:
             answer = await upstreams.client.send(outgoing, stream=True)
+            if _small(answer.headers):
+                try:
+                    whole = b"".join([chunk async for chunk in answer.aiter_raw()])
+                finally:
+                    await answer.aclose()
+                response = Response(whole, status_code=answer.status_code)
+            else:
+                response = StreamingResponse(
+                    answer.aiter_raw(),
+                    status_code=answer.status_code,
+                    background=BackgroundTask(answer.aclose),
+                )
         except httpx.TransportError as exc:
             raise DependencyUnavailable(f"The {service} service is unreachable") from exc
-        response = StreamingResponse(
-            answer.aiter_raw(),
-            status_code=answer.status_code,
-            background=BackgroundTask(answer.aclose),
-        )
         response.raw_headers = [
             (name, value)
             for name, value in ((k.lower(), v) for k, v in answer.headers.raw)
@@ -96,6 +113,12 @@ def forwarder(service: str) -> Handler:
         return response
 
     return forward
+
+
+def _small(headers: Mapping[str, str]) -> bool:
+    """Whether a body has a length given up front, and one that passes whole."""
+    length = headers.get("content-length", "")
+    return length.isdigit() and int(length) <= WHOLE_BODY_BYTES
 
 
 def _gateway(connection: HTTPConnection) -> tuple[Upstreams, CallerCredentials]:
