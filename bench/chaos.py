@@ -47,12 +47,13 @@ from exchange import (
     BENEFICIARY,
     CLI,
     CUSTOMER_PASSWORD,
-    EVERY_SCHEMA,
     free_port,
     login,
     server_env,
     set_up_customer,
 )
+
+from currencyex.platform.db.schemas import EVERY_SCHEMA
 
 HOST = "127.0.0.1"
 DATABASE = "chaos"

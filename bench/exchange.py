@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 from rawhttp import Connection, HttpError, Response
 
-from currencyex.platform.db.schemas import SCHEMAS, search_path
+from currencyex.platform.db.schemas import EVERY_SCHEMA
 
 PG_HOST = "127.0.0.1"
 PG_PORT = "5432"
@@ -47,8 +47,6 @@ PG_USER = "postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
 CLI = [sys.executable, "-m", "currencyex.cli"]
-# What the checks' own connections see: every schema, as a one-process deployment does.
-EVERY_SCHEMA = search_path(SCHEMAS)
 
 
 @dataclass(frozen=True)

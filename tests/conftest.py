@@ -36,7 +36,7 @@ from currencyex.config import Settings
 from currencyex.platform.db.database import Database, driver_url
 from currencyex.platform.db.embedded import EmbeddedPostgres
 from currencyex.platform.db.migrate import upgrade
-from currencyex.platform.db.schemas import SCHEMAS, search_path
+from currencyex.platform.db.schemas import EVERY_SCHEMA
 from currencyex.platform.observability.logging import configure_logging
 
 pytest_plugins = ["redis_cluster"]  # the `redis_cluster` fixture: three masters on loopback
@@ -130,7 +130,6 @@ def embedded_pg_url() -> Iterator[str]:
         yield server.url
 
 
-EVERY_SCHEMA = search_path(SCHEMAS)
 USER_TABLES = (
     "auth_refresh_tokens",
     "auth_users",

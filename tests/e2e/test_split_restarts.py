@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from currencyex.platform.db.schemas import SCHEMAS, search_path
+from currencyex.platform.db.schemas import EVERY_SCHEMA
 from currencyex.rates.service import ABANDONED_TAKE
 from serve_support import (
     Server,
@@ -141,7 +141,7 @@ def _rows(server: Server, sql: str) -> list[list[str]]:
     database = server.env["CURRENCYEX_DATABASE_URL"].rsplit("/", 1)[1]
     out = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-AtF", "|", "-c", sql],
-        env={**os.environ, "PGOPTIONS": "-c search_path=" + search_path(SCHEMAS).replace(" ", "")},
+        env={**os.environ, "PGOPTIONS": "-c search_path=" + EVERY_SCHEMA.replace(" ", "")},
         capture_output=True,
         text=True,
         check=True,

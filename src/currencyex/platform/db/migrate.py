@@ -88,9 +88,10 @@ def _config(connection: sa.Connection, schema: str) -> Config:
 
 
 def _upgrade(connection: sa.Connection) -> None:
-    _adopt_legacy(connection)
     for schema in SCHEMAS:
         connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    _adopt_legacy(connection)
+    for schema in SCHEMAS:
         command.upgrade(_config(connection, schema), "head")
 
 
@@ -110,8 +111,7 @@ def _adopt_legacy(connection: sa.Connection) -> None:
             f" schemas, short of its last revision {LEGACY_HEAD}: bring it there with the"
             f" release before the schemas (`currencyex migrate`), then migrate again"
         )
-    for schema in SCHEMAS:
-        connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    for schema in SCHEMAS:  # each made already, empty
         for table in LEGACY_TABLES.get(schema, ()):
             connection.execute(sa.text(f'ALTER TABLE public."{table}" SET SCHEMA "{schema}"'))
         functions = connection.execute(

@@ -23,3 +23,7 @@ def search_path(schemas: Iterable[str]) -> str:
     if unknown:
         raise ValueError(f"no such schema: {', '.join(sorted(unknown))}")
     return ", ".join(names)
+
+
+# What one process sees: every schema (also what tools and tests that read across services use).
+EVERY_SCHEMA = search_path(SCHEMAS)
