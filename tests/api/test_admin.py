@@ -157,7 +157,7 @@ async def test_role_change_takes_effect_on_the_next_request(api):
 @pytest.mark.parametrize(
     ("path_id", "body", "status", "code"),
     [
-        (str(uuid.uuid4()), {"tier": "PRO"}, 404, 4004),
+        ("5aabe5bb-bd11-4559-b5e5-96c40618523b", {"tier": "PRO"}, 404, 4004),
         ("not-a-uuid", {"tier": "PRO"}, 422, 1000),
         (None, {}, 422, 1000),
         (None, {"tier": "GOLD"}, 422, 1000),

@@ -333,7 +333,7 @@ async def test_another_users_attempt_leaves_the_quote_to_its_owner(api: Api) -> 
     assert (await client.take_quote(quote_id, owner, taker=TAKER)).id == quote_id
 
 
-@pytest.mark.parametrize("quote_id", [str(uuid.uuid4()), "not-a-quote-id", ""])
+@pytest.mark.parametrize("quote_id", ["5ca1b501-9e78-4371-b26d-d24172461405", "not-a-quote-id", ""])
 async def test_unknown_quote_is_1003(api: Api, quote_id: str) -> None:
     with pytest.raises(QuoteUnavailable):
         await api.container.rates_client.take_quote(quote_id, uuid.uuid4(), taker=TAKER)
