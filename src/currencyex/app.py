@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -95,29 +95,7 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
             if manage_lifecycle:
                 await container.stop()
 
-    app = FastAPI(
-        title="CurrencyEx",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        # Metrics go out through Prometheus (/metrics); FastAPI's own OpenTelemetry hooks would
-        # only look for a provider on every request (about 10 us each).
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-        # The docs page is ops.add_docs_page's, with its own Content-Security-Policy.
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.container = container
-    install_error_handlers(app)
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=container.metrics,
-        max_body_bytes=container.settings.max_body_bytes,
-        max_header_bytes=container.settings.max_header_bytes,
-        max_header_count=container.settings.max_header_count,
-        tls=container.settings.served_over_tls,
-        path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
-    )
+    app = _bare_app(container, lifespan)
     # The routes themselves, in order, rather than `include_router`: FastAPI matches an included
     # router's routes through a layer of its own, twice per request (its matching was a tenth of
     # the CPU of GET /v1/rates/live). The routers add no prefix, dependency or response of their
@@ -146,4 +124,52 @@ def create_app(container: Container, *, manage_lifecycle: bool = True) -> FastAP
         app.router.routes.append(WebSocketRoute(ws.PATH, forward_websocket))
     if service in LIVE_UPDATES:
         app.router.routes.append(WebSocketRoute(ws.PATH, ws.live_updates))
+    return app
+
+
+def create_worker_app(container: Container, service: str | None) -> FastAPI:
+    """A worker's operations routes (liveness, readiness, metrics) for an orchestrator's probes
+    and Prometheus; its lifespan runs the consumers and periodic jobs of `service` (every
+    service's when None)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await container.start(run_workers=True, workers_of=service)
+        try:
+            yield
+        finally:
+            await container.stop()
+
+    app = _bare_app(container, lifespan)
+    app.router.routes.extend(ops.router.routes)
+    return app
+
+
+def _bare_app(
+    container: Container, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]
+) -> FastAPI:
+    """An app with no routes yet: the error catalog's handlers and the request context."""
+    app = FastAPI(
+        title="CurrencyEx",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Metrics go out through Prometheus (/metrics); FastAPI's own OpenTelemetry hooks would
+        # only look for a provider on every request (about 10 us each).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        # The docs page is ops.add_docs_page's, with its own Content-Security-Policy.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.container = container
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=container.metrics,
+        max_body_bytes=container.settings.max_body_bytes,
+        max_header_bytes=container.settings.max_header_bytes,
+        max_header_count=container.settings.max_header_count,
+        tls=container.settings.served_over_tls,
+        path_body_limits={documents_api.UPLOAD_PATH: documents_api.UPLOAD_BODY_LIMIT},
+    )
     return app

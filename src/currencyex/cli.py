@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
@@ -30,6 +31,9 @@ from currencyex.platform.db.embedded import EmbeddedPostgres, EmbeddedPostgresEr
 from currencyex.platform.db.migrate import upgrade
 from currencyex.platform.observability.logging import LineWriter, configure_logging
 from currencyex.platform.security.tokens import generate_key
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def settle_garbage_collector() -> None:
@@ -58,10 +62,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         upgrade(settings.database_url)
     app = create_app(build(settings))
     settle_garbage_collector()
+    _run_http(app, settings.host, settings.port)
+    return 0
+
+
+def _run_http(app: FastAPI, host: str, port: int) -> None:
     uvicorn.run(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,
         log_config=None,
         access_log=False,
         # The rate limiter decides which X-Forwarded-For hops to believe (trusted_proxies);
@@ -70,7 +79,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         server_header=False,  # no "server: uvicorn" banner
         workers=1,
     )
-    return 0
 
 
 def _serve_split(_settings: Settings, args: argparse.Namespace) -> int:
@@ -80,6 +88,14 @@ def _serve_split(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.port:  # with its operations routes, for probes and Prometheus; uvicorn stops it
+        from currencyex.app import create_worker_app
+
+        app = create_worker_app(build(settings), args.service)
+        settle_garbage_collector()
+        _run_http(app, args.host or settings.host, args.port)
+        return 0
+
     async def run() -> None:
         container = build(settings)
         settle_garbage_collector()
@@ -234,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
         default="all",
         help="run one service's consumers and periodic jobs (default: all of them)",
     )
+    worker.add_argument("--host")
+    worker.add_argument(
+        "--port", type=int, help="also answer /healthz, /readyz and /metrics on this port"
+    )
     worker.set_defaults(run=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
     admin = commands.add_parser("create-admin", help="create an ADMIN account")
@@ -289,25 +309,28 @@ def main(argv: list[str] | None = None) -> int:
     # stdout. The others keep their lines in order with what they print.
     writer = LineWriter(sys.stdout) if args.run in (_serve, _worker) else None
     configure_logging(settings.log_level, json=settings.log_json, final=True, writer=writer)
-    if settings.database_url or args.run not in _USES_DATABASE:
-        return int(args.run(settings, args))
     with _signals_end_the_command(), ExitStack() as leave:
-        try:
-            server = leave.enter_context(EmbeddedPostgres(settings.postgres_dir).running())
-        except EmbeddedPostgresError as error:
-            print(f"currencyex: {error}", file=sys.stderr)
-            return 1
-        return int(args.run(settings.model_copy(update={"database_url": server.url}), args))
+        if not settings.database_url and args.run in _USES_DATABASE:
+            try:
+                server = leave.enter_context(EmbeddedPostgres(settings.postgres_dir).running())
+            except EmbeddedPostgresError as error:
+                print(f"currencyex: {error}", file=sys.stderr)
+                return 1
+            settings = settings.model_copy(update={"database_url": server.url})
+        return int(args.run(settings, args))
 
 
 @contextmanager
 def _signals_end_the_command() -> Iterator[None]:
-    """SIGTERM and SIGINT end the command with SystemExit, so that it leaves the embedded
-    server on its way out (the last process to leave stops it).
+    """SIGTERM and SIGINT end the command with SystemExit(128 + the signal), so that it leaves
+    the embedded server on its way out (the last process to leave stops it) and ends with the
+    status a shell gives a command the signal ended.
 
-    `serve` and `worker` take the signals over while they run and shut down gracefully;
-    uvicorn then raises the signal again, which lands here. A second signal while leaving is
-    ignored: leaving is bounded, and cut short it would leave the server running.
+    `serve` and `worker --port` take the signals over while they run and shut down gracefully;
+    uvicorn then raises the signal again, which lands here: exit status 143 after SIGTERM says
+    the process stopped itself (one killed by the signal itself would have none). A second
+    signal while leaving is ignored: leaving is bounded, and cut short it would leave the
+    embedded server running.
     """
     handled = (signal.SIGTERM, signal.SIGINT)
 

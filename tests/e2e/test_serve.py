@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,14 +52,20 @@ BENEFICIARY = {
 }
 
 
+# One server per topology for the module's walks (each walks its own fresh users): starting the
+# split deployment takes most of a minute.
 @pytest.fixture(
+    scope="module",
     params=[
         "embedded",
         pytest.param("real", marks=pytest.mark.integration),
         pytest.param("split", marks=pytest.mark.integration),
-    ]
+    ],
 )
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    tmp_path = tmp_path_factory.mktemp(f"serve-{request.param}")
     with ExitStack() as cleanup:
         if request.param == "embedded":
             # No database URL: `serve` starts its own PostgreSQL in the data folder.
@@ -308,3 +315,33 @@ def test_send_walk_with_live_status_over_real_http(server: Server) -> None:
     verify = server.run("ledger", "verify")
     assert verify.returncode == 0, verify.stderr
     client.close()
+
+
+@pytest.mark.integration
+def test_a_worker_with_a_port_answers_probes_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`worker --port` (one Deployment per worker on Kubernetes) answers liveness, readiness of
+    its parts and metrics, and ends cleanly when the orchestrator sends SIGTERM."""
+    with fresh_database() as database_url:
+        env = base_env(tmp_path) | real_services_env(database_url)
+        srv = Server(env, tmp_path)
+        try:
+            assert srv.run("migrate").returncode == 0
+            srv.start("worker", "--service", "remit", "--port", str(srv.port), log="worker.log")
+            srv.wait_healthy()
+            ready = httpx.get(f"{srv.base}/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {
+                "database": "ok",
+                "cache": "ok",
+                "bus": "ok",
+                "storage": "ok",
+            }
+            metrics = httpx.get(f"{srv.base}/metrics", timeout=5)
+            assert metrics.status_code == 200
+            assert metrics.headers["content-type"].startswith("text/plain")
+            assert httpx.get(f"{srv.base}/v1/rates/live", timeout=5).status_code == 404
+            [(process, _)] = srv.processes
+            process.terminate()  # drained, stopped, then the status of a SIGTERM'd command
+            assert process.wait(timeout=20) == 128 + signal.SIGTERM, srv.logs()
+        finally:
+            srv.stop()
