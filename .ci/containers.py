@@ -68,6 +68,8 @@ class Deployment:
             "CURRENCYEX_NATS_STREAM": f"CI_{name.upper()}_{tag}",
             "CURRENCYEX_NATS_SUBJECT_PREFIX": f"ci{tag}.",
             "CURRENCYEX_MIGRATE_ON_START": "false",
+            # On the host's network: loopback only, not the image's every address.
+            "CURRENCYEX_HOST": "127.0.0.1",
             # The collection waits out a quote to see it expire (1002): seconds, not a minute.
             "CURRENCYEX_QUOTE_TTL_SECONDS": "5",
         }
