@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -877,14 +877,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_to_the_end(bench: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a benchmark; SIGTERM ends it as Ctrl-C does, through every finally (its cleanup)."""
 
     def terminated(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every finally
+        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, terminated)
     return bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_to_the_end(bench, parse_args(argv))
 
 
 if __name__ == "__main__":
