@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import random
@@ -168,7 +169,10 @@ def psql(sql: str) -> None:
 
 
 def ip() -> str:
-    return f"198.51.100.{random.randint(1, 254)}"
+    """A client address of its own: the login limit counts per address, and one walk exhausts
+    its burst address for a minute, so two walks on one server must never draw the same one
+    (254 IPv4 documentation addresses did, now and then). 96 random bits in 2001:db8::/32."""
+    return str(ipaddress.IPv6Address((0x20010DB8 << 96) | random.getrandbits(96)))
 
 
 def login(client: httpx.Client, email: str, password: str) -> dict[str, str]:

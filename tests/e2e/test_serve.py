@@ -100,8 +100,14 @@ def server(
         yield srv
 
 
-def test_acceptance_walk_over_real_http(server: Server) -> None:
-    client = httpx.Client(base_url=server.base, timeout=10)
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client on the server, closed even when the walk fails half-way."""
+    with httpx.Client(base_url=server.base, timeout=10) as opened:
+        yield opened
+
+
+def test_acceptance_walk_over_real_http(server: Server, client: httpx.Client) -> None:
     me_ip = ip()
 
     # A customer registers, logs in, calls /me.
@@ -177,11 +183,9 @@ def test_acceptance_walk_over_real_http(server: Server) -> None:
         time.sleep(0.2)
     assert mailed()
     assert "correct-horse-42" not in server.logs()
-    client.close()
 
 
-def test_documents_walk_over_real_http(server: Server) -> None:
-    client = httpx.Client(base_url=server.base, timeout=10)
+def test_documents_walk_over_real_http(server: Server, client: httpx.Client) -> None:
     admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     made = server.run("create-admin", "--email", admin_email, "--password", "admin-pass-4242")
     assert made.returncode == 0, made.stderr
@@ -219,14 +223,12 @@ def test_documents_walk_over_real_http(server: Server) -> None:
     )
     assert approved.status_code == 200, approved.text
     assert client.get("/v1/auth/me", headers=customer).json()["kyc_status"] == "APPROVED"
-    client.close()
 
 
-def test_money_walk_over_real_http(server: Server) -> None:
+def test_money_walk_over_real_http(server: Server, client: httpx.Client) -> None:
     """A teller deposits 1,000.00 USD for an approved customer, who quotes USD->EUR, exchanges
     and sees exactly the quoted amounts; a reused quote is 1003, an expired one 1002; and
     `currencyex ledger verify` passes."""
-    client = httpx.Client(base_url=server.base, timeout=10)
     customer = funded_customer(server, client)
 
     quote = client.post(
@@ -272,14 +274,12 @@ def test_money_walk_over_real_http(server: Server) -> None:
     verify = server.run("ledger", "verify")
     assert verify.returncode == 0, verify.stderr
     assert "ledger verify: ok" in verify.stdout
-    client.close()
 
 
-def test_send_walk_with_live_status_over_real_http(server: Server) -> None:
+def test_send_walk_with_live_status_over_real_http(server: Server, client: httpx.Client) -> None:
     """An approved, funded customer watching /v1/ws sends 100.00 USD to a beneficiary: the
     socket tells PROCESSING then COMPLETED, the transaction's history says the same, and its
     receipt is a signed link to a PDF."""
-    client = httpx.Client(base_url=server.base, timeout=10)
     customer = funded_customer(server, client)
     token = customer["Authorization"].removeprefix("Bearer ")
     ws_url = f"ws://127.0.0.1:{server.port}/v1/ws?token={token}"
@@ -314,7 +314,6 @@ def test_send_walk_with_live_status_over_real_http(server: Server) -> None:
     assert pdf.content.startswith(b"%PDF"), pdf.status_code
     verify = server.run("ledger", "verify")
     assert verify.returncode == 0, verify.stderr
-    client.close()
 
 
 @pytest.mark.integration
