@@ -355,6 +355,16 @@ def build(
     )
     metrics = Metrics()
     breaker_metrics = BreakerMetrics(metrics.registry)
+    hub = Hub(
+        HubSettings(
+            max_connections_per_user=settings.ws_max_connections_per_user,
+            max_queued_messages=settings.ws_max_queued_messages,
+            ping_interval=settings.ws_ping_interval_seconds,
+            pong_timeout=settings.ws_pong_timeout_seconds,
+        ),
+        on_let_go=metrics.count_ws_disconnect,
+    )
+    metrics.ws_connections.set_function(hub.open_connections)
     callers = _callers(settings, clock)
     upstreams = (
         Upstreams(settings.upstreams, transport=upstream_transport)
@@ -523,14 +533,7 @@ def build(
         ),
         callers=callers,
         upstreams=upstreams,
-        hub=Hub(
-            HubSettings(
-                max_connections_per_user=settings.ws_max_connections_per_user,
-                max_queued_messages=settings.ws_max_queued_messages,
-                ping_interval=settings.ws_ping_interval_seconds,
-                pong_timeout=settings.ws_pong_timeout_seconds,
-            )
-        ),
+        hub=hub,
     )
 
 

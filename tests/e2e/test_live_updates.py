@@ -122,6 +122,10 @@ async def test_a_disabled_accounts_connection_is_closed_and_others_stay(
             assert hub.connections(uuid.UUID(user_id)) == 0
             assert hub.connections(uuid.UUID(other_id)) == 1
             assert other.state is websockets.protocol.State.OPEN
+            metrics = (await api.http.get("/metrics")).text.splitlines()
+            assert "currencyex_ws_connections 1.0" in metrics
+            revoked = 'currencyex_ws_disconnects_total{reason="token expired or revoked"} 1.0'
+            assert revoked in metrics
 
 
 async def test_a_connection_stays_while_its_token_cannot_be_checked(

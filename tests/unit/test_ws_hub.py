@@ -326,6 +326,54 @@ async def test_a_client_that_answers_stays_and_a_silent_one_is_dropped() -> None
     await hub.close()
 
 
+async def test_a_client_that_neither_reads_nor_answers_is_dropped_while_a_send_hangs() -> None:
+    """The keepalive does not wait on the connection's sender, stuck on an unread socket."""
+    hub = Hub(HubSettings(ping_interval=0.02, pong_timeout=0.04, send_timeout=30.0))
+    vanished = FakeSocket(stalled=True)
+    hub.register(ALICE, vanished)
+    hub.publish(ALICE, note(1))  # the sender now waits on the socket, for up to 30 s
+
+    assert await vanished.closed(within=1.0) == (CloseCode.GOING_AWAY, "no pong")
+    assert hub.connections(ALICE) == 0
+    await hub.close()
+
+
+async def test_one_task_pings_every_connection() -> None:
+    hub = Hub(HubSettings(ping_interval=0.05, pong_timeout=10.0))
+    sockets = [FakeSocket() for _ in range(200)]
+    before = len(asyncio.all_tasks())
+    for socket in sockets:
+        hub.register(uuid.uuid4(), socket)
+
+    # One sender per connection, and one keepalive for them all.
+    assert len(asyncio.all_tasks()) - before == len(sockets) + 1
+    for socket in sockets:
+        assert (await socket.received(2))[:2] == [{"event": "ping"}] * 2
+    await hub.close()
+
+
+async def test_the_hub_counts_its_connections_and_says_why_each_ended() -> None:
+    reasons: list[str] = []
+    hub = Hub(HubSettings(ping_interval=None, max_queued_messages=1), on_let_go=reasons.append)
+    leaving, slow = FakeSocket(), FakeSocket(stalled=True)
+    staying = hub.register(ALICE, FakeSocket())
+    gone = hub.register(ALICE, leaving)
+    hub.register(BOB, slow)
+    assert hub.open_connections() == 3
+
+    await hub.unregister(gone)
+    for n in range(3):  # a queue of one, on a socket that takes nothing: soon full
+        hub.publish(BOB, note(n))
+    await slow.closed()
+
+    assert reasons == ["client gone", "too slow"]
+    assert hub.open_connections() == 1
+    hub.revoke(staying, "token expired or revoked")
+    assert hub.open_connections() == 0
+    await hub.close()
+    assert reasons == ["client gone", "too slow", "token expired or revoked"]
+
+
 @pytest.mark.parametrize(
     "settings",
     [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -36,6 +37,8 @@ log = structlog.get_logger(__name__)
 PATH = "/v1/ws"
 BEARER = "bearer"
 TOPICS = frozenset({RATES_TOPIC})
+# The first recheck of a connection comes within this share of the period and the whole of it.
+RECHECK_SPREAD = 0.5
 
 
 def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
@@ -117,8 +120,12 @@ async def _recheck(services: Edge, token: str, subscription: Subscription) -> No
     made (a dependency down), the connection stays and the check is tried again later."""
     every = services.settings.ws_token_recheck_seconds
     expires = unverified_expiry(token)
+    # The first check comes after a random part of the period, so connections opened together
+    # (clients coming back after a restart) are not all checked together every period after.
+    period = every * random.uniform(RECHECK_SPREAD, 1.0)  # noqa: S311 (not a secret)
     while True:
-        wait = every if expires is None else min(every, expires - time.time())
+        wait = period if expires is None else min(period, expires - time.time())
+        period = every
         # A little past `exp`: a token is valid while now < exp.
         await asyncio.sleep(max(wait, 0.0) + 0.01)
         try:

@@ -4,6 +4,10 @@ Publishing never waits on a socket: each connection has a bounded queue drained 
 sender task, so a slow client fills only its own queue and is then dropped, while everyone
 else keeps receiving. Per-user caps and queues are per process; with several gateway
 processes each one delivers the bus's events to the clients connected to it.
+
+One task keeps every connection alive: it queues each one's ping when due and drops those not
+heard from, so ten thousand connections cost one timer, not one each (and no timer is armed
+per message).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import asyncio
 import enum
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,6 +36,11 @@ RATE_UPDATE = "rate_update"
 RATES_TOPIC = "rates"
 
 Message = Mapping[str, Any]
+
+
+# The keepalive task's finest step, and how many pings it queues before letting others run.
+PING_GRANULARITY_SECONDS = 0.25
+PINGS_IN_A_ROW = 1000
 
 
 class CloseCode(enum.IntEnum):
@@ -135,12 +145,25 @@ class Subscription:
 class Hub:
     """The registry of one process's live connections; use it from one event loop."""
 
-    def __init__(self, settings: HubSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: HubSettings | None = None,
+        *,
+        on_let_go: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_let_go` hears why each connection ended ("client gone", "too slow", "no pong",
+        ...): the metrics count them."""
         self.settings = settings or HubSettings()
+        self._on_let_go = on_let_go
+        self._open = 0
         self._by_user: dict[uuid.UUID, set[Subscription]] = {}
         self._by_topic: dict[str, set[Subscription]] = {}
         self._endings: dict[Subscription, asyncio.Task[None]] = {}
         self._closing = False
+        # Connections by when their next ping is due. Every due time is the loop's clock when
+        # it was queued plus the same interval, so appending keeps the order.
+        self._pings: deque[tuple[float, Subscription]] = deque()
+        self._keepalive: asyncio.Task[None] | None = None
 
     def register(
         self, user_id: uuid.UUID, socket: WebSocketConnection, *, topics: Iterable[str] = ()
@@ -152,11 +175,17 @@ class Hub:
             raise TooManyConnections(self.settings.max_connections_per_user)
         subscription = Subscription(self, user_id, socket, self.settings.max_queued_messages)
         self._by_user.setdefault(user_id, set()).add(subscription)
+        self._open += 1
         for topic in topics:
             subscription.subscribe(topic)
         subscription._sender = asyncio.create_task(
             self._send_loop(subscription), name=f"ws-sender-{user_id}"
         )
+        interval = self.settings.ping_interval
+        if interval is not None:
+            self._pings.append((asyncio.get_running_loop().time() + interval, subscription))
+            if self._keepalive is None:
+                self._keepalive = asyncio.create_task(self._keep_alive(interval), name="ws-pings")
         return subscription
 
     async def unregister(self, subscription: Subscription) -> None:
@@ -176,6 +205,10 @@ class Hub:
     def connections(self, user_id: uuid.UUID) -> int:
         return len(self._by_user.get(user_id, ()))
 
+    def open_connections(self) -> int:
+        """Connections the hub delivers to now, every user's."""
+        return self._open
+
     def revoke(self, subscription: Subscription, reason: str) -> None:
         """The connection's credentials no longer hold: close it (1008) in the background."""
         self._let_go(subscription, reason, CloseCode.POLICY_VIOLATION)
@@ -183,6 +216,9 @@ class Hub:
     async def close(self) -> None:
         """Shutdown: close every connection (1001) and refuse new ones."""
         self._closing = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            await asyncio.gather(self._keepalive, return_exceptions=True)
         for subscriptions in list(self._by_user.values()):
             for subscription in list(subscriptions):
                 self._let_go(subscription, "server shutting down", CloseCode.GOING_AWAY)
@@ -194,38 +230,55 @@ class Hub:
         if not subscriptions:
             return 0
         text = json.dumps(message, separators=(",", ":"))  # once, whatever the audience
-        taken = 0
-        for subscription in subscriptions:
-            try:
-                subscription._queue.put_nowait(text)
-            except asyncio.QueueFull:
-                log.info("ws.slow_client_dropped", user_id=str(subscription.user_id))
-                self._let_go(subscription, "too slow", CloseCode.TRY_AGAIN_LATER)
-            else:
-                taken += 1
-        return taken
+        return sum(self._queue(subscription, text) for subscription in subscriptions)
+
+    def _queue(self, subscription: Subscription, text: str) -> bool:
+        """Queue `text` for the connection; one that has a full queue is dropped as too slow."""
+        try:
+            subscription._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.info("ws.slow_client_dropped", user_id=str(subscription.user_id))
+            self._let_go(subscription, "too slow", CloseCode.TRY_AGAIN_LATER)
+            return False
+        return True
+
+    async def _keep_alive(self, interval: float) -> None:
+        """Every `interval`, each connection gets a ping in its queue, behind what is waiting
+        there; one not heard from for `interval` + pong_timeout is let go. The pings stay spread
+        as the connections came."""
+        loop = asyncio.get_running_loop()
+        silence = interval + self.settings.pong_timeout
+        # Wakes at most this often, taking every ping due by then: a ping is late by up to
+        # this, never early.
+        granularity = min(interval / 10, PING_GRANULARITY_SECONDS)
+        in_a_row = 0
+        while True:
+            if not self._pings:
+                await asyncio.sleep(interval)  # anyone registered meanwhile is due after it
+                continue
+            due, subscription = self._pings[0]
+            now = loop.time()
+            if due > now:
+                await asyncio.sleep(max(due - now, granularity))
+                in_a_row = 0
+                continue
+            if in_a_row == PINGS_IN_A_ROW:  # after a stall, many are due: let others run
+                await asyncio.sleep(0)
+                in_a_row = 0
+                continue
+            in_a_row += 1
+            self._pings.popleft()
+            if not subscription._active:  # let go since: held here until now, then forgotten
+                continue
+            if now - subscription._last_heard > silence:
+                self._let_go(subscription, "no pong", CloseCode.GOING_AWAY)
+            elif self._queue(subscription, _PING):
+                self._pings.append((now + interval, subscription))
 
     async def _send_loop(self, subscription: Subscription) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.settings.ping_interval
-        next_ping = None if interval is None else loop.time() + interval
         try:
             while True:
-                if next_ping is not None and interval is not None and loop.time() >= next_ping:
-                    silent_for = loop.time() - subscription._last_heard
-                    if silent_for > interval + self.settings.pong_timeout:
-                        self._let_go(subscription, "no pong", CloseCode.GOING_AWAY)
-                        return
-                    text = _PING
-                    next_ping = loop.time() + interval
-                else:
-                    try:
-                        # Waiting for a message ends at the next ping, busy queue or not.
-                        async with asyncio.timeout_at(next_ping):
-                            text = await subscription._queue.get()
-                    except TimeoutError:
-                        continue
-                if not await self._send(subscription, text):
+                if not await self._send(subscription, await subscription._queue.get()):
                     return
         except Exception:
             log.exception("ws.sender_failed", user_id=str(subscription.user_id))
@@ -253,6 +306,9 @@ class Hub:
             return
         subscription._active = False
         subscription.close_reason = reason
+        self._open -= 1
+        if self._on_let_go is not None:
+            self._on_let_go(reason)
         mine = self._by_user.get(subscription.user_id)
         if mine is not None:
             mine.discard(subscription)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -33,6 +33,21 @@ class Metrics:
             ["limit", "outcome"],
             registry=self.registry,
         )
+
+        self.ws_connections = Gauge(
+            "currencyex_ws_connections",
+            "Live WebSocket connections of this process",
+            registry=self.registry,
+        )
+        self.ws_disconnects = Counter(
+            "currencyex_ws_disconnects_total",
+            "WebSocket connections ended, by reason (client gone, too slow, no pong, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def count_ws_disconnect(self, reason: str) -> None:
+        self.ws_disconnects.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
