@@ -1,6 +1,10 @@
 """One client process of bench/ws_fanout.py: it holds its share of the WebSocket connections,
 each listener awaiting its own socket, and reports what reached them and what that cost it.
 
+Some connections may be told to misbehave: a stalled one stops reading once open (nor does it
+answer the server's pings); a vanished one also connects from VANISHED_ADDRESS, whose packets
+ws_fanout.py then drops both ways, as if the client had lost its network without a close.
+
 ws_fanout.py runs it (`python bench/ws_clients.py`) and speaks to it in JSON lines. In: the job
 (first line), then `mark` (the measured window starts), `count` (updates so far) and `stop`;
 end of input stops it too. Out: one line after the connections are open, one per `count`, the
@@ -32,6 +36,7 @@ from currencyex.gateway.ws_hub import TRANSACTION_UPDATE
 PING = "ping"  # the server's application ping ({"event": "ping"}); a silent client is dropped
 PONG = json.dumps({"event": "pong"})
 LAG_PROBE_SECONDS = 0.1
+VANISHED_ADDRESS = "127.0.0.2"  # a loopback address of its own, so a firewall rule can name it
 CLIENT_NICENESS = -10
 
 
@@ -54,6 +59,8 @@ class Job:
     open_concurrency: int  # handshakes in flight at once
     open_timeout: float
     compression: str | None
+    stalled: frozenset[int] = frozenset()  # connection ids that stop reading once open
+    vanished: frozenset[int] = frozenset()  # ids that connect from VANISHED_ADDRESS
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Job:
@@ -63,6 +70,8 @@ class Job:
             open_concurrency=int(doc["open_concurrency"]),
             open_timeout=float(doc["open_timeout"]),
             compression=doc["compression"],
+            stalled=frozenset(doc["stalled"]),
+            vanished=frozenset(doc["vanished"]),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +81,8 @@ class Job:
             "open_concurrency": self.open_concurrency,
             "open_timeout": self.open_timeout,
             "compression": self.compression,
+            "stalled": sorted(self.stalled),
+            "vanished": sorted(self.vanished),
         }
 
 
@@ -118,6 +129,10 @@ async def open_all(job: Job) -> tuple[list[tuple[int, ClientConnection]], Counte
     gate = asyncio.Semaphore(job.open_concurrency)
     failures: Counter[str] = Counter()
 
+    def extra(connection_id: int) -> dict[str, Any]:
+        """What goes to create_connection: a vanished one's own source address."""
+        return {"local_addr": (VANISHED_ADDRESS, 0)} if connection_id in job.vanished else {}
+
     async def one(connection_id: int, token: str) -> tuple[int, ClientConnection] | None:
         async with gate:
             try:
@@ -129,6 +144,7 @@ async def open_all(job: Job) -> tuple[list[tuple[int, ClientConnection]], Counte
                     max_queue=None,  # never hold the server back: the listener reads at once
                     proxy=None,  # loopback, whatever the environment says
                     compression=job.compression,
+                    **extra(connection_id),
                 )
             except (OSError, TimeoutError, WebSocketException) as exc:
                 failures[type(exc).__name__] += 1
@@ -163,7 +179,14 @@ async def serve(job: Job) -> None:
     cpu, started = time.process_time(), time.monotonic()
     connections, failures = await open_all(job)
     inbox = Inbox()
-    listeners = [asyncio.create_task(listen(c, ws, inbox)) for c, ws in connections]
+    listeners = []
+    quiet = []  # stalled or vanished: nothing reads them, and they are not closed at the end
+    for connection_id, ws in connections:
+        if connection_id in job.stalled or connection_id in job.vanished:
+            ws.transport.pause_reading()  # the kernel's buffer fills, then the server's
+            quiet.append(ws)
+        else:
+            listeners.append(asyncio.create_task(listen(connection_id, ws, inbox)))
     # Thousands of connections' objects, scanned by every full collection, would stall the
     # loop for tens of milliseconds now and then: they stay out of the collector's way.
     gc.collect()
@@ -175,6 +198,7 @@ async def serve(job: Job) -> None:
             "open_seconds": time.monotonic() - started,
             "open_cpu": time.process_time() - cpu,
             "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+            "quiet": len(quiet),
         }
     )
     cpu, waited, started = time.process_time(), waited_for_cpu(), time.monotonic()
@@ -202,7 +226,11 @@ async def serve(job: Job) -> None:
             "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
     )
-    closing = asyncio.gather(*(ws.close() for _, ws in connections), return_exceptions=True)
+    for ws in quiet:
+        ws.transport.abort()
+    quiet_ids = job.stalled | job.vanished
+    live = [ws for connection_id, ws in connections if connection_id not in quiet_ids]
+    closing = asyncio.gather(*(ws.close() for ws in live), return_exceptions=True)
     with contextlib.suppress(TimeoutError):  # else the sockets close as the process exits
         await asyncio.wait_for(closing, 15)
 

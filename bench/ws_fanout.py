@@ -9,10 +9,19 @@ delivery is the client's receive time minus the `timestamp` of the change (the s
 same machine). Prints the deliveries expected, received and missed, p50/p99/max delay, the
 server's and the clients' CPU, and the server's memory per connection.
 
+Misbehaving clients (issue 19): `--stalled-percent` of the connections stop reading once open,
+and `--vanished-percent` lose their network without a close (their packets are dropped both
+ways by an iptables rule on their own loopback address, so this needs root). Their users' other
+connections must still get every message in time; the server must let go of the quiet ones (it
+says why in /metrics), and its memory must come back down. `--ping-interval` shortens the
+server's keepalive (ping interval and pong timeout both) so that happens within the run.
+
 Loopback only, bounded (every wait has a deadline), cleans up what it made.
 
     .venv/bin/python bench/ws_fanout.py [--connections 1000] [--users 50] [--sends 100]
                                         [--duration 20] [--client-processes N]
+                                        [--stalled-percent P] [--vanished-percent P]
+                                        [--ping-interval S]
 """
 
 from __future__ import annotations
@@ -23,12 +32,17 @@ import contextlib
 import json
 import math
 import os
+import random
+import re
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +61,7 @@ from exchange import (
     set_up,
 )
 from rawhttp import Connection, HttpError
-from ws_clients import LAG_PROBE_SECONDS, Job, raise_open_files_limit
+from ws_clients import LAG_PROBE_SECONDS, VANISHED_ADDRESS, Job, raise_open_files_limit
 
 TARGET_P99_MS = 100.0  # the issue's target; the goal beyond it is 50 ms
 GOAL_P99_MS = 50.0
@@ -58,6 +72,8 @@ CLIENT_LAG_LIMIT_MS = 10.0
 DRAIN_SECONDS = 30.0  # after the last send, for the payouts to end and the pushes to arrive
 SPARE_FILES = 256  # descriptors a process needs besides its sockets
 CLIENT_SCRIPT = Path(__file__).with_name("ws_clients.py")
+SERVER_PING_SECONDS = 20.0  # the server's default ping interval and pong timeout
+REAP_MARGIN_SECONDS = 15.0  # past ping interval + pong timeout, for the quiet ones to be let go
 
 
 @dataclass
@@ -134,6 +150,16 @@ class Run:
     sender_cpu: float = 0.0
     machine_busy: float = 0.0  # percent of all CPUs over the window
     clients: list[ClientProcess] = field(default_factory=list)
+    # Connections told to stop reading or to vanish, and what the server made of them.
+    stalled: frozenset[int] = frozenset()
+    vanished: frozenset[int] = frozenset()
+    quiet_since: float = 0.0  # monotonic: when the last client process had opened its share
+    reaped_after: float | None = None  # seconds from then until the server held only the rest
+    ws_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quiet(self) -> frozenset[int]:
+        return self.stalled | self.vanished
 
 
 def server_rss_kib(server: Server) -> int:
@@ -173,6 +199,8 @@ async def open_connections(
             open_concurrency=32,
             open_timeout=60.0,
             compression=None if args.compression == "none" else args.compression,
+            stalled=frozenset(i for i in run.stalled if i % processes == p),
+            vanished=frozenset(i for i in run.vanished if i % processes == p),
         )
         for p in range(processes)
     ]
@@ -184,6 +212,7 @@ async def open_connections(
         client.ready = await client.hear(max(1.0, deadline - (time.monotonic() - started)))
         run.open_failures.update(client.ready["failures"])
     run.open_seconds = time.monotonic() - started
+    run.quiet_since = time.monotonic()
 
 
 async def send_all(base: str, tokens: list[str], args: argparse.Namespace, run: Run) -> None:
@@ -236,11 +265,27 @@ def status_changes(db: str) -> tuple[dict[str, set[str]], int]:
     return changes, int(unsettled or 0)
 
 
-async def drain(db: str, run: Run, deadline: float) -> None:
+def expected_by_user(run: Run) -> dict[int, set[tuple[str, str]]]:
+    """Each sender's (txn_id, status) changes: every one is pushed to each of its connections."""
+    expected: dict[int, set[tuple[str, str]]] = {}
+    for txn_id, sender in run.sends.items():
+        for status in run.changes.get(txn_id, ()):
+            expected.setdefault(sender, set()).add((txn_id, status))
+    return expected
+
+
+def expected_deliveries(run: Run, users: int) -> int:
+    """Deliveries owed to the connections that read (the stalled and vanished ones are owed
+    nothing: the server is to let go of them)."""
+    reading = Counter(i % users for i in range(run.connections) if i not in run.quiet)
+    return sum(len(changes) * reading[user] for user, changes in expected_by_user(run).items())
+
+
+async def drain(db: str, run: Run, users: int, deadline: float) -> None:
     """Wait (until `deadline`) for every transaction to settle and its pushes to arrive."""
     while True:
         run.changes, run.unsettled = await asyncio.to_thread(status_changes, db)
-        expected = sum(len(s) for t, s in run.changes.items() if t in run.sends) * run.per_user
+        expected = expected_deliveries(run, users)
         received = 0
         for client in run.clients:
             received += (await client.ask("count", 10))["received"]
@@ -253,7 +298,9 @@ async def drive(
     server: Server, db: str, tokens: list[str], args: argparse.Namespace, logs: Path
 ) -> Run:
     run = Run(args.connections, args.connections // args.users)
+    run.stalled, run.vanished = choose_quiet(args)
     base = server.bases[0]
+    cleanup = contextlib.ExitStack()
     try:
         run.rss_kib["before"] = server_rss_kib(server)
         cpu = server.cpu()
@@ -267,12 +314,17 @@ async def drive(
             f"server cpu meanwhile {run.server_cpu_open:.1f} s",
             flush=True,
         )
+        if run.vanished:
+            cleanup.enter_context(black_hole(int(base.rsplit(":", 1)[1])))
         for client in run.clients:
             await client.tell("mark")
         cpu, sender_cpu, started = server.cpu(), own_cpu(), time.monotonic()
         busy, total = machine_ticks()
         await send_all(base, tokens, args, run)
-        await drain(db, run, time.monotonic() + DRAIN_SECONDS)
+        await drain(db, run, args.users, time.monotonic() + DRAIN_SECONDS)
+        if run.quiet:
+            await reap(base, run, args)
+        run.ws_metrics = await asyncio.to_thread(ws_metrics, base)
         for client in run.clients:
             await client.tell("stop")
         for client in run.clients:
@@ -284,25 +336,87 @@ async def drive(
         run.machine_busy = (busy_after - busy) / max(1, total_after - total) * 100
         run.rss_kib["after"] = server_rss_kib(server)
     finally:
+        cleanup.close()
         await asyncio.gather(*(c.end() for c in run.clients))
     return run
 
 
+def choose_quiet(args: argparse.Namespace) -> tuple[frozenset[int], frozenset[int]]:
+    """Which connections stall and which vanish: a fixed draw, the same on every run."""
+    stalled = round(args.connections * args.stalled_percent / 100)
+    vanished = round(args.connections * args.vanished_percent / 100)
+    drawn = random.Random(19).sample(range(args.connections), stalled + vanished)
+    return frozenset(drawn[:stalled]), frozenset(drawn[stalled:])
+
+
+def _iptables(*rule: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["iptables", *rule], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def black_hole(port: int) -> Iterator[None]:
+    """Drop every packet between VANISHED_ADDRESS and the server's `port`, both ways: to the
+    server those clients are gone without a word (no close, no FIN, no RST)."""
+    rules = [
+        ("INPUT", "-p", "tcp", "-s", VANISHED_ADDRESS, "--dport", str(port), "-j", "DROP"),
+        ("INPUT", "-p", "tcp", "-d", VANISHED_ADDRESS, "--sport", str(port), "-j", "DROP"),
+    ]
+    added = []
+    try:
+        for rule in rules:
+            done = _iptables("-I", *rule)
+            if done.returncode != 0:
+                raise SystemExit(f"iptables -I {' '.join(rule)} failed: {done.stderr.strip()}")
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            _iptables("-D", *rule)
+
+
+def ws_metrics(base: str) -> dict[str, float]:
+    """The server's currencyex_ws_* samples from /metrics: open connections, ends by reason."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
+    with opener.open(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("currencyex_ws_connections ", "currencyex_ws_disconnects_total{")):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def keepalive_seconds(args: argparse.Namespace) -> float:
+    """The server's ping interval plus pong timeout: a quiet client is let go after this."""
+    return 2 * (args.ping_interval or SERVER_PING_SECONDS)
+
+
+async def reap(base: str, run: Run, args: argparse.Namespace) -> None:
+    """Wait until the server holds only the connections that read (the stalled and vanished
+    ones let go), up to the keepalive's bound and a margin; when it did is `reaped_after`."""
+    reading = sum(c.ready["opened"] - c.ready["quiet"] for c in run.clients)
+    deadline = run.quiet_since + keepalive_seconds(args) + REAP_MARGIN_SECONDS
+    while time.monotonic() < deadline:
+        held = (await asyncio.to_thread(ws_metrics, base)).get("currencyex_ws_connections")
+        if held is not None and held <= reading:
+            run.reaped_after = time.monotonic() - run.quiet_since
+            return
+        await asyncio.sleep(0.5)
+
+
 def report(run: Run, args: argparse.Namespace) -> int:
-    """Print the figures; the exit code (1 when a delivery was missed or p99 is over target)."""
-    # Each send's status changes, pushed to every connection of its sender.
-    expected_by_user: dict[int, set[tuple[str, str]]] = {}
-    for txn_id, sender in run.sends.items():
-        for status in run.changes.get(txn_id, ()):
-            expected_by_user.setdefault(sender, set()).add((txn_id, status))
-    expected = sum(len(e) for e in expected_by_user.values()) * run.per_user
+    """Print the figures; the exit code (1 when a delivery was missed, p99 is over target, or
+    a stalled or vanished connection was never let go)."""
+    owed = expected_by_user(run)
+    expected = expected_deliveries(run, args.users)
     delays: list[float] = []
     extra = 0
     for client in run.clients:
         seen: set[tuple[int, str, str]] = set()
         for connection_id, txn_id, status, delay in client.report["updates"]:
             key = (connection_id, txn_id, status)
-            wanted = (txn_id, status) in expected_by_user.get(connection_id % args.users, ())
+            wanted = (txn_id, status) in owed.get(connection_id % args.users, ())
             if wanted and key not in seen:
                 seen.add(key)
                 delays.append(delay)
@@ -320,7 +434,8 @@ def report(run: Run, args: argparse.Namespace) -> int:
     lags = [c.report["lag_p99"] for c in run.clients]
     kept_up = max(cores) < CLIENT_CORE_LIMIT and max(lags) < CLIENT_LAG_LIMIT_MS
     client_cpu = sum(c.report["cpu"] for c in run.clients)
-    met = missed == 0 and p99 < TARGET_P99_MS
+    reaped = not run.quiet or run.reaped_after is not None
+    met = missed == 0 and p99 < TARGET_P99_MS and reaped
 
     print("=" * 78)
     print(
@@ -351,6 +466,23 @@ def report(run: Run, args: argparse.Namespace) -> int:
         f"{rss['open'] / 1024:.1f} MiB with them open, {rss['after'] / 1024:.1f} MiB after the "
         f"sends: {per_connection:.1f} KiB per connection"
     )
+    ends = {
+        re.sub(r'.*reason="(.*)"}', r"\1", name): int(value)
+        for name, value in run.ws_metrics.items()
+        if name.startswith("currencyex_ws_disconnects_total")
+    }
+    held = run.ws_metrics.get("currencyex_ws_connections", float("nan"))
+    if run.quiet:
+        print(
+            f"quiet clients: {len(run.stalled)} stalled, {len(run.vanished)} vanished; the "
+            + (
+                f"server let go of them {run.reaped_after:.1f} s after they went quiet"
+                if run.reaped_after is not None
+                else "server still held some of them at the deadline: NOT MET"
+            )
+            + f" (keepalive: {keepalive_seconds(args):g} s of silence)"
+        )
+    print(f"server: {held:.0f} connections held at the end; ended by reason: {ends or 0}")
     print(
         f"client cpu: {client_cpu:.2f} s in {len(run.clients)} processes over the same window "
         f"(the busiest {max(cores):.3f} core), loop lag p99 up to {max(lags):.1f} ms; "
@@ -410,11 +542,18 @@ def check_open_files(connections: int, processes: int) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     check_open_files(args.connections, client_processes(args))
+    if args.vanished_percent > 0:
+        listed = _iptables("-L", "INPUT", "-n")  # before the minutes of setup
+        if listed.returncode != 0:
+            raise SystemExit(f"--vanished-percent needs iptables (root): {listed.stderr.strip()}")
     run = uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory(prefix="cx-ws-") as tmp, database(f"cx_ws_{run}") as db:
         workdir = Path(tmp)
         env = server_env(db, workdir / "var")
         env["CURRENCYEX_WS_MAX_CONNECTIONS_PER_USER"] = str(args.connections // args.users)
+        if args.ping_interval is not None:
+            env["CURRENCYEX_WS_PING_INTERVAL_SECONDS"] = str(args.ping_interval)
+            env["CURRENCYEX_WS_PONG_TIMEOUT_SECONDS"] = str(args.ping_interval)
         # The tokens are made during the setup, which takes minutes with thousands of
         # customers: they must outlive it and the run.
         env["CURRENCYEX_ACCESS_TOKEN_TTL_SECONDS"] = "7200"  # noqa: S105 (a lifetime)
@@ -451,6 +590,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="deflate",
         help="what the clients offer: permessage-deflate, as browsers do, or nothing",
     )
+    parser.add_argument(
+        "--stalled-percent",
+        type=float,
+        default=0.0,
+        help="share of the connections that stop reading once open (nor answer pings)",
+    )
+    parser.add_argument(
+        "--vanished-percent",
+        type=float,
+        default=0.0,
+        help="share of the connections whose packets are then dropped (needs root: iptables)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=None,
+        help="the server's ping interval and pong timeout, seconds (default: the server's, 20)",
+    )
     args = parser.parse_args(argv)
     if args.users < 1 or args.connections < 1 or args.connections % args.users:
         parser.error("--connections must be a multiple of --users")
@@ -458,6 +615,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sends must be within 1..10000 and --duration within 1..600")
     if not 0 <= args.client_processes <= 64:
         parser.error("--client-processes must be within 0..64 (0: chosen by --connections)")
+    if min(args.stalled_percent, args.vanished_percent) < 0 or (
+        args.stalled_percent + args.vanished_percent >= 100
+    ):
+        parser.error("--stalled-percent and --vanished-percent must be >= 0 and leave some")
+    if args.ping_interval is not None and not 0.5 <= args.ping_interval <= 60:
+        parser.error("--ping-interval must be within 0.5..60")
     return args
 
 
