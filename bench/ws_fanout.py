@@ -9,6 +9,10 @@ delivery is the client's receive time minus the `timestamp` of the change (the s
 same machine). Prints the deliveries expected, received and missed, p50/p99/max delay, the
 server's and the clients' CPU, and the server's memory per connection.
 
+`--processes N` starts N `serve` processes on NATS (and a `currencyex worker` for the
+payouts): the client processes take turns over them, and each connection must still get each
+of its messages once, whichever process sent the transaction.
+
 Misbehaving clients (issue 19): `--stalled-percent` of the connections stop reading once open,
 and `--vanished-percent` lose their network without a close (their packets are dropped both
 ways by an iptables rule on their own loopback address, so this needs root). Their users' other
@@ -185,24 +189,26 @@ def client_processes(args: argparse.Namespace) -> int:
 
 
 async def open_connections(
-    base: str, tokens: list[str], args: argparse.Namespace, logs: Path, run: Run
+    bases: list[str], tokens: list[str], args: argparse.Namespace, logs: Path, run: Run
 ) -> None:
-    host, port = base.removeprefix("http://").rsplit(":", 1)
     processes = client_processes(args)
-    # Connection i belongs to customer i mod users, and to client process i mod processes.
+    # Connection i is customer i mod users's (i div users)-th: it goes to client process
+    # (i div users) mod processes, which connects to server process p mod servers. So each
+    # customer's connections are spread over the client processes, and over the servers.
+    by_process: list[list[int]] = [[] for _ in range(processes)]
+    for i in range(args.connections):
+        by_process[(i // args.users) % processes].append(i)
     jobs = [
         Job(
-            url=f"ws://{host}:{port}/v1/ws?token=",
-            connections=[
-                (i, tokens[i % len(tokens)]) for i in range(p, args.connections, processes)
-            ],
+            url=f"ws://{bases[p % len(bases)].removeprefix('http://')}/v1/ws?token=",
+            connections=[(i, tokens[i % len(tokens)]) for i in mine],
             open_concurrency=32,
             open_timeout=60.0,
             compression=None if args.compression == "none" else args.compression,
-            stalled=frozenset(i for i in run.stalled if i % processes == p),
-            vanished=frozenset(i for i in run.vanished if i % processes == p),
+            stalled=run.stalled.intersection(mine),
+            vanished=run.vanished.intersection(mine),
         )
-        for p in range(processes)
+        for p, mine in enumerate(by_process)
     ]
     started = time.monotonic()
     for p, job in enumerate(jobs):
@@ -299,12 +305,12 @@ async def drive(
 ) -> Run:
     run = Run(args.connections, args.connections // args.users)
     run.stalled, run.vanished = choose_quiet(args)
-    base = server.bases[0]
+    base = server.bases[0]  # where the sends go
     cleanup = contextlib.ExitStack()
     try:
         run.rss_kib["before"] = server_rss_kib(server)
         cpu = server.cpu()
-        await open_connections(base, tokens, args, logs, run)
+        await open_connections(server.bases, tokens, args, logs, run)
         run.server_cpu_open = server.cpu() - cpu
         run.rss_kib["open"] = server_rss_kib(server)
         opened = sum(c.ready["opened"] for c in run.clients)
@@ -315,7 +321,8 @@ async def drive(
             flush=True,
         )
         if run.vanished:
-            cleanup.enter_context(black_hole(int(base.rsplit(":", 1)[1])))
+            for each in server.bases:
+                cleanup.enter_context(black_hole(int(each.rsplit(":", 1)[1])))
         for client in run.clients:
             await client.tell("mark")
         cpu, sender_cpu, started = server.cpu(), own_cpu(), time.monotonic()
@@ -323,8 +330,8 @@ async def drive(
         await send_all(base, tokens, args, run)
         await drain(db, run, args.users, time.monotonic() + DRAIN_SECONDS)
         if run.quiet:
-            await reap(base, run, args)
-        run.ws_metrics = await asyncio.to_thread(ws_metrics, base)
+            await reap(server.bases, run, args)
+        run.ws_metrics = await asyncio.to_thread(ws_metrics, server.bases)
         for client in run.clients:
             await client.tell("stop")
         for client in run.clients:
@@ -374,16 +381,18 @@ def black_hole(port: int) -> Iterator[None]:
             _iptables("-D", *rule)
 
 
-def ws_metrics(base: str) -> dict[str, float]:
-    """The server's currencyex_ws_* samples from /metrics: open connections, ends by reason."""
+def ws_metrics(bases: list[str]) -> dict[str, float]:
+    """The server processes' currencyex_ws_* samples from /metrics, summed: open connections,
+    ends by reason."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
-    with opener.open(f"{base}/metrics", timeout=10) as response:
-        text = response.read().decode()
     samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(("currencyex_ws_connections ", "currencyex_ws_disconnects_total{")):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+    for base in bases:
+        with opener.open(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith(("currencyex_ws_connections ", "currencyex_ws_disconnects_total{")):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = samples.get(name, 0.0) + float(value)
     return samples
 
 
@@ -392,13 +401,13 @@ def keepalive_seconds(args: argparse.Namespace) -> float:
     return 2 * (args.ping_interval or SERVER_PING_SECONDS)
 
 
-async def reap(base: str, run: Run, args: argparse.Namespace) -> None:
+async def reap(bases: list[str], run: Run, args: argparse.Namespace) -> None:
     """Wait until the server holds only the connections that read (the stalled and vanished
     ones let go), up to the keepalive's bound and a margin; when it did is `reaped_after`."""
     reading = sum(c.ready["opened"] - c.ready["quiet"] for c in run.clients)
     deadline = run.quiet_since + keepalive_seconds(args) + REAP_MARGIN_SECONDS
     while time.monotonic() < deadline:
-        held = (await asyncio.to_thread(ws_metrics, base)).get("currencyex_ws_connections")
+        held = (await asyncio.to_thread(ws_metrics, bases)).get("currencyex_ws_connections")
         if held is not None and held <= reading:
             run.reaped_after = time.monotonic() - run.quiet_since
             return
@@ -439,7 +448,8 @@ def report(run: Run, args: argparse.Namespace) -> int:
 
     print("=" * 78)
     print(
-        f"{run.connections} connections ({run.per_user} per customer, {args.users} customers), "
+        f"{run.connections} connections ({run.per_user} per customer, {args.users} customers) "
+        f"on {args.processes} server process{'es' if args.processes > 1 else ''}, "
         f"{len(run.sends)} sends of {args.sends} accepted over {args.duration:g} s"
         + (f" (refused: {dict(run.send_errors)})" if run.send_errors else "")
     )
@@ -549,7 +559,8 @@ def bench(args: argparse.Namespace) -> int:
     run = uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory(prefix="cx-ws-") as tmp, database(f"cx_ws_{run}") as db:
         workdir = Path(tmp)
-        env = server_env(db, workdir / "var")
+        several = args.processes > 1  # then the events reach every process through NATS
+        env = server_env(db, workdir / "var", split=several)
         env["CURRENCYEX_WS_MAX_CONNECTIONS_PER_USER"] = str(args.connections // args.users)
         if args.ping_interval is not None:
             env["CURRENCYEX_WS_PING_INTERVAL_SECONDS"] = str(args.ping_interval)
@@ -557,7 +568,7 @@ def bench(args: argparse.Namespace) -> int:
         # The tokens are made during the setup, which takes minutes with thousands of
         # customers: they must outlive it and the run.
         env["CURRENCYEX_ACCESS_TOKEN_TTL_SECONDS"] = "7200"  # noqa: S105 (a lifetime)
-        server = Server(env, workdir, 1)
+        server = Server(env, workdir, args.processes, split=several)
         try:
             server.start()
             started = time.monotonic()
@@ -591,6 +602,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what the clients offer: permessage-deflate, as browsers do, or nothing",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve processes holding the connections (more than one: on NATS, with a worker)",
+    )
+    parser.add_argument(
         "--stalled-percent",
         type=float,
         default=0.0,
@@ -619,6 +636,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.stalled_percent + args.vanished_percent >= 100
     ):
         parser.error("--stalled-percent and --vanished-percent must be >= 0 and leave some")
+    if not 1 <= args.processes <= 8:
+        parser.error("--processes must be within 1..8")
     if args.ping_interval is not None and not 0.5 <= args.ping_interval <= 60:
         parser.error("--ping-interval must be within 0.5..60")
     return args
