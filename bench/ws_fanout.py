@@ -192,12 +192,12 @@ async def open_connections(
     bases: list[str], tokens: list[str], args: argparse.Namespace, logs: Path, run: Run
 ) -> None:
     processes = client_processes(args)
-    # Connection i is customer i mod users's (i div users)-th: it goes to client process
-    # (i div users) mod processes, which connects to server process p mod servers. So each
-    # customer's connections are spread over the client processes, and over the servers.
+    # Connection i is customer u = i mod users's k = (i div users)-th: it goes to client
+    # process (u + k) mod processes, which connects to server process p mod servers. So the
+    # processes hold as many each, and a customer's connections are spread over them.
     by_process: list[list[int]] = [[] for _ in range(processes)]
     for i in range(args.connections):
-        by_process[(i // args.users) % processes].append(i)
+        by_process[(i % args.users + i // args.users) % processes].append(i)
     jobs = [
         Job(
             url=f"ws://{bases[p % len(bases)].removeprefix('http://')}/v1/ws?token=",

@@ -77,6 +77,9 @@ def _run_http(app: FastAPI, host: str, port: int) -> None:
         # uvicorn's own rewrite of the peer address would pre-empt it.
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn" banner
+        # The hub pings every WebSocket itself and lets go of the silent ones (gateway/ws_hub.py);
+        # uvicorn's protocol pings would be a second timer per connection doing the same.
+        ws_ping_interval=None,
         workers=1,
     )
 

@@ -203,11 +203,16 @@ def _guard_forwarded(request: Request, callers: CallerCredentials | None, enforc
 def _policy(request: Request, enforcer: Any) -> tuple[str, Callable[[str, str, str], bool]]:
     """What the Casbin policy is asked about (the route's template) and how."""
     route = request.scope.get("route")
-    if isinstance(route, APIRoute) and isinstance(enforcer, Policy):
+    if isinstance(route, APIRoute):
         # A matched route: its template and methods are a fixed set, so the cache stays small.
-        return route.path, enforcer.allows
-    template = route.path if isinstance(route, APIRoute) else request.url.path
-    return template, enforcer.enforce
+        return route.path, remembered(enforcer)
+    return request.url.path, enforcer.enforce
+
+
+def remembered(enforcer: Any) -> Callable[[str, str, str], bool]:
+    """How to ask `enforcer` about a fixed (subject, path template, method): its remembered
+    decisions when it is a Policy, else casbin's own evaluation."""
+    return enforcer.allows if isinstance(enforcer, Policy) else enforcer.enforce
 
 
 async def _take_route_limit(request: Request, route: object, limiter: RateLimiter) -> None:

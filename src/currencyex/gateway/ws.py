@@ -23,6 +23,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from currencyex.gateway.edge import Edge, edge
+from currencyex.gateway.guard import remembered
 from currencyex.gateway.ws_hub import RATES_TOPIC, CloseCode, Subscription, TooManyConnections
 from currencyex.kernel.errors import AccountDisabled, AppError, DependencyUnavailable, InvalidToken
 from currencyex.kernel.principal import (
@@ -59,7 +60,7 @@ async def _admitted(services: Edge, token: str) -> Principal | None:
         principal = await services.auth_client.authenticate(token)
     except (InvalidToken, AccountDisabled):
         return None
-    if not services.enforcer.enforce(principal.role.value, PATH, "GET"):
+    if not remembered(services.enforcer)(principal.role.value, PATH, "GET"):
         return None
     return principal
 
