@@ -17,7 +17,7 @@ Misbehaving clients (issue 19): `--stalled-percent` of the connections stop read
 and `--vanished-percent` lose their network without a close (their packets are dropped both
 ways by an iptables rule on their own loopback address, so this needs root). Their users' other
 connections must still get every message in time; the server must let go of the quiet ones (it
-says why in /metrics), and its memory must come back down. `--ping-interval` shortens the
+says why in /metrics), and its memory must not grow with them. `--ping-interval` shortens the
 server's keepalive (ping interval and pong timeout both) so that happens within the run.
 
 Loopback only, bounded (every wait has a deadline), cleans up what it made.
@@ -327,10 +327,16 @@ async def drive(
             await client.tell("mark")
         cpu, sender_cpu, started = server.cpu(), own_cpu(), time.monotonic()
         busy, total = machine_ticks()
-        await send_all(base, tokens, args, run)
-        await drain(db, run, args.users, time.monotonic() + DRAIN_SECONDS)
-        if run.quiet:
-            await reap(server.bases, run, args)
+        # Watched from now, beside the sends, so that when it happened is not when it was seen.
+        reaping = asyncio.create_task(reap(server.bases, run, args)) if run.quiet else None
+        try:
+            await send_all(base, tokens, args, run)
+            await drain(db, run, args.users, time.monotonic() + DRAIN_SECONDS)
+            if reaping is not None:
+                await reaping
+        finally:
+            if reaping is not None:
+                reaping.cancel()
         run.ws_metrics = await asyncio.to_thread(ws_metrics, server.bases)
         for client in run.clients:
             await client.tell("stop")
@@ -411,7 +417,7 @@ async def reap(bases: list[str], run: Run, args: argparse.Namespace) -> None:
         if held is not None and held <= reading:
             run.reaped_after = time.monotonic() - run.quiet_since
             return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a /metrics page costs the server a few milliseconds
 
 
 def report(run: Run, args: argparse.Namespace) -> int:
