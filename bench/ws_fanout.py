@@ -24,6 +24,7 @@ Loopback only, bounded (every wait has a deadline), cleans up what it made.
 
     .venv/bin/python bench/ws_fanout.py [--connections 1000] [--users 50] [--sends 100]
                                         [--duration 20] [--client-processes N]
+                                        [--processes N] [--compression none]
                                         [--stalled-percent P] [--vanished-percent P]
                                         [--ping-interval S]
 """

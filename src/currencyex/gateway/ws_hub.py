@@ -270,10 +270,14 @@ class Hub:
             self._pings.popleft()
             if not subscription._active:  # let go since: held here until now, then forgotten
                 continue
-            if now - subscription._last_heard > silence:
-                self._let_go(subscription, "no pong", CloseCode.GOING_AWAY)
-            elif self._queue(subscription, _PING):
-                self._pings.append((now + interval, subscription))
+            try:
+                if now - subscription._last_heard > silence:
+                    self._let_go(subscription, "no pong", CloseCode.GOING_AWAY)
+                elif self._queue(subscription, _PING):
+                    self._pings.append((now + interval, subscription))
+            except Exception:  # one connection's trouble must not end everyone's keepalive
+                log.exception("ws.keepalive_failed", user_id=str(subscription.user_id))
+                self._let_go(subscription, "keepalive failed", CloseCode.INTERNAL_ERROR)
 
     async def _send_loop(self, subscription: Subscription) -> None:
         try:
