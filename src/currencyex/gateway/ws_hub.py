@@ -155,7 +155,6 @@ class Hub:
         ...): the metrics count them."""
         self.settings = settings or HubSettings()
         self._on_let_go = on_let_go
-        self._open = 0
         self._by_user: dict[uuid.UUID, set[Subscription]] = {}
         self._by_topic: dict[str, set[Subscription]] = {}
         self._endings: dict[Subscription, asyncio.Task[None]] = {}
@@ -175,7 +174,6 @@ class Hub:
             raise TooManyConnections(self.settings.max_connections_per_user)
         subscription = Subscription(self, user_id, socket, self.settings.max_queued_messages)
         self._by_user.setdefault(user_id, set()).add(subscription)
-        self._open += 1
         for topic in topics:
             subscription.subscribe(topic)
         subscription._sender = asyncio.create_task(
@@ -206,8 +204,8 @@ class Hub:
         return len(self._by_user.get(user_id, ()))
 
     def open_connections(self) -> int:
-        """Connections the hub delivers to now, every user's."""
-        return self._open
+        """Connections the hub delivers to now, every user's (counted when asked: a scrape)."""
+        return sum(map(len, self._by_user.values()))
 
     def revoke(self, subscription: Subscription, reason: str) -> None:
         """The connection's credentials no longer hold: close it (1008) in the background."""
@@ -310,7 +308,6 @@ class Hub:
             return
         subscription._active = False
         subscription.close_reason = reason
-        self._open -= 1
         if self._on_let_go is not None:
             self._on_let_go(reason)
         mine = self._by_user.get(subscription.user_id)
